@@ -1,0 +1,241 @@
+"""The domain model: papers, keywords, subscriptions and deliveries.
+
+Frozen dataclasses with no I/O. Everything that crosses a module boundary in the core is one of
+these; ORM rows never leave `storage/` and HTTP payloads never leave their adapter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+# An arXiv identifier with an optional version: new style (2501.09733v1) or old style
+# (astro-ph/0601001v2, math.GT/0309136). The id never carries the version; `version` does.
+_VERSIONED_ID = re.compile(
+    r"^(?P<id>(?:\d{4}\.\d{4,5})|(?:[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7}))(?:v(?P<version>\d+))?$"
+)
+
+
+def split_arxiv_id(raw: str) -> tuple[str, int]:
+    """Split `2501.09733v2` or `http://arxiv.org/abs/2501.09733v2` into ("2501.09733", 2).
+
+    A missing version means version 1. Raises ValueError for text that is not an arXiv id.
+    """
+    text = raw.strip()
+    for prefix in ("/abs/", "/pdf/"):
+        if prefix in text:
+            text = text.split(prefix, 1)[1]
+    text = text.removesuffix(".pdf")
+    match = _VERSIONED_ID.match(text)
+    if match is None:
+        raise ValueError(f"not an arXiv identifier: {raw!r}")
+    version = match.group("version")
+    return match.group("id"), int(version) if version else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Paper:
+    """One arXiv paper at its latest known version."""
+
+    arxiv_id: str  # without version: "2501.09733"
+    version: int
+    title: str
+    authors: tuple[str, ...]
+    abstract: str
+    published: datetime  # first version's submission time (UTC, aware)
+    updated: datetime  # this version's time (UTC, aware)
+    primary_category: str
+    categories: tuple[str, ...] = ()
+    comment: str | None = None
+    journal_ref: str | None = None
+    doi: str | None = None
+
+    @property
+    def versioned_id(self) -> str:
+        """The id with its version, as arXiv prints it: `2501.09733v2`."""
+        return f"{self.arxiv_id}v{self.version}"
+
+    @property
+    def abs_url(self) -> str:
+        """The abstract page of this version (the form DailyArXiv links to)."""
+        return f"http://arxiv.org/abs/{self.versioned_id}"
+
+    @property
+    def pdf_url(self) -> str:
+        """The PDF of this version."""
+        return f"http://arxiv.org/pdf/{self.versioned_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyword:
+    """A tracked query. `query` is the user's text exactly as it appears in headings."""
+
+    query: str
+    from_config: bool = False
+
+
+class TargetKind(StrEnum):
+    """Where a subscription delivers. One Channel adapter serves each kind."""
+
+    SLACK = "slack"
+    DISCORD = "discord"
+    DISCORD_WEBHOOK = "discord_webhook"
+    EMAIL = "email"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One delivery destination: a Slack channel id, a Discord channel id, a webhook, an address."""
+
+    kind: str  # a TargetKind value; kept as str so a new channel module needs no core change
+    address: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.address}"
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """Parse `slack:C0123` / `discord:1234` / `email:a@b.org` / `discord_webhook:https://...`."""
+        kind, sep, address = text.partition(":")
+        if not sep or not kind or not address:
+            raise ValueError(
+                f"target {text!r} is not KIND:ADDRESS (for example slack:C0123ABCD, discord:1234, "
+                "discord_webhook:https://discord.com/api/webhooks/..., email:me@example.org)"
+            )
+        return cls(kind=kind.strip().lower(), address=address.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A target's standing order for one keyword."""
+
+    id: int
+    target: Target
+    keyword: str  # the keyword's query text
+    active: bool = True
+    disabled_reason: str | None = None
+    created_at: datetime | None = None
+
+
+class DeliveryStatus(StrEnum):
+    """The outbox states of one (subscription, paper) delivery."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # permanent for this delivery, or the subscription was disabled
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One paper owed to one subscription: a row of the outbox."""
+
+    subscription_id: int
+    keyword: str
+    paper: Paper
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Everything one target is owed this cycle: the unit a Channel sends."""
+
+    target: Target
+    deliveries: tuple[Delivery, ...]
+    options: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def by_keyword(self) -> list[tuple[str, list[Paper]]]:
+        """Group the papers by keyword (keywords in first-seen order, papers newest first).
+
+        A paper that matches two keywords of the same target appears under both: the reader
+        subscribed to both and each heading should be complete.
+        """
+        groups: dict[str, list[Paper]] = {}
+        seen: dict[str, set[str]] = {}
+        for delivery in self.deliveries:
+            ids = seen.setdefault(delivery.keyword, set())
+            if delivery.paper.arxiv_id in ids:
+                continue
+            ids.add(delivery.paper.arxiv_id)
+            groups.setdefault(delivery.keyword, []).append(delivery.paper)
+        return [
+            (keyword, sorted(papers, key=lambda p: (p.updated, p.arxiv_id), reverse=True))
+            for keyword, papers in groups.items()
+        ]
+
+    @property
+    def papers(self) -> list[Paper]:
+        """Distinct papers in this batch, newest first."""
+        unique = {d.paper.arxiv_id: d.paper for d in self.deliveries}
+        return sorted(unique.values(), key=lambda p: (p.updated, p.arxiv_id), reverse=True)
+
+
+class OutcomeKind(StrEnum):
+    """What happened to one delivery when its batch was sent."""
+
+    SENT = "sent"
+    RETRY = "retry"  # transient: rate limit exhausted, 5xx, timeout; try again next cycle
+    PERMANENT = "permanent"  # the target is gone or refuses us: disable the subscription
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of sending one delivery."""
+
+    subscription_id: int
+    arxiv_id: str
+    kind: OutcomeKind
+    error: str | None = None
+
+    @classmethod
+    def for_batch(
+        cls, batch: Batch, kind: OutcomeKind, error: str | None = None
+    ) -> list[Outcome]:
+        """The same outcome for every delivery of a batch (one HTTP call carried them all)."""
+        return for_deliveries(batch.deliveries, kind, error)
+
+
+def for_deliveries(
+    deliveries: Iterable[Delivery], kind: OutcomeKind, error: str | None = None
+) -> list[Outcome]:
+    """The same outcome for each of these deliveries."""
+    return [Outcome(d.subscription_id, d.paper.arxiv_id, kind, error) for d in deliveries]
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What one daily cycle did: logged as one line, stored in the runs table, shown by status."""
+
+    started_at: datetime
+    finished_at: datetime
+    ok: bool
+    requests: int = 0
+    throttled: int = 0  # 429 / Retry-After answers from arXiv
+    harvested: int = 0  # entries received from arXiv (harvest + backfill)
+    new_papers: int = 0  # papers never stored before
+    new_matches: int = 0
+    sent: int = 0
+    failed: int = 0
+    disabled: int = 0
+    error: str | None = None
+    warnings: Sequence[str] = ()
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the cycle."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def summary(self) -> str:
+        """The one event-style log line for this cycle."""
+        status = "cycle.finished" if self.ok else "cycle.failed"
+        line = (
+            f"{status} requests={self.requests} throttled={self.throttled} "
+            f"harvested={self.harvested} new_papers={self.new_papers} "
+            f"new_matches={self.new_matches} sent={self.sent} failed={self.failed} "
+            f"disabled={self.disabled} seconds={self.seconds:.1f}"
+        )
+        if self.error:
+            line += f" error={self.error!r}"
+        return line

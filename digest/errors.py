@@ -1,0 +1,38 @@
+"""The exceptions a user can act on. Everything the CLI reports without a traceback is one of these."""
+
+from __future__ import annotations
+
+
+class DailyPapersError(Exception):
+    """Base of every error this project raises on purpose; its message is meant for a person."""
+
+
+class ConfigError(DailyPapersError):
+    """A setting is missing, malformed or out of range; the message names key, value and what is allowed."""
+
+
+class QueryError(DailyPapersError):
+    """A keyword query cannot be parsed; the message says what is wrong and at which column."""
+
+    def __init__(self, message: str, *, query: str = "", position: int | None = None) -> None:
+        self.query = query
+        self.position = position
+        if position is not None and query:
+            message = f"{message} (at column {position + 1}: {query!r})"
+        super().__init__(message)
+
+
+class ArxivError(DailyPapersError):
+    """arXiv answered with an error, refused us, or kept failing after the retries."""
+
+
+class HarvestIncomplete(ArxivError):
+    """arXiv returned fewer entries than it promised; the watermark must not move."""
+
+
+class StoreError(DailyPapersError):
+    """The database cannot be opened, migrated or written."""
+
+
+class DeliveryError(DailyPapersError):
+    """A channel could not deliver; adapters turn these into per-paper outcomes."""

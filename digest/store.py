@@ -1,0 +1,155 @@
+"""The PaperStore port: everything the core asks of the database.
+
+`storage.sql_store.SqlStore` implements it with SQLAlchemy (SQLite or PostgreSQL). Methods are
+synchronous; async callers run them through `asyncio.to_thread`. Every method is one
+transaction, and `commit_harvest` in particular writes papers, matches, deliveries and the
+watermark atomically: a crash before it returns leaves the database as it was, so the next run
+harvests the same window again and nothing is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from digest.domain import Batch, Keyword, Outcome, Paper, RunReport, Subscription, Target
+
+
+@dataclass(frozen=True, slots=True)
+class HarvestCommit:
+    """What `commit_harvest` changed."""
+
+    new_papers: int  # ids never stored before
+    revised_papers: int  # stored ids whose version went up
+    new_matches: int  # (keyword, paper) pairs first seen now
+    new_deliveries: int  # outbox rows created
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeCounts:
+    """What `record_outcomes` did to the outbox."""
+
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0  # gave up on the delivery (too many attempts, or its subscription disabled)
+    disabled: int = 0  # subscriptions disabled by a permanent error
+
+
+class PaperStore(Protocol):
+    """Persistence for papers, keywords, matches, subscriptions, the outbox and run history."""
+
+    # -- keywords -------------------------------------------------------------------------
+    def list_keywords(self) -> list[Keyword]:
+        """Every tracked keyword, config ones first, each group in the order added."""
+        ...
+
+    def add_keyword(self, query: str, *, from_config: bool = False) -> bool:
+        """Track `query` (already validated); True when it was not tracked before."""
+        ...
+
+    def remove_keyword(self, query: str) -> bool:
+        """Stop tracking `query` and drop its matches; True when it was tracked.
+
+        Refuses (StoreError) while active subscriptions still use it.
+        """
+        ...
+
+    def keywords_to_backfill(self) -> list[str]:
+        """Keywords that have never had their one-off backfill."""
+        ...
+
+    def mark_backfilled(self, query: str, when: datetime) -> None:
+        """Record that `query` got its backfill."""
+        ...
+
+    # -- papers and matches ---------------------------------------------------------------
+    def known_versions(self, arxiv_ids: Collection[str]) -> dict[str, int]:
+        """The stored version of each of these ids that is stored at all."""
+        ...
+
+    def iter_papers(self, *, batch_size: int = 1000) -> Iterator[Paper]:
+        """Every stored paper (for matching a newly added keyword locally)."""
+        ...
+
+    def commit_harvest(
+        self,
+        *,
+        papers: Sequence[Paper],
+        matches: Mapping[str, Collection[str]],
+        deliverable: Collection[str],
+        now: datetime,
+        watermark: datetime | None = None,
+    ) -> HarvestCommit:
+        """In one transaction: upsert `papers`, add `matches` (keyword -> arxiv ids), create a
+        pending delivery for every active subscription of a matched keyword whose paper is in
+        `deliverable` and was never delivered to it, and, when given, advance the watermark."""
+        ...
+
+    def latest_matches(self, query: str, limit: int) -> list[Paper]:
+        """The newest `limit` papers matching `query`, by last-updated date, newest first."""
+        ...
+
+    def count_matches(self, query: str) -> int:
+        """How many stored papers match `query`."""
+        ...
+
+    # -- subscriptions --------------------------------------------------------------------
+    def add_subscription(self, target: Target, query: str, *, now: datetime) -> Subscription:
+        """Subscribe `target` to `query` (tracking it if needed); re-activates a disabled one."""
+        ...
+
+    def remove_subscription(self, target: Target, query: str) -> bool:
+        """Delete the subscription; True when there was one."""
+        ...
+
+    def list_subscriptions(
+        self, target: Target | None = None, *, active_only: bool = False
+    ) -> list[Subscription]:
+        """Subscriptions, of one target or all, in the order they were made."""
+        ...
+
+    def disable_subscription(self, subscription_id: int, reason: str) -> None:
+        """Stop delivering to a subscription, keeping the reason for `status` and `list`."""
+        ...
+
+    def get_target_option(self, target: Target, name: str) -> str | None:
+        """A per-target setting (for example the translation language of a channel)."""
+        ...
+
+    def set_target_option(self, target: Target, name: str, value: str | None) -> None:
+        """Set or (with None) clear a per-target setting."""
+        ...
+
+    # -- the outbox -----------------------------------------------------------------------
+    def pending_batches(
+        self, *, now: datetime, kinds: Collection[str] | None = None
+    ) -> list[Batch]:
+        """Due pending deliveries grouped one batch per target (of these kinds, or all)."""
+        ...
+
+    def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> OutcomeCounts:
+        """Mark deliveries sent, schedule retries with backoff, disable on permanent errors."""
+        ...
+
+    # -- runs and state -------------------------------------------------------------------
+    def get_watermark(self) -> datetime | None:
+        """The upper end of the last complete harvest window."""
+        ...
+
+    def record_run(self, report: RunReport) -> None:
+        """Append one cycle to the runs table."""
+        ...
+
+    def recent_runs(self, limit: int = 10) -> list[RunReport]:
+        """The latest cycles, newest first."""
+        ...
+
+    def get_state(self, key: str) -> str | None:
+        """A small named value kept between runs (alert bookkeeping and the like)."""
+        ...
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Set or (with None) delete a named value."""
+        ...
