@@ -53,7 +53,10 @@ def load_reference_sections(path: Path = REFERENCE_README) -> list[ReferenceSect
         if row is None:
             continue
         arxiv_id, version = split_arxiv_id(row.group("url"))
-        updated = datetime.fromisoformat(row.group("date")).replace(hour=12, tzinfo=UTC)
+        # The README shows dates only; arXiv sorted by the full timestamp. Later rows of a
+        # section get earlier times on the same day so "newest first" reproduces the order.
+        day = datetime.fromisoformat(row.group("date")).replace(tzinfo=UTC)
+        updated = day + timedelta(hours=23, minutes=59) - timedelta(minutes=len(sections[-1][1]))
         sections[-1][1].append(
             Paper(
                 arxiv_id=arxiv_id,
