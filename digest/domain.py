@@ -190,9 +190,7 @@ class Outcome:
     error: str | None = None
 
     @classmethod
-    def for_batch(
-        cls, batch: Batch, kind: OutcomeKind, error: str | None = None
-    ) -> list[Outcome]:
+    def for_batch(cls, batch: Batch, kind: OutcomeKind, error: str | None = None) -> list[Outcome]:
         """The same outcome for every delivery of a batch (one HTTP call carried them all)."""
         return for_deliveries(batch.deliveries, kind, error)
 

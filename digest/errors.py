@@ -1,4 +1,4 @@
-"""The exceptions a user can act on. Everything the CLI reports without a traceback is one of these."""
+"""The exceptions a user can act on: the CLI reports these without a traceback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ class DailyPapersError(Exception):
 
 
 class ConfigError(DailyPapersError):
-    """A setting is missing, malformed or out of range; the message names key, value and what is allowed."""
+    """A setting is missing, malformed or out of range.
+
+    The message names the key, the value and what is allowed.
+    """
 
 
 class QueryError(DailyPapersError):

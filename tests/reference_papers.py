@@ -7,6 +7,7 @@ not show (authors, categories, published time) are filled with fixed, plausible 
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,36 +43,73 @@ def _comment(cell: str) -> str | None:
     return folded.group("text") if folded else cell
 
 
-def load_reference_sections(path: Path = REFERENCE_README) -> list[ReferenceSection]:
-    """Parse the reference README into its keyword sections."""
-    sections: list[tuple[str, list[Paper]]] = []
+def _rows(path: Path) -> list[tuple[str, list[dict[str, str]]]]:
+    sections: list[tuple[str, list[dict[str, str]]]] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
             sections.append((line[3:], []))
-            continue
-        row = _ROW.match(line)
-        if row is None:
-            continue
-        arxiv_id, version = split_arxiv_id(row.group("url"))
-        # The README shows dates only; arXiv sorted by the full timestamp. Later rows of a
-        # section get earlier times on the same day so "newest first" reproduces the order.
-        day = datetime.fromisoformat(row.group("date")).replace(tzinfo=UTC)
-        updated = day + timedelta(hours=23, minutes=59) - timedelta(minutes=len(sections[-1][1]))
-        sections[-1][1].append(
-            Paper(
-                arxiv_id=arxiv_id,
-                version=version,
-                title=row.group("title"),
-                authors=("A. Author", "B. Author"),
-                abstract=row.group("abstract"),
-                published=updated - timedelta(days=30 * (version - 1)),
-                updated=updated,
-                primary_category="cs.CV",
-                categories=("cs.CV", "cs.LG"),
-                comment=_comment(row.group("comment")),
+        elif (row := _ROW.match(line)) is not None:
+            sections[-1][1].append(row.groupdict())
+    return sections
+
+
+def _same_day_order(sections: list[tuple[str, list[dict[str, str]]]]) -> dict[str, int]:
+    """A rank per paper consistent with every section's order (a topological sort).
+
+    The README shows dates only; arXiv sorted by the full timestamp. Papers listed in two
+    sections constrain each other, so the ranks are derived from all sections at once.
+    """
+    after: dict[str, set[str]] = {}
+    for _, rows in sections:
+        ids = [row["url"] for row in rows]
+        for earlier, later in itertools.pairwise(ids):
+            after.setdefault(earlier, set()).add(later)
+            after.setdefault(later, set())
+    indegree = dict.fromkeys(after, 0)
+    for targets in after.values():
+        for node in targets:
+            indegree[node] += 1
+    ready = sorted(node for node, degree in indegree.items() if degree == 0)
+    rank: dict[str, int] = {}
+    while ready:
+        node = ready.pop(0)
+        rank[node] = len(rank)
+        for nxt in sorted(after[node]):
+            indegree[nxt] -= 1
+            if indegree[nxt] == 0:
+                ready.append(nxt)
+    return rank
+
+
+def load_reference_sections(path: Path = REFERENCE_README) -> list[ReferenceSection]:
+    """Parse the reference README into its keyword sections."""
+    sections = _rows(path)
+    rank = _same_day_order(sections)
+    result = []
+    for keyword, rows in sections:
+        papers = []
+        for row in rows:
+            arxiv_id, version = split_arxiv_id(row["url"])
+            day = datetime.fromisoformat(row["date"]).replace(tzinfo=UTC)
+            # Earlier-ranked rows of the same day get later times, so newest-first sorting
+            # reproduces the README's order.
+            updated = day + timedelta(hours=23, minutes=59) - timedelta(minutes=rank[row["url"]])
+            papers.append(
+                Paper(
+                    arxiv_id=arxiv_id,
+                    version=version,
+                    title=row["title"],
+                    authors=("A. Author", "B. Author"),
+                    abstract=row["abstract"],
+                    published=updated - timedelta(days=30 * (version - 1)),
+                    updated=updated,
+                    primary_category="cs.CV",
+                    categories=("cs.CV", "cs.LG"),
+                    comment=_comment(row["comment"]),
+                )
             )
-        )
-    return [ReferenceSection(keyword, tuple(papers)) for keyword, papers in sections]
+        result.append(ReferenceSection(keyword, tuple(papers)))
+    return result
 
 
 def load_reference_papers() -> list[Paper]:
