@@ -95,6 +95,30 @@ class PaperStore(Protocol):
         """How many stored papers match `query`."""
         ...
 
+    def matches_first_seen_between(self, start: datetime, end: datetime) -> list[tuple[str, Paper]]:
+        """(keyword, paper) pairs whose paper was first stored in [start, end), newest first.
+
+        The day's new papers per keyword: what the daily Markdown digest archive lists.
+        """
+        ...
+
+    # -- translations ---------------------------------------------------------------------
+    def get_translations(
+        self, arxiv_ids: Collection[str], language: str
+    ) -> dict[str, tuple[str, str]]:
+        """Stored (title, abstract) translations into `language`, by arxiv id."""
+        ...
+
+    def save_translation(self, arxiv_id: str, language: str, title: str, abstract: str) -> None:
+        """Store one paper's translation (replacing an older one)."""
+        ...
+
+    def papers_missing_translation(
+        self, language: str, *, since: datetime, limit: int = 500
+    ) -> list[Paper]:
+        """Matched papers first stored after `since` that have no translation into `language`."""
+        ...
+
     # -- subscriptions --------------------------------------------------------------------
     def add_subscription(self, target: Target, query: str, *, now: datetime) -> Subscription:
         """Subscribe `target` to `query` (tracking it if needed); re-activates a disabled one."""
