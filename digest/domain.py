@@ -144,7 +144,15 @@ class Batch:
 
     target: Target
     deliveries: tuple[Delivery, ...]
+    # Per-target settings from the store (e.g. {"language": "zh"}).
     options: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Translations available for this batch's papers: arxiv_id -> (title, abstract) in
+    # `language`. Filled by the cycle when the target (or email globally) wants one; a paper
+    # missing here is shown untranslated (translation never blocks delivery).
+    language: str | None = None
+    translations: dict[str, tuple[str, str]] = field(
+        default_factory=dict, compare=False, hash=False
+    )
 
     def by_keyword(self) -> list[tuple[str, list[Paper]]]:
         """Group the papers by keyword (keywords in first-seen order, papers newest first).
