@@ -9,14 +9,18 @@ filters below where user text meets markup.
 Filters registered on the environment:
 - `md_cell`: text for a GitHub-flavoured Markdown table cell (one line, no `|`, HTML escaped).
 - `md_link_text`: `md_cell` plus brackets, for the text of a `[text](url)` link.
+- `md_escape`: `md_cell` without the whitespace clean-up (for text already cut, such as
+  `first_chars`, whose trailing space DailyArXiv keeps).
 - `first_chars(n)`: the first n characters of text, cut before escaping so no entity is split.
 - `collapse_ws`: newlines and runs of whitespace become one space.
+- `md_url`: an http(s) URL safe as the `(url)` of a Markdown link.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from urllib.parse import quote, urlsplit
 
 import jinja2
 
@@ -80,14 +84,36 @@ def md_cell(text: str | None) -> str:
     return _escape(collapse_ws(text), _CELL_ENTITIES)
 
 
+def md_escape(text: str | None) -> str:
+    """Escape text for a table cell as `md_cell` does, keeping its whitespace as it is."""
+    return _escape(text or "", _CELL_ENTITIES)
+
+
 def md_link_text(text: str | None) -> str:
     """Text safe as the `[text]` of a Markdown link inside a table cell."""
     return _escape(collapse_ws(text), _LINK_ENTITIES)
 
 
 def first_chars(text: str | None, count: int) -> str:
-    """The first `count` characters of the whitespace-collapsed text (escape afterwards)."""
+    """The first `count` characters of the whitespace-collapsed text (escape afterwards).
+
+    A trailing space is kept: DailyArXiv folds "ICLR 2025..." as `<summary>ICLR ...</summary>`.
+    """
     return collapse_ws(text)[:count]
+
+
+# Kept as they are in a URL: the reserved characters that give it structure, and `%` so existing
+# escapes are not escaped twice. Everything else (space, parentheses, `|`, `<`, quotes,
+# backslash, non-ASCII) is percent-encoded so it cannot end the link or the table cell.
+_URL_SAFE = ":/?#[]@!$&'*+,;=%~"
+
+
+def md_url(url: str | None) -> str:
+    """An http(s) URL safe inside `[text](url)` in a table cell; anything else becomes `#`."""
+    text = (url or "").strip()
+    if urlsplit(text).scheme.lower() not in {"http", "https"}:
+        return "#"  # never a javascript: or data: link, whatever the data says
+    return quote(text, safe=_URL_SAFE)
 
 
 def build_environment() -> jinja2.Environment:
@@ -110,9 +136,11 @@ def build_environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["md_cell"] = md_cell
+    env.filters["md_escape"] = md_escape
     env.filters["md_link_text"] = md_link_text
     env.filters["first_chars"] = first_chars
     env.filters["collapse_ws"] = collapse_ws
+    env.filters["md_url"] = md_url
     return env
 
 
