@@ -1,0 +1,1199 @@
+"""`SqlStore`: the `PaperStore` on SQLAlchemy, for SQLite (the default) and PostgreSQL.
+
+The only code that opens the database. Every public method is one transaction and returns
+domain objects; rows never leave this package. Bulk paths (`commit_harvest`,
+`pending_batches`, `record_outcomes`) work in a handful of set-based statements however many
+papers or subscriptions there are, so a 5,000-paper harvest is a few round trips, not 5,000.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from alembic.util import CommandError
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    make_url,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+
+from digest.domain import (
+    Batch,
+    Delivery,
+    DeliveryStatus,
+    Keyword,
+    Outcome,
+    OutcomeKind,
+    Paper,
+    RunReport,
+    Subscription,
+    Target,
+)
+from digest.errors import StoreError
+from digest.store import HarvestCommit, OutcomeCounts
+from storage.models import (
+    DeliveryRow,
+    KeywordRow,
+    MatchRow,
+    PaperRow,
+    RunRow,
+    StateRow,
+    SubscriptionRow,
+    TargetOptionRow,
+    TranslationRow,
+    as_utc,
+)
+
+if TYPE_CHECKING:
+    from digest.config import Settings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+WATERMARK_KEY = "harvest.watermark"
+# Older SQLite builds allow 999 bound variables per statement; 500 ids (or 250 id pairs)
+# leaves room for the other parameters of the query.
+CHUNK = 500
+# A cycle's biggest write (thousands of papers) takes well under a second; a slash command that
+# arrives meanwhile should wait for it rather than fail with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_PAPER_COLUMNS = (
+    PaperRow.arxiv_id,
+    PaperRow.version,
+    PaperRow.title,
+    PaperRow.authors,
+    PaperRow.abstract,
+    PaperRow.comment,
+    PaperRow.journal_ref,
+    PaperRow.doi,
+    PaperRow.categories,
+    PaperRow.primary_category,
+    PaperRow.published,
+    PaperRow.updated,
+)
+# Fields a newer (or the same) version of a paper replaces; first_seen never changes.
+_PAPER_CONTENT = (
+    "version",
+    "title",
+    "authors",
+    "abstract",
+    "comment",
+    "journal_ref",
+    "doi",
+    "categories",
+    "primary_category",
+    "published",
+    "updated",
+)
+
+
+def _keyword_key(text: str) -> str:
+    """The lookup key of a query: whitespace collapsed and case-folded."""
+    return " ".join(text.split()).casefold()
+
+
+_T = TypeVar("_T")
+
+
+def _chunks(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, fit for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _paper(row: Any) -> Paper:
+    """A Paper from a result row that has the `_PAPER_COLUMNS`."""
+    m = row._mapping
+    return Paper(
+        arxiv_id=m["arxiv_id"],
+        version=m["version"],
+        title=m["title"],
+        authors=tuple(m["authors"]),
+        abstract=m["abstract"],
+        published=m["published"],
+        updated=m["updated"],
+        primary_category=m["primary_category"],
+        categories=tuple(m["categories"]),
+        comment=m["comment"],
+        journal_ref=m["journal_ref"],
+        doi=m["doi"],
+    )
+
+
+def _paper_values(paper: Paper, now: datetime) -> dict[str, Any]:
+    return {
+        "arxiv_id": paper.arxiv_id,
+        "version": paper.version,
+        "title": paper.title,
+        "authors": list(paper.authors),
+        "abstract": paper.abstract,
+        "comment": paper.comment,
+        "journal_ref": paper.journal_ref,
+        "doi": paper.doi,
+        "categories": list(paper.categories),
+        "primary_category": paper.primary_category,
+        "published": paper.published,
+        "updated": paper.updated,
+        "first_seen": now,
+        "last_seen": now,
+    }
+
+
+class SqlStore:
+    """The database behind the daily cycle, the bots and the CLI (implements `PaperStore`)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        max_attempts: int = 8,
+        retry_base: timedelta = timedelta(minutes=30),
+        retry_max: timedelta = timedelta(hours=24),
+        echo: bool = False,
+    ) -> None:
+        self._url_text = url
+        self._redacted = redact_url(url)
+        self._max_attempts = max_attempts
+        self._retry_base = retry_base
+        self._retry_max = retry_max
+        try:
+            self._url: URL = make_url(url)
+            self._engine: Engine = self._create_engine(self._url, echo=echo)
+        except ArgumentError as exc:
+            raise StoreError(
+                f"database URL {self._redacted!r} is not usable: {exc}. Use an empty "
+                "database.url for SQLite in the data folder, 'sqlite:///path/to/file.sqlite3', "
+                "or 'postgresql+psycopg://user@host:5432/dbname'."
+            ) from exc
+        self._dialect = self._engine.dialect.name
+        if self._dialect not in {"sqlite", "postgresql"}:
+            self._engine.dispose()
+            raise StoreError(
+                f"database URL {self._redacted!r} uses {self._dialect!r}; daily-papers supports "
+                "SQLite ('sqlite:///...') and PostgreSQL ('postgresql+psycopg://...')."
+            )
+        # Write transactions on SQLite take the write lock up front (BEGIN IMMEDIATE) so two
+        # writers queue on the busy timeout instead of failing when a reader upgrades.
+        self._writer = self._engine.execution_options(daily_papers_begin="BEGIN IMMEDIATE")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqlStore:
+        """A store for `settings.database_url` with the [delivery] retry policy.
+
+        In test mode retries are due at once (zero backoff), so tests never wait.
+        """
+        base = timedelta(minutes=settings.delivery.retry_base_minutes)
+        if settings.service.test_mode:
+            base = timedelta(0)
+        return cls(
+            url=settings.database_url,
+            max_attempts=settings.delivery.max_attempts,
+            retry_base=base,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @staticmethod
+    def _create_engine(url: URL, *, echo: bool) -> Engine:
+        if url.get_backend_name() != "sqlite":
+            # pre-ping: `serve` holds connections for days; the server may restart meanwhile
+            return create_engine(url, echo=echo, pool_pre_ping=True)
+        engine = create_engine(
+            url,
+            echo=echo,
+            # async callers run methods via asyncio.to_thread: a pooled connection may be used
+            # from another thread than the one that opened it (never two at once)
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy emit BEGIN itself (below): pysqlite's implicit transactions
+            # cannot do BEGIN IMMEDIATE and do not cover DDL.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+                cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute("PRAGMA synchronous=NORMAL")  # WAL keeps this crash-safe
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(conn.get_execution_options().get("daily_papers_begin", "BEGIN"))
+
+        return engine
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the latest revision (Alembic `upgrade head`).
+
+        For SQLite the data folder is created first. Existing data is kept.
+        """
+        if self._dialect == "sqlite":
+            database = self._url.database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                folder = Path(database).expanduser().parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot create the data folder {str(folder)!r} for database "
+                        f"{self._redacted!r}: {exc.strerror}. Set service.data_dir (or "
+                        "database.url) to a writable place."
+                    ) from exc
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        # '%' is configparser interpolation syntax; a password may contain it
+        config.set_main_option("sqlalchemy.url", self._url_text.replace("%", "%%"))
+        started = time.monotonic()
+        try:
+            with self._transaction(write=True) as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except CommandError as exc:
+            raise StoreError(
+                f"cannot migrate the database {self._redacted!r}: {exc}. If it was created by "
+                "a newer daily-papers, upgrade daily-papers."
+            ) from exc
+        log.info("store.migrated url=%s seconds=%.2f", self._redacted, time.monotonic() - started)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqlStore(url={self._redacted!r})"
+
+    @contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction; database errors become a StoreError a person can act on."""
+        engine = self._writer if write else self._engine
+        try:
+            with engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise self._store_error(exc) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database {self._redacted!r}: {exc}") from exc
+
+    def _store_error(self, exc: DBAPIError) -> StoreError:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        password = self._url.password
+        if password:
+            detail = detail.replace(str(password), "***")
+        lowered = detail.lower()
+        if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
+            hint = "the schema is missing or out of date: migrate it (SqlStore.migrate())."
+        elif exc.connection_invalidated or "connect" in lowered or "unable to open" in lowered:
+            hint = (
+                "check that the database server is running and reachable, that database.url "
+                "(or DAILY_PAPERS_DATABASE_URL) is right, and that the data folder is writable."
+            )
+        elif "locked" in lowered or "busy" in lowered:
+            hint = "another process held the database too long; retry, or stop the other process."
+        else:
+            hint = "see the log for details."
+        return StoreError(f"database {self._redacted!r}: {detail}; {hint}")
+
+    def _insert(self, model: Any) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT on both backends we support."""
+        if self._dialect == "postgresql":
+            return pg_insert(model)
+        return sqlite_insert(model)
+
+    # -- keywords -------------------------------------------------------------------------
+    def _keyword_id(self, conn: Connection, query: str) -> int | None:
+        return conn.execute(
+            select(KeywordRow.id).where(KeywordRow.key == _keyword_key(query))
+        ).scalar_one_or_none()
+
+    def _ensure_keyword(
+        self, conn: Connection, query: str, *, from_config: bool, now: datetime
+    ) -> tuple[int, str, bool]:
+        """(id, stored query text, True when newly tracked)."""
+        text = query.strip()
+        inserted = conn.execute(
+            self._insert(KeywordRow)
+            .values(
+                query=text,
+                key=_keyword_key(text),
+                from_config=from_config,
+                created_at=now,
+                backfilled_at=None,
+            )
+            .on_conflict_do_nothing(index_elements=["key"])
+        ).rowcount
+        row = conn.execute(
+            select(KeywordRow.id, KeywordRow.query, KeywordRow.from_config).where(
+                KeywordRow.key == _keyword_key(text)
+            )
+        ).one()
+        if from_config and not row.from_config:
+            # a keyword a user added that now also sits in the config file: config ones
+            # are listed first and are not removed through chat
+            conn.execute(update(KeywordRow).where(KeywordRow.id == row.id).values(from_config=True))
+        return row.id, row.query, inserted == 1
+
+    def list_keywords(self) -> list[Keyword]:
+        """Every tracked keyword: config ones first, then the others, each in insertion order."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(KeywordRow.query, KeywordRow.from_config).order_by(
+                    KeywordRow.from_config.desc(), KeywordRow.id
+                )
+            ).all()
+        return [Keyword(query=r.query, from_config=bool(r.from_config)) for r in rows]
+
+    def add_keyword(self, query: str, *, from_config: bool = False) -> bool:
+        """Track `query` (already validated); True when it was not tracked before.
+
+        Lookups are case- and whitespace-insensitive: `LLM  Agents` is the same keyword as
+        `llm agents`, and the text first added is the one shown.
+        """
+        with self._transaction(write=True) as conn:
+            _, _, created = self._ensure_keyword(
+                conn, query, from_config=from_config, now=_utcnow()
+            )
+        return created
+
+    def remove_keyword(self, query: str) -> bool:
+        """Stop tracking `query`, dropping its matches and inactive subscriptions.
+
+        Refuses with StoreError while an active subscription still uses it; papers stay (other
+        keywords may match them). True when it was tracked.
+        """
+        with self._transaction(write=True) as conn:
+            keyword_id = self._keyword_id(conn, query)
+            if keyword_id is None:
+                return False
+            users = conn.execute(
+                select(SubscriptionRow.target_kind, SubscriptionRow.target_address)
+                .where(SubscriptionRow.keyword_id == keyword_id, SubscriptionRow.active)
+                .order_by(SubscriptionRow.id)
+            ).all()
+            if users:
+                targets = ", ".join(f"{r.target_kind}:{r.target_address}" for r in users[:5])
+                more = f" and {len(users) - 5} more" if len(users) > 5 else ""
+                raise StoreError(
+                    f"keyword {query!r} still has {len(users)} active subscription(s) "
+                    f"({targets}{more}); unsubscribe them before removing it."
+                )
+            subscriptions = select(SubscriptionRow.id).where(
+                SubscriptionRow.keyword_id == keyword_id
+            )
+            conn.execute(delete(DeliveryRow).where(DeliveryRow.subscription_id.in_(subscriptions)))
+            conn.execute(delete(SubscriptionRow).where(SubscriptionRow.keyword_id == keyword_id))
+            conn.execute(delete(MatchRow).where(MatchRow.keyword_id == keyword_id))
+            conn.execute(delete(KeywordRow).where(KeywordRow.id == keyword_id))
+        log.info("store.keyword_removed query=%r", query)
+        return True
+
+    def keywords_to_backfill(self) -> list[str]:
+        """Keywords that never had their one-off backfill, in `list_keywords` order."""
+        with self._transaction() as conn:
+            return list(
+                conn.execute(
+                    select(KeywordRow.query)
+                    .where(KeywordRow.backfilled_at.is_(None))
+                    .order_by(KeywordRow.from_config.desc(), KeywordRow.id)
+                ).scalars()
+            )
+
+    def mark_backfilled(self, query: str, when: datetime) -> None:
+        """Record that `query` got its backfill (a no-op for an untracked query)."""
+        with self._transaction(write=True) as conn:
+            conn.execute(
+                update(KeywordRow)
+                .where(KeywordRow.key == _keyword_key(query))
+                .values(backfilled_at=when)
+            )
+
+    # -- papers and matches ---------------------------------------------------------------
+    def _known_versions(self, conn: Connection, arxiv_ids: Iterable[str]) -> dict[str, int]:
+        ids = sorted(set(arxiv_ids))
+        known: dict[str, int] = {}
+        for chunk in _chunks(ids):
+            for arxiv_id, version in conn.execute(
+                select(PaperRow.arxiv_id, PaperRow.version).where(PaperRow.arxiv_id.in_(chunk))
+            ):
+                known[arxiv_id] = version
+        return known
+
+    def known_versions(self, arxiv_ids: Collection[str]) -> dict[str, int]:
+        """The stored version of each of these ids that is stored at all."""
+        with self._transaction() as conn:
+            return self._known_versions(conn, arxiv_ids)
+
+    def iter_papers(self, *, batch_size: int = 1000) -> Iterator[Paper]:
+        """Every stored paper in arxiv_id order, read `batch_size` at a time.
+
+        Each batch is its own short read, so a long consumer never holds the database.
+        """
+        after = ""
+        while True:
+            with self._transaction() as conn:
+                rows = conn.execute(
+                    select(*_PAPER_COLUMNS)
+                    .where(PaperRow.arxiv_id > after)
+                    .order_by(PaperRow.arxiv_id)
+                    .limit(batch_size)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield _paper(row)
+            if len(rows) < batch_size:
+                return
+            after = rows[-1].arxiv_id
+
+    def commit_harvest(
+        self,
+        *,
+        papers: Sequence[Paper],
+        matches: Mapping[str, Collection[str]],
+        deliverable: Collection[str],
+        now: datetime,
+        watermark: datetime | None = None,
+    ) -> HarvestCommit:
+        """Store one harvest atomically (all of it, or nothing on any error).
+
+        - Papers are upserted: a new id is inserted with first_seen = last_seen = `now`; a
+          stored id gets last_seen = `now`, and its content is replaced when the harvested
+          version is the same or higher (never downgraded); first_seen is kept.
+        - `matches` (keyword query -> arxiv ids) are added; existing pairs are left alone.
+          A keyword that is not tracked (removed meanwhile) is skipped with a warning.
+        - For every matched pair whose paper is in `deliverable`, each active subscription of
+          that keyword gets a pending delivery unless it already has a row for that paper
+          (any status): committing the same harvest twice owes nothing twice, and a
+          subscription made after a paper was harvested is never owed it.
+        - `watermark`, when given, becomes the new harvest watermark.
+        """
+        started = time.monotonic()
+        now = as_utc(now)
+        latest: dict[str, Paper] = {}
+        for paper in papers:
+            held = latest.get(paper.arxiv_id)
+            if held is None or paper.version > held.version:
+                latest[paper.arxiv_id] = paper
+        deliverable_ids = set(deliverable)
+        with self._transaction(write=True) as conn:
+            known = self._known_versions(conn, latest)
+            new_papers = sum(1 for arxiv_id in latest if arxiv_id not in known)
+            revised = sum(
+                1
+                for arxiv_id, p in latest.items()
+                if arxiv_id in known and p.version > known[arxiv_id]
+            )
+            self._upsert_papers(conn, list(latest.values()), now)
+            pairs = self._matched_pairs(conn, matches)
+            new_matches = self._insert_matches(conn, pairs, now)
+            new_deliveries = self._insert_deliveries(
+                conn, [(k, a) for k, a in pairs if a in deliverable_ids], now
+            )
+            if watermark is not None:
+                self._set_state(conn, WATERMARK_KEY, as_utc(watermark).isoformat())
+        log.info(
+            "store.harvest_committed papers=%d new=%d revised=%d new_matches=%d "
+            "new_deliveries=%d seconds=%.2f",
+            len(latest),
+            new_papers,
+            revised,
+            new_matches,
+            new_deliveries,
+            time.monotonic() - started,
+        )
+        return HarvestCommit(
+            new_papers=new_papers,
+            revised_papers=revised,
+            new_matches=new_matches,
+            new_deliveries=new_deliveries,
+        )
+
+    def _upsert_papers(self, conn: Connection, papers: list[Paper], now: datetime) -> None:
+        if not papers:
+            return
+        stmt = self._insert(PaperRow)
+        newer = stmt.excluded.version >= PaperRow.version
+        set_: dict[str, Any] = {
+            name: case((newer, getattr(stmt.excluded, name)), else_=getattr(PaperRow, name))
+            for name in _PAPER_CONTENT
+        }
+        set_["last_seen"] = stmt.excluded.last_seen
+        stmt = stmt.on_conflict_do_update(index_elements=["arxiv_id"], set_=set_)
+        for batch in _chunks(papers, 1000):
+            conn.execute(stmt, [_paper_values(p, now) for p in batch])
+
+    def _matched_pairs(
+        self, conn: Connection, matches: Mapping[str, Collection[str]]
+    ) -> list[tuple[int, str]]:
+        """(keyword id, arxiv id) for every tracked keyword in `matches`."""
+        keys = {_keyword_key(query): query for query in matches}
+        ids: dict[str, int] = {}
+        for chunk in _chunks(sorted(keys)):
+            for key, keyword_id in conn.execute(
+                select(KeywordRow.key, KeywordRow.id).where(KeywordRow.key.in_(chunk))
+            ):
+                ids[key] = keyword_id
+        pairs: set[tuple[int, str]] = set()
+        for key, query in keys.items():
+            if key not in ids:
+                log.warning("store.match_skipped reason=untracked_keyword query=%r", query)
+                continue
+            pairs.update((ids[key], arxiv_id) for arxiv_id in matches[query])
+        return sorted(pairs)
+
+    def _insert_matches(self, conn: Connection, pairs: list[tuple[int, str]], now: datetime) -> int:
+        if not pairs:
+            return 0
+        existing: set[tuple[int, str]] = set()
+        for id_chunk in _chunks(sorted({arxiv_id for _, arxiv_id in pairs})):
+            existing.update(
+                (k, a)
+                for k, a in conn.execute(
+                    select(MatchRow.keyword_id, MatchRow.arxiv_id).where(
+                        MatchRow.arxiv_id.in_(id_chunk)
+                    )
+                )
+            )
+        fresh = [p for p in pairs if p not in existing]
+        stmt = self._insert(MatchRow).on_conflict_do_nothing(
+            index_elements=["keyword_id", "arxiv_id"]
+        )
+        for batch in _chunks(fresh, 1000):
+            conn.execute(
+                stmt, [{"keyword_id": k, "arxiv_id": a, "first_matched": now} for k, a in batch]
+            )
+        return len(fresh)
+
+    def _insert_deliveries(
+        self, conn: Connection, pairs: list[tuple[int, str]], now: datetime
+    ) -> int:
+        if not pairs:
+            return 0
+        keyword_ids = sorted({k for k, _ in pairs})
+        subscribers: dict[int, list[int]] = {}
+        for kw_chunk in _chunks(keyword_ids):
+            for subscription_id, keyword_id in conn.execute(
+                select(SubscriptionRow.id, SubscriptionRow.keyword_id).where(
+                    SubscriptionRow.keyword_id.in_(kw_chunk), SubscriptionRow.active
+                )
+            ):
+                subscribers.setdefault(keyword_id, []).append(subscription_id)
+        owed = {
+            (subscription_id, arxiv_id)
+            for keyword_id, arxiv_id in pairs
+            for subscription_id in subscribers.get(keyword_id, ())
+        }
+        if not owed:
+            return 0
+        existing: set[tuple[int, str]] = set()
+        for id_chunk in _chunks(sorted({a for _, a in owed})):
+            existing.update(
+                (s, a)
+                for s, a in conn.execute(
+                    select(DeliveryRow.subscription_id, DeliveryRow.arxiv_id).where(
+                        DeliveryRow.arxiv_id.in_(id_chunk)
+                    )
+                )
+            )
+        fresh = sorted(owed - existing)
+        stmt = self._insert(DeliveryRow).on_conflict_do_nothing(
+            index_elements=["subscription_id", "arxiv_id"]
+        )
+        for batch in _chunks(fresh, 1000):
+            conn.execute(
+                stmt,
+                [
+                    {
+                        "subscription_id": s,
+                        "arxiv_id": a,
+                        "status": DeliveryStatus.PENDING.value,
+                        "attempts": 0,
+                        "last_error": None,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                        "sent_at": None,
+                    }
+                    for s, a in batch
+                ],
+            )
+        return len(fresh)
+
+    def latest_matches(self, query: str, limit: int) -> list[Paper]:
+        """The newest `limit` papers matching `query` by last-updated date (ties: id descending)."""
+        with self._transaction() as conn:
+            keyword_id = self._keyword_id(conn, query)
+            if keyword_id is None:
+                return []
+            rows = conn.execute(
+                select(*_PAPER_COLUMNS)
+                .join(MatchRow, MatchRow.arxiv_id == PaperRow.arxiv_id)
+                .where(MatchRow.keyword_id == keyword_id)
+                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
+                .limit(limit)
+            ).all()
+        return [_paper(r) for r in rows]
+
+    def count_matches(self, query: str) -> int:
+        """How many stored papers match `query` (0 for an untracked one)."""
+        with self._transaction() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(MatchRow)
+                    .join(KeywordRow, KeywordRow.id == MatchRow.keyword_id)
+                    .where(KeywordRow.key == _keyword_key(query))
+                ).scalar_one()
+            )
+
+    def matches_first_seen_between(self, start: datetime, end: datetime) -> list[tuple[str, Paper]]:
+        """(keyword, paper) pairs whose paper was first stored in [start, end).
+
+        Newest first (last-updated date, then id descending); a paper matching two keywords
+        appears once per keyword, keywords in `list_keywords` order.
+        """
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(KeywordRow.query.label("keyword_query"), *_PAPER_COLUMNS)
+                .join(MatchRow, MatchRow.arxiv_id == PaperRow.arxiv_id)
+                .join(KeywordRow, KeywordRow.id == MatchRow.keyword_id)
+                .where(PaperRow.first_seen >= start, PaperRow.first_seen < end)
+                .order_by(
+                    PaperRow.updated.desc(),
+                    PaperRow.arxiv_id.desc(),
+                    KeywordRow.from_config.desc(),
+                    KeywordRow.id,
+                )
+            ).all()
+        return [(r.keyword_query, _paper(r)) for r in rows]
+
+    # -- translations ---------------------------------------------------------------------
+    def get_translations(
+        self, arxiv_ids: Collection[str], language: str
+    ) -> dict[str, tuple[str, str]]:
+        """Stored (title, abstract) translations into `language`, by arxiv id."""
+        found: dict[str, tuple[str, str]] = {}
+        with self._transaction() as conn:
+            for chunk in _chunks(sorted(set(arxiv_ids))):
+                for arxiv_id, title, abstract in conn.execute(
+                    select(
+                        TranslationRow.arxiv_id, TranslationRow.title, TranslationRow.abstract
+                    ).where(TranslationRow.language == language, TranslationRow.arxiv_id.in_(chunk))
+                ):
+                    found[arxiv_id] = (title, abstract)
+        return found
+
+    def save_translation(self, arxiv_id: str, language: str, title: str, abstract: str) -> None:
+        """Store one paper's translation, replacing an older one into the same language."""
+        stmt = self._insert(TranslationRow).values(
+            arxiv_id=arxiv_id,
+            language=language,
+            title=title,
+            abstract=abstract,
+            created_at=_utcnow(),
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["arxiv_id", "language"],
+            set_={
+                "title": stmt.excluded.title,
+                "abstract": stmt.excluded.abstract,
+                "created_at": stmt.excluded.created_at,
+            },
+        )
+        with self._transaction(write=True) as conn:
+            conn.execute(stmt)
+
+    def papers_missing_translation(
+        self, language: str, *, since: datetime, limit: int = 500
+    ) -> list[Paper]:
+        """Papers matching some keyword, first stored at or after `since`, with no translation
+        into `language`; newest first, at most `limit`."""
+        matched = select(MatchRow.arxiv_id).where(MatchRow.arxiv_id == PaperRow.arxiv_id)
+        translated = select(TranslationRow.arxiv_id).where(
+            TranslationRow.arxiv_id == PaperRow.arxiv_id, TranslationRow.language == language
+        )
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(*_PAPER_COLUMNS)
+                .where(PaperRow.first_seen >= since, matched.exists(), ~translated.exists())
+                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
+                .limit(limit)
+            ).all()
+        return [_paper(r) for r in rows]
+
+    # -- subscriptions --------------------------------------------------------------------
+    def add_subscription(self, target: Target, query: str, *, now: datetime) -> Subscription:
+        """Subscribe `target` to `query`, tracking the keyword if needed.
+
+        An existing subscription is returned as is; a disabled one is re-activated and its
+        reason cleared. Papers harvested before this moment are not owed to it.
+        """
+        with self._transaction(write=True) as conn:
+            keyword_id, keyword_text, _ = self._ensure_keyword(
+                conn, query, from_config=False, now=now
+            )
+            where = (
+                SubscriptionRow.target_kind == target.kind,
+                SubscriptionRow.target_address == target.address,
+                SubscriptionRow.keyword_id == keyword_id,
+            )
+            row = conn.execute(
+                select(
+                    SubscriptionRow.id, SubscriptionRow.active, SubscriptionRow.created_at
+                ).where(*where)
+            ).one_or_none()
+            if row is None:
+                subscription_id = conn.execute(
+                    insert(SubscriptionRow)
+                    .values(
+                        target_kind=target.kind,
+                        target_address=target.address,
+                        keyword_id=keyword_id,
+                        active=True,
+                        disabled_reason=None,
+                        created_at=now,
+                    )
+                    .returning(SubscriptionRow.id)
+                ).scalar_one()
+                created_at = as_utc(now)
+            else:
+                subscription_id, created_at = row.id, row.created_at
+                if not row.active:
+                    conn.execute(
+                        update(SubscriptionRow)
+                        .where(SubscriptionRow.id == row.id)
+                        .values(active=True, disabled_reason=None)
+                    )
+        return Subscription(
+            id=subscription_id,
+            target=target,
+            keyword=keyword_text,
+            active=True,
+            disabled_reason=None,
+            created_at=created_at,
+        )
+
+    def remove_subscription(self, target: Target, query: str) -> bool:
+        """Delete the subscription and its outbox rows; True when there was one."""
+        with self._transaction(write=True) as conn:
+            keyword_id = self._keyword_id(conn, query)
+            if keyword_id is None:
+                return False
+            subscription_id = conn.execute(
+                select(SubscriptionRow.id).where(
+                    SubscriptionRow.target_kind == target.kind,
+                    SubscriptionRow.target_address == target.address,
+                    SubscriptionRow.keyword_id == keyword_id,
+                )
+            ).scalar_one_or_none()
+            if subscription_id is None:
+                return False
+            conn.execute(delete(DeliveryRow).where(DeliveryRow.subscription_id == subscription_id))
+            conn.execute(delete(SubscriptionRow).where(SubscriptionRow.id == subscription_id))
+        return True
+
+    def list_subscriptions(
+        self, target: Target | None = None, *, active_only: bool = False
+    ) -> list[Subscription]:
+        """Subscriptions, of one target or all, in the order they were made."""
+        stmt = (
+            select(
+                SubscriptionRow.id,
+                SubscriptionRow.target_kind,
+                SubscriptionRow.target_address,
+                SubscriptionRow.active,
+                SubscriptionRow.disabled_reason,
+                SubscriptionRow.created_at,
+                KeywordRow.query,
+            )
+            .join(KeywordRow, KeywordRow.id == SubscriptionRow.keyword_id)
+            .order_by(SubscriptionRow.id)
+        )
+        if target is not None:
+            stmt = stmt.where(
+                SubscriptionRow.target_kind == target.kind,
+                SubscriptionRow.target_address == target.address,
+            )
+        if active_only:
+            stmt = stmt.where(SubscriptionRow.active)
+        with self._transaction() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            Subscription(
+                id=r.id,
+                target=Target(kind=r.target_kind, address=r.target_address),
+                keyword=r.query,
+                active=bool(r.active),
+                disabled_reason=r.disabled_reason,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    def disable_subscription(self, subscription_id: int, reason: str) -> None:
+        """Stop delivering to a subscription, keeping `reason` for `status` and `list`.
+
+        Its pending deliveries are marked failed, so re-activating it later does not flood
+        the target with a backlog.
+        """
+        with self._transaction(write=True) as conn:
+            self._disable(conn, [subscription_id], {subscription_id: reason})
+
+    def _disable(
+        self, conn: Connection, subscription_ids: Sequence[int], reasons: Mapping[int, str]
+    ) -> tuple[int, int]:
+        """Disable these subscriptions; (subscriptions newly disabled, deliveries failed)."""
+        disabled = failed = 0
+        for subscription_id in subscription_ids:
+            reason = reasons[subscription_id]
+            disabled += conn.execute(
+                update(SubscriptionRow)
+                .where(SubscriptionRow.id == subscription_id, SubscriptionRow.active)
+                .values(active=False, disabled_reason=reason)
+            ).rowcount
+            failed += conn.execute(
+                update(DeliveryRow)
+                .where(
+                    DeliveryRow.subscription_id == subscription_id,
+                    DeliveryRow.status == DeliveryStatus.PENDING.value,
+                )
+                .values(status=DeliveryStatus.FAILED.value, last_error=reason)
+            ).rowcount
+            log.warning("store.subscription_disabled id=%d reason=%r", subscription_id, reason)
+        return disabled, failed
+
+    @staticmethod
+    def _target_is(target: Target) -> tuple[Any, Any]:
+        return (
+            TargetOptionRow.target_kind == target.kind,
+            TargetOptionRow.target_address == target.address,
+        )
+
+    def get_target_option(self, target: Target, name: str) -> str | None:
+        """A per-target setting (for example the translation language of a channel)."""
+        with self._transaction() as conn:
+            return conn.execute(
+                select(TargetOptionRow.value).where(
+                    *self._target_is(target), TargetOptionRow.name == name
+                )
+            ).scalar_one_or_none()
+
+    def set_target_option(self, target: Target, name: str, value: str | None) -> None:
+        """Set or (with None) clear a per-target setting."""
+        with self._transaction(write=True) as conn:
+            if value is None:
+                conn.execute(
+                    delete(TargetOptionRow).where(
+                        *self._target_is(target), TargetOptionRow.name == name
+                    )
+                )
+                return
+            stmt = self._insert(TargetOptionRow).values(
+                target_kind=target.kind, target_address=target.address, name=name, value=value
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["target_kind", "target_address", "name"],
+                    set_={"value": stmt.excluded.value},
+                )
+            )
+
+    # -- the outbox -----------------------------------------------------------------------
+    def pending_batches(
+        self, *, now: datetime, kinds: Collection[str] | None = None
+    ) -> list[Batch]:
+        """Due deliveries (pending, next attempt at or before `now`, subscription active),
+        one Batch per target of these kinds (or all).
+
+        Targets come in the order of their first subscription; within a batch deliveries are
+        ordered by subscription, then newest paper first. `options` holds the target's
+        per-target settings; `language`/`translations` are left for the cycle to fill.
+        """
+        stmt = (
+            select(
+                DeliveryRow.subscription_id.label("delivery_subscription_id"),
+                DeliveryRow.attempts.label("delivery_attempts"),
+                SubscriptionRow.target_kind.label("target_kind"),
+                SubscriptionRow.target_address.label("target_address"),
+                KeywordRow.query.label("keyword_query"),
+                *_PAPER_COLUMNS,
+            )
+            .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
+            .join(KeywordRow, KeywordRow.id == SubscriptionRow.keyword_id)
+            .join(PaperRow, PaperRow.arxiv_id == DeliveryRow.arxiv_id)
+            .where(
+                DeliveryRow.status == DeliveryStatus.PENDING.value,
+                DeliveryRow.next_attempt_at <= as_utc(now),
+                SubscriptionRow.active,
+            )
+            .order_by(
+                DeliveryRow.subscription_id, PaperRow.updated.desc(), PaperRow.arxiv_id.desc()
+            )
+        )
+        options_stmt = select(
+            TargetOptionRow.target_kind,
+            TargetOptionRow.target_address,
+            TargetOptionRow.name,
+            TargetOptionRow.value,
+        )
+        if kinds is not None:
+            kind_list = sorted(set(kinds))
+            if not kind_list:
+                return []
+            stmt = stmt.where(SubscriptionRow.target_kind.in_(kind_list))
+            options_stmt = options_stmt.where(TargetOptionRow.target_kind.in_(kind_list))
+        with self._transaction() as conn:
+            rows = conn.execute(stmt).all()
+            if not rows:
+                return []
+            option_rows = conn.execute(options_stmt).all()
+        grouped: dict[Target, list[Delivery]] = {}
+        for r in rows:
+            grouped.setdefault(Target(kind=r.target_kind, address=r.target_address), []).append(
+                Delivery(
+                    subscription_id=r.delivery_subscription_id,
+                    keyword=r.keyword_query,
+                    paper=_paper(r),
+                    attempts=r.delivery_attempts,
+                )
+            )
+        options: dict[Target, dict[str, str]] = {}
+        for o in option_rows:
+            target = Target(kind=o.target_kind, address=o.target_address)
+            if target in grouped:
+                options.setdefault(target, {})[o.name] = o.value
+        return [
+            Batch(target=target, deliveries=tuple(deliveries), options=options.get(target, {}))
+            for target, deliveries in grouped.items()
+        ]
+
+    def _retry_delay(self, attempts: int) -> timedelta:
+        """retry_base * 2**(attempts-1), capped at retry_max."""
+        exponent = max(attempts - 1, 0)
+        if exponent > 40:  # 2**40 of anything exceeds any sane cap (and timedelta's range)
+            return self._retry_max
+        return min(self._retry_base * (1 << exponent), self._retry_max)
+
+    def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> OutcomeCounts:
+        """Apply send results to the outbox in one transaction.
+
+        - SENT: status sent, sent_at = now, attempts + 1.
+        - RETRY: attempts + 1, last_error kept, next attempt at now + retry_base *
+          2**(attempts - 1) (capped at retry_max); at max_attempts the delivery is failed.
+        - PERMANENT: the subscription is disabled with the error as its reason and all its
+          pending deliveries are failed.
+        Outcomes for deliveries that are no longer pending (already recorded) are ignored, so
+        recording the same outcomes twice changes nothing.
+        """
+        now = as_utc(now)
+        with self._transaction(write=True) as conn:
+            pending = self._pending_attempts(conn, outcomes)
+            sent: list[dict[str, Any]] = []
+            retried: list[dict[str, Any]] = []
+            gave_up: list[dict[str, Any]] = []
+            reasons: dict[int, str] = {}
+            for outcome in outcomes:
+                key = (outcome.subscription_id, outcome.arxiv_id)
+                if outcome.kind is OutcomeKind.PERMANENT:
+                    reasons.setdefault(outcome.subscription_id, outcome.error or "permanent error")
+                    continue
+                if key not in pending:
+                    continue
+                attempts = pending.pop(key) + 1
+                params: dict[str, Any] = {
+                    "s": outcome.subscription_id,
+                    "a": outcome.arxiv_id,
+                    "attempts": attempts,
+                }
+                if outcome.kind is OutcomeKind.SENT:
+                    sent.append(params | {"status": DeliveryStatus.SENT.value, "sent_at": now})
+                    continue
+                params["last_error"] = outcome.error or "transient error"
+                if attempts >= self._max_attempts:
+                    gave_up.append(params | {"status": DeliveryStatus.FAILED.value})
+                else:
+                    retried.append(
+                        params
+                        | {
+                            "status": DeliveryStatus.PENDING.value,
+                            "next_attempt_at": now + self._retry_delay(attempts),
+                        }
+                    )
+            self._update_deliveries(conn, sent, sent_at=True)
+            self._update_deliveries(conn, retried, next_attempt=True)
+            self._update_deliveries(conn, gave_up)
+            disabled, failed = self._disable(conn, sorted(reasons), reasons)
+        counts = OutcomeCounts(
+            sent=len(sent), retried=len(retried), failed=len(gave_up) + failed, disabled=disabled
+        )
+        if gave_up:
+            log.warning("store.deliveries_gave_up count=%d", len(gave_up))
+        return counts
+
+    def _pending_attempts(
+        self, conn: Connection, outcomes: Sequence[Outcome]
+    ) -> dict[tuple[int, str], int]:
+        keys = sorted({(o.subscription_id, o.arxiv_id) for o in outcomes})
+        attempts: dict[tuple[int, str], int] = {}
+        for key_chunk in _chunks(keys, CHUNK // 2):
+            for s, a, n in conn.execute(
+                select(
+                    DeliveryRow.subscription_id, DeliveryRow.arxiv_id, DeliveryRow.attempts
+                ).where(
+                    tuple_(DeliveryRow.subscription_id, DeliveryRow.arxiv_id).in_(key_chunk),
+                    DeliveryRow.status == DeliveryStatus.PENDING.value,
+                )
+            ):
+                attempts[(s, a)] = n
+        return attempts
+
+    def _update_deliveries(
+        self,
+        conn: Connection,
+        params: list[dict[str, Any]],
+        *,
+        sent_at: bool = False,
+        next_attempt: bool = False,
+    ) -> None:
+        if not params:
+            return
+        values: dict[str, Any] = {
+            "status": bindparam("status"),
+            "attempts": bindparam("attempts"),
+        }
+        if sent_at:
+            values["sent_at"] = bindparam("sent_at")
+        else:
+            values["last_error"] = bindparam("last_error")
+        if next_attempt:
+            values["next_attempt_at"] = bindparam("next_attempt_at")
+        stmt = (
+            update(DeliveryRow)
+            .where(
+                DeliveryRow.subscription_id == bindparam("s"),
+                DeliveryRow.arxiv_id == bindparam("a"),
+            )
+            .values(values)
+        )
+        conn.execute(stmt, params)
+
+    # -- runs and state -------------------------------------------------------------------
+    def _set_state(self, conn: Connection, key: str, value: str) -> None:
+        stmt = self._insert(StateRow).values(key=key, value=value)
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value})
+        )
+
+    def get_watermark(self) -> datetime | None:
+        """The upper end of the last complete harvest window (UTC), or None before the first."""
+        value = self.get_state(WATERMARK_KEY)
+        return None if value is None else as_utc(datetime.fromisoformat(value))
+
+    def record_run(self, report: RunReport) -> None:
+        """Append one cycle to the runs table."""
+        with self._transaction(write=True) as conn:
+            conn.execute(
+                insert(RunRow).values(
+                    started_at=report.started_at,
+                    finished_at=report.finished_at,
+                    ok=report.ok,
+                    requests=report.requests,
+                    throttled=report.throttled,
+                    harvested=report.harvested,
+                    new_papers=report.new_papers,
+                    new_matches=report.new_matches,
+                    sent=report.sent,
+                    failed=report.failed,
+                    disabled=report.disabled,
+                    error=report.error,
+                    warnings=list(report.warnings),
+                )
+            )
+
+    def recent_runs(self, limit: int = 10) -> list[RunReport]:
+        """The latest cycles, newest first."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc()).limit(limit)
+            ).all()
+        return [
+            RunReport(
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                ok=bool(r.ok),
+                requests=r.requests,
+                throttled=r.throttled,
+                harvested=r.harvested,
+                new_papers=r.new_papers,
+                new_matches=r.new_matches,
+                sent=r.sent,
+                failed=r.failed,
+                disabled=r.disabled,
+                error=r.error,
+                warnings=tuple(r.warnings or ()),
+            )
+            for r in rows
+        ]
+
+    def get_state(self, key: str) -> str | None:
+        """A small named value kept between runs (alert bookkeeping and the like)."""
+        with self._transaction() as conn:
+            return conn.execute(
+                select(StateRow.value).where(StateRow.key == key)
+            ).scalar_one_or_none()
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Set or (with None) delete a named value."""
+        with self._transaction(write=True) as conn:
+            if value is None:
+                conn.execute(delete(StateRow).where(StateRow.key == key))
+            else:
+                self._set_state(conn, key, value)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
