@@ -295,9 +295,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_readme(path: Path, text: str) -> bool:
     """Write the README snapshot atomically when it changed; returns whether it was written."""
-    changed = write_text_atomic(path, text)
-    logger.info("readme.written path=%s changed=%s bytes=%d", path, changed, _size(text))
-    return changed
+    return write_text_atomic(path, text)
 
 
 # `https://user:token@host/...` in git's messages: the credentials must not reach logs.

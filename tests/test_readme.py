@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
+import subprocess
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import lxml.html
 import pytest
@@ -10,13 +15,22 @@ from lxml import etree
 from markdown_it import MarkdownIt
 
 from digest.domain import Paper
-from digest.readme import render_readme
+from digest.readme import (
+    ReadmeError,
+    _redact,
+    build_readme,
+    commit_readme,
+    fit_readme,
+    render_readme,
+    write_readme,
+    write_text_atomic,
+)
 from tests.reference_papers import REFERENCE_README, load_reference_sections
 
 REFERENCE_DAY = date(2025, 2, 11)
 
 
-def _reference_sections() -> list[tuple[str, tuple]]:
+def _reference_sections() -> list[tuple[str, tuple[Paper, ...]]]:
     return [(s.keyword, s.papers) for s in load_reference_sections()]
 
 
@@ -215,3 +229,281 @@ def test_reference_renders_as_a_real_table() -> None:
     ).findall(".//table")
     assert [len(t.findall("./tbody/tr")) for t in tables] == [20, 20, 20, 20]
     assert {len(tr.findall("./td")) for t in tables for tr in t.findall("./tbody/tr")} == {4}
+
+
+# --- the size cap ----------------------------------------------------------------------------
+
+
+def _big_sections(keywords: int = 3, per_keyword: int = 12) -> list[tuple[str, list[Paper]]]:
+    """Papers with ~1 kB abstracts; keyword k's paper i is updated at hour i*keywords + k."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    return [
+        (
+            f"Keyword {k}",
+            [
+                _paper(
+                    k * 100 + i,
+                    abstract="lorem ipsum " * 90,
+                    updated=start + timedelta(hours=i * keywords + k),
+                )
+                for i in range(per_keyword)
+            ],
+        )
+        for k in range(keywords)
+    ]
+
+
+def _ids(text: str) -> list[str]:
+    return [row.split("abs/")[1].split("v1)")[0] for row in _rows(text)]
+
+
+def test_fit_readme_leaves_a_small_readme_alone() -> None:
+    """Under the cap nothing is trimmed and the text is what render_readme gives."""
+    sections = _big_sections()
+    text, trimmed = fit_readme(sections, today=REFERENCE_DAY, max_bytes=10_000_000)
+    assert trimmed == 0
+    assert text == render_readme(sections, today=REFERENCE_DAY)
+
+
+def test_fit_readme_trims_the_oldest_rows_just_enough() -> None:
+    """Past the cap the oldest rows go first, exactly as many as needed."""
+    sections = _big_sections()
+    full = render_readme(sections, today=REFERENCE_DAY)
+    max_bytes = len(full.encode()) // 2
+    text, trimmed = fit_readme(sections, today=REFERENCE_DAY, max_bytes=max_bytes)
+    assert len(text.encode()) <= max_bytes
+    kept = set(_ids(text))
+    assert len(kept) == 36 - trimmed
+    everything = sorted((p for _, ps in sections for p in ps), key=lambda p: p.updated)
+    dropped = [p for p in everything if p.arxiv_id not in kept]
+    assert dropped == everything[:trimmed]  # strictly the oldest
+    # One row fewer would not have fitted: the trim is minimal.
+    one_more = everything[trimmed - 1].arxiv_id
+    with_one_more = [(k, [p for p in ps if p.arxiv_id in kept | {one_more}]) for k, ps in sections]
+    assert len(render_readme(with_one_more, today=REFERENCE_DAY).encode()) > max_bytes
+
+
+def test_fit_readme_keeps_one_row_per_keyword_while_it_can() -> None:
+    """Each keyword keeps its newest row even when another keyword's rows are all newer."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    old = ("Old topic", [_paper(1, abstract="x " * 400, updated=start)])
+    new = (
+        "New topic",
+        [
+            _paper(100 + i, abstract="y " * 400, updated=start + timedelta(days=i + 1))
+            for i in range(10)
+        ],
+    )
+    header_and_two = render_readme([old, (new[0], new[1][-1:])], today=REFERENCE_DAY)
+    text, trimmed = fit_readme(
+        [old, new], today=REFERENCE_DAY, max_bytes=len(header_and_two.encode()) + 10
+    )
+    assert trimmed == 9
+    assert _ids(text) == ["2501.00001", "2501.00109"]
+
+
+def test_fit_readme_when_nothing_fits() -> None:
+    """With a cap below the header alone every row goes and the header remains."""
+    sections = _big_sections(keywords=2, per_keyword=3)
+    text, trimmed = fit_readme(sections, today=REFERENCE_DAY, max_bytes=10)
+    assert trimmed == 6
+    assert _rows(text) == []
+    assert "## Keyword 0" in text
+    assert "## Keyword 1" in text
+
+
+def test_build_readme_warns_when_trimming(caplog: pytest.LogCaptureFixture) -> None:
+    """build_readme reports the trim as an event line and in its result."""
+    sections = _big_sections()
+    full = render_readme(sections, today=REFERENCE_DAY)
+    with caplog.at_level(logging.WARNING, logger="digest.readme"):
+        result = build_readme(
+            [k for k, _ in sections],
+            dict(sections),
+            today=REFERENCE_DAY,
+            max_bytes=len(full.encode()) - 1,
+        )
+    assert result.trimmed == 1
+    assert result.warning == f"readme.trimmed rows=1 bytes={result.size}"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"readme.trimmed rows=1 bytes={result.size} max_bytes={len(full.encode()) - 1}"
+    ]
+
+
+def test_build_readme_from_a_callable_or_a_mapping() -> None:
+    """Keywords keep the given order; a mapping may lack a keyword; revisions show once."""
+    old = _paper(1, title="Old version", version=1)
+    new = _paper(1, title="New version", version=2, updated=old.updated + timedelta(days=3))
+    other = _paper(2)
+    store = {"Beta": [old, new, other], "Alpha": [other]}
+    by_call = build_readme(
+        ["Beta", "Alpha", "Gamma"], lambda q: store.get(q, []), today=REFERENCE_DAY
+    )
+    by_map = build_readme(["Beta", "Alpha", "Gamma"], store, today=REFERENCE_DAY)
+    assert by_call == by_map
+    assert by_call.trimmed == 0
+    headings = [line for line in by_call.text.splitlines() if line.startswith("## ")]
+    assert headings == ["## Beta", "## Alpha", "## Gamma"]
+    assert "New version](http://arxiv.org/abs/2501.00001v2)" in by_call.text
+    assert "Old version" not in by_call.text
+    assert len(_rows(by_call.text)) == 3
+
+
+# --- writing the file ------------------------------------------------------------------------
+
+
+def test_write_readme_creates_folders_and_writes_exact_bytes(tmp_path: Path) -> None:
+    """A new README lands with its exact bytes, readable by others, and no temp file is left."""
+    path = tmp_path / "site" / "docs" / "README.md"
+    text = "# Daily Papers\nÜnïcode — ok\n\n"
+    assert write_readme(path, text) is True
+    assert path.read_bytes() == text.encode("utf-8")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in path.parent.iterdir()) == ["README.md"]
+
+
+def test_write_readme_unchanged_writes_nothing(tmp_path: Path) -> None:
+    """Writing the same text again reports no change and leaves the file untouched."""
+    path = tmp_path / "README.md"
+    write_readme(path, "same\n")
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    inode = path.stat().st_ino
+    assert write_readme(path, "same\n") is False
+    assert path.stat().st_mtime == 1_000_000_000
+    assert path.stat().st_ino == inode
+    assert write_readme(path, "changed\n") is True
+    assert path.read_text() == "changed\n"
+    assert path.stat().st_ino != inode  # replaced by rename, not rewritten in place
+
+
+def test_write_text_atomic_keeps_the_old_file_when_the_rename_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure before the rename leaves the old content and no temp file, as a ReadmeError."""
+    path = tmp_path / "README.md"
+    write_text_atomic(path, "old\n")
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(ReadmeError, match="No space left on device"):
+        write_text_atomic(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
+
+
+def test_write_readme_into_an_impossible_place(tmp_path: Path) -> None:
+    """A parent that is a file gives an error naming the path, not a traceback from os."""
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    with pytest.raises(ReadmeError, match="blocker"):
+        write_readme(tmp_path / "blocker" / "README.md", "x\n")
+
+
+# --- committing with git ---------------------------------------------------------------------
+
+
+def _git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(  # noqa: S603 - test helper, fixed arguments
+        ["git", "-C", str(cwd), *args],  # noqa: S607 - git from PATH, as the code under test
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh work tree with a local identity, isolated from the user's git configuration."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in (
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    _git(work, "init", "-q", "-b", "main")
+    _git(work, "config", "user.name", "Daily Papers Test")
+    _git(work, "config", "user.email", "test@example.org")
+    _git(work, "config", "commit.gpgsign", "false")
+    return work
+
+
+def test_commit_readme_outside_a_work_tree_is_skipped(tmp_path: Path) -> None:
+    """A README outside any repository is left alone."""
+    path = tmp_path / "README.md"
+    write_readme(path, "x\n")
+    assert commit_readme(path, today=REFERENCE_DAY) == "skipped"
+
+
+def test_commit_readme_commits_only_the_readme(repo: Path) -> None:
+    """The README is committed alone with the dated message; others' staged work stays staged."""
+    (repo / "other.txt").write_text("someone else's work\n")
+    _git(repo, "add", "other.txt")
+    path = repo / "out" / "README.md"
+    write_readme(path, "v1\n")
+    assert commit_readme(path, today=REFERENCE_DAY) == "committed"  # no remote: no push
+    assert _git(repo, "log", "--format=%s") == "Update daily papers 2025-02-11"
+    assert _git(repo, "show", "--name-only", "--format=", "HEAD") == "out/README.md"
+    assert _git(repo, "diff", "--cached", "--name-only") == "other.txt"
+    assert commit_readme(path, today=REFERENCE_DAY) == "unchanged"
+    assert _git(repo, "rev-list", "--count", "HEAD") == "1"
+
+
+def test_commit_readme_pushes_to_the_remote(repo: Path, tmp_path: Path) -> None:
+    """With a remote configured the commit reaches it, with and without a tracking branch."""
+    remote = tmp_path / "remote.git"
+    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    _git(repo, "remote", "add", "origin", str(remote))
+    path = repo / "README.md"
+    write_readme(path, "v1\n")
+    assert commit_readme(path, today=REFERENCE_DAY) == "pushed"
+    assert _git(remote, "log", "--format=%s", "main") == "Update daily papers 2025-02-11"
+    _git(repo, "branch", "--set-upstream-to=origin/main")
+    write_readme(path, "v2\n")
+    assert commit_readme(path, today=date(2025, 2, 12)) == "pushed"
+    assert _git(remote, "show", "main:README.md") == "v2"
+    write_readme(path, "v3\n")
+    assert commit_readme(path, push=False, today=date(2025, 2, 13)) == "committed"
+    assert _git(remote, "show", "main:README.md") == "v2"
+
+
+def test_commit_readme_push_failure_is_an_actionable_error(repo: Path, tmp_path: Path) -> None:
+    """A remote that cannot be reached gives a ReadmeError with git's reason and a hint."""
+    _git(repo, "remote", "add", "origin", str(tmp_path / "missing.git"))
+    path = repo / "README.md"
+    write_readme(path, "v1\n")
+    with pytest.raises(ReadmeError, match=r"git push failed in .*check the remote") as caught:
+        commit_readme(path, today=REFERENCE_DAY)
+    assert "Traceback" not in str(caught.value)
+    assert _git(repo, "log", "--format=%s") == "Update daily papers 2025-02-11"  # kept locally
+
+
+def test_commit_readme_without_identity_says_how_to_fix_it(repo: Path) -> None:
+    """A repository with no git identity gets an error that names the settings to add."""
+    _git(repo, "config", "--unset", "user.name")
+    _git(repo, "config", "--unset", "user.email")
+    _git(repo, "config", "user.useConfigOnly", "true")  # never guess an identity from the host
+    path = repo / "README.md"
+    write_readme(path, "v1\n")
+    with pytest.raises(ReadmeError, match=r"git commit failed .*user\.email"):
+        commit_readme(path, today=REFERENCE_DAY)
+
+
+def test_commit_readme_timeout_is_reported(repo: Path) -> None:
+    """A git that does not answer in time becomes a ReadmeError, not a hang."""
+    path = repo / "README.md"
+    write_readme(path, "v1\n")
+    with pytest.raises(ReadmeError, match="did not finish within"):
+        commit_readme(path, today=REFERENCE_DAY, timeout=0.000001)
+
+
+def test_git_messages_never_carry_credentials() -> None:
+    """Tokens embedded in a remote URL are masked before they reach a message or a log."""
+    message = "fatal: unable to access 'https://bot:ghp_secret123@github.com/lab/papers.git/'"
+    assert _redact(message) == "fatal: unable to access 'https://***@github.com/lab/papers.git/'"
