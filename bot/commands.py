@@ -323,9 +323,11 @@ async def _subscribe(service: CommandService, inv: Invocation, args: str) -> Rep
             f"This channel already has {len(subs)} subscriptions (the limit is {limit}); "
             "unsubscribe from one first.",
         )
-    # A keyword the service already tracks keeps its stored spelling, so headings stay stable.
-    query = existing.keyword if existing else (await _tracked_spelling(service, query) or query)
-    await service.call_store(store.add_subscription, inv.target, query, now=service.now())
+    # The store keeps a tracked keyword's first spelling, so headings stay stable; show that.
+    subscription = await service.call_store(
+        store.add_subscription, inv.target, query, now=service.now()
+    )
+    query = subscription.keyword
     pending = await service.call_store(store.keywords_to_backfill)
     backfilling = any(query_key(k) == query_key(query) for k in pending)
     if backfilling:
