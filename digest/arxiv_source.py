@@ -85,6 +85,7 @@ ALL_CATEGORIES: tuple[str, ...] = (
 # Anything else (spaces, quotes, parentheses) could change the meaning of the query.
 _CATEGORY = re.compile(r"^[a-z][a-z\-]*(?:\.[A-Za-z\-]+|\.\*|\*)?$")
 _ERROR_ID = "/api/errors#"
+_ATOM_NS = b"http://www.w3.org/2005/Atom"
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _WHITESPACE = re.compile(r"\s+")
 _BACKOFF_INITIAL = 1.0  # seconds before the first retry; doubles each time up to the maximum
@@ -524,6 +525,9 @@ class ArxivSource:
             raise _Transient(f"HTTP {status}", retry_after=retry_after)
         if status != 200:
             raise ArxivError(f"arXiv answered HTTP {status} for {url}")
+        if _ATOM_NS not in body:
+            # A proxy's or captive portal's HTML page would otherwise parse as "0 results".
+            raise _Transient("answer is not an Atom feed")
         feed = _feed.parse(body)
         if feed.malformed:
             raise _Transient(f"malformed feed: {feed.error}")

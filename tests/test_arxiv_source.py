@@ -401,6 +401,17 @@ def test_timeout_is_retried(server: ArxivStandIn, clock: FakeClock):
     assert len(fetch.papers) == 5
 
 
+def test_html_with_status_200_is_not_taken_for_an_empty_result(
+    server: ArxivStandIn, clock: FakeClock
+):
+    """A proxy's HTML page is retried and finally reported, never read as zero papers."""
+    server.always(Replay(200, b"<html><body>Please log in</body></html>", ()))
+    with make_source(server, clock, retries=1) as source, pytest.raises(ArxivError) as caught:
+        harvest(source)
+    assert "not an Atom feed" in str(caught.value)
+    assert len(server.requests) == 2
+
+
 def test_connection_reset_is_retried(server: ArxivStandIn, clock: FakeClock):
     """A TCP reset is a transient failure: the retry succeeds."""
     server.script(Reset())

@@ -199,7 +199,7 @@ def _stem(word: str) -> str:
     return str(_stemmer().stemWord(word))
 
 
-def stem_tokens(text: str, stemmer: Any | None = None) -> tuple[str, ...]:
+def stem_tokens(text: str) -> tuple[str, ...]:
     """Lower-case, split on non-alphanumerics, stem (the matching rule of the issue)."""
     return tuple(_stem(word) for word in _WORD.findall(text.lower()))
 
@@ -211,7 +211,7 @@ class _Indexed:
     raw: dict[str, tuple[tuple[str, ...], ...]]  # same, unstemmed, for prefix wildcards
 
 
-def _index(paper: Paper, stemmer: Any) -> _Indexed:
+def _index(paper: Paper) -> _Indexed:
     texts = {
         "ti": (paper.title,),
         "abs": (paper.abstract,),
@@ -221,7 +221,7 @@ def _index(paper: Paper, stemmer: Any) -> _Indexed:
     }
     return _Indexed(
         paper=paper,
-        tokens={k: tuple(stem_tokens(t, stemmer) for t in v) for k, v in texts.items()},
+        tokens={k: tuple(stem_tokens(t) for t in v) for k, v in texts.items()},
         raw={k: tuple(tuple(_WORD.findall(t.lower())) for t in v) for k, v in texts.items()},
     )
 
@@ -247,10 +247,9 @@ def _date(text: str, *, end: bool) -> datetime:
 class _Parser:
     """Recursive descent: or := and (OR and)*; and := unary ((AND|ANDNOT)? unary)*."""
 
-    def __init__(self, text: str, stemmer: Any) -> None:
+    def __init__(self, text: str) -> None:
         self.tokens = self._lex(text)
         self.pos = 0
-        self.stemmer = stemmer
 
     @staticmethod
     def _lex(text: str) -> list[tuple[str, re.Match[str]]]:
@@ -358,7 +357,7 @@ class _Parser:
                     prefixed(p) or any(c.lower().startswith(prefix) for c in p.paper.categories)
                 )
             return prefixed
-        needle = stem_tokens(value, self.stemmer)
+        needle = stem_tokens(value)
         if not needle:
             return lambda p: False
 
@@ -385,9 +384,8 @@ class _Parser:
 
 def compile_query(text: str) -> Callable[[Paper], bool]:
     """A predicate over papers for an arXiv `search_query` (exposed for tests of the stand-in)."""
-    stemmer = _stemmer()
-    predicate = _Parser(text, stemmer).parse()
-    return lambda paper: predicate(_index(paper, stemmer))
+    predicate = _Parser(text).parse()
+    return lambda paper: predicate(_index(paper))
 
 
 # -- Atom rendering ---------------------------------------------------------------------------
@@ -658,15 +656,13 @@ class ArxivStandIn:
     # -- corpus -----------------------------------------------------------------------
     def set_papers(self, papers: Iterable[Paper]) -> None:
         """Replace the corpus (safe while serving)."""
-        stemmer = _stemmer()
-        corpus = {p.arxiv_id: _index(p, stemmer) for p in papers}
+        corpus = {p.arxiv_id: _index(p) for p in papers}
         with self._lock:
             self._corpus = corpus
 
     def add_papers(self, papers: Iterable[Paper]) -> None:
         """Announce papers: add them, or replace the stored version of the same arxiv_id."""
-        stemmer = _stemmer()
-        indexed = {p.arxiv_id: _index(p, stemmer) for p in papers}
+        indexed = {p.arxiv_id: _index(p) for p in papers}
         with self._lock:
             self._corpus = {**self._corpus, **indexed}
 
@@ -750,7 +746,7 @@ class ArxivStandIn:
             selected = [by_id[w] for w in wanted if w in by_id]
         if query:
             try:
-                predicate = _Parser(query, _stemmer()).parse()
+                predicate = _Parser(query).parse()
             except QuerySyntaxError as exc:
                 return 400, render_error_feed(f"malformed query: {exc}")
             selected = [i for i in selected if predicate(i)]
