@@ -352,6 +352,22 @@ class TranslationSettings:
     model: str = _opt("gpt-4o-mini", "Model name.")
     concurrency: int = _opt(4, "Translations in flight at once.", _positive)
     timeout_seconds: float = _opt(60.0, "Timeout of one translation request.", _positive)
+    retries: int = _opt(
+        2,
+        "Retries of a failed, empty, truncated or still-English answer; then the paper is "
+        "left untranslated until the next cycle.",
+        _non_negative,
+    )
+    backoff_max_seconds: float = _opt(30.0, "Longest wait between retries.", _non_negative)
+    deadline_seconds: float = _opt(
+        120.0,
+        "Longest time a cycle spends translating before it delivers (the rest waits for the "
+        "next cycle, so digests are never late).",
+        _positive,
+    )
+    max_age_days: int = _opt(
+        7, "Translate matched papers first stored within this many days.", _positive
+    )
 
 
 @dataclass(frozen=True)
