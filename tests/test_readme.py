@@ -81,11 +81,11 @@ def _rows(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("| **[")]
 
 
-def test_latest_n_newest_first_and_the_header_shows_n() -> None:
-    """Only the newest max_papers rows are kept, newest first, and the header names the cap."""
+def test_latest_n_newest_first_under_dailyarxivs_fixed_header() -> None:
+    """Only the newest max_papers rows are kept, newest first; the header is DailyArXiv's own."""
     papers = [_paper(n) for n in (3, 1, 5, 2, 4)]
     text = render_readme([("Topic", papers)], today=REFERENCE_DAY, max_papers=3)
-    assert "up to a maximum of 3 papers." in text
+    assert "up to a maximum of 100 papers." in text
     assert [row.split("abs/")[1].split(")")[0] for row in _rows(text)] == [
         "2501.00005v1",
         "2501.00004v1",

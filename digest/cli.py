@@ -1,0 +1,384 @@
+"""The `daily-papers` command line.
+
+Every command reads the settings once (`--config`, else ./daily-papers.toml, else defaults, each
+key overridable by DAILY_PAPERS_<SECTION>_<KEY>) and reports problems as one `error:` line with
+what to do, never a traceback. Exit status: 0 ok, 1 the work failed, 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC
+from pathlib import Path
+from typing import TextIO
+
+from digest import __version__
+from digest.config import DEFAULT_CONFIG_FILE, Settings, load_settings, starter_file
+from digest.domain import Target
+from digest.errors import ConfigError, DailyPapersError, QueryError
+from digest.query import parse_query
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Watch arXiv for your keywords and deliver what is new: a DailyArXiv-style README
+snapshot, Slack and Discord channel posts, and email digests.
+
+Quick start:
+  daily-papers init            write a commented daily-papers.toml with example keywords
+  daily-papers run             one full cycle now (fetch, match, deliver, README)
+  daily-papers serve           run every day on the schedule, with the chat bots
+"""
+
+
+class TerminalProgress:
+    """Draws `phase: done/total` on one line of a terminal; silent when not a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._active = stream.isatty()
+        self._last = ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        """Show progress of `phase`."""
+        if not self._active:
+            return
+        line = f"{phase}: {done}/{total}" if total else f"{phase}: {done}"
+        self._stream.write("\r" + line.ljust(len(self._last)))
+        self._stream.flush()
+        self._last = line
+        if total and done >= total:
+            self.finish()
+
+    def finish(self) -> None:
+        """End the progress line."""
+        if self._active and self._last:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._last = ""
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, _settings: Callable[[], Settings]) -> int:
+    """Write a commented starter config file."""
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        print(f"error: {path} already exists (use --force to overwrite)", file=sys.stderr)
+        return EXIT_USAGE
+    path.write_text(starter_file(), encoding="utf-8")
+    print(f"wrote {path}: edit [keywords] queries, then run `daily-papers run`")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """One full cycle now."""
+    from digest.app import run_once
+
+    loaded = settings()
+    progress = TerminalProgress(sys.stderr)
+    report = asyncio.run(run_once(loaded, progress=progress))
+    progress.finish()
+    print(
+        f"{'ok' if report.ok else 'FAILED'}: {report.harvested} papers fetched in "
+        f"{report.requests} arXiv requests, {report.new_papers} new, {report.new_matches} new "
+        f"matches, {report.sent} delivered, {report.failed} failed, "
+        f"{report.disabled} subscriptions disabled ({report.seconds:.1f} s)"
+    )
+    if loaded.readme.enabled:
+        print(f"README snapshot: {loaded.readme_path}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if report.error:
+        print(f"error: {report.error}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_serve(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """The long-running service."""
+    from digest.app import serve
+
+    loaded = settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(loaded, stop=stop)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_readme(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """Render the README snapshot from the database only."""
+    from digest.app import open_store
+    from digest.cycle import render_snapshot, utcnow
+
+    loaded = settings()
+    store = open_store(loaded)
+    try:
+        changed = asyncio.run(render_snapshot(settings=loaded, store=store, now=utcnow()))
+    finally:
+        store.close()
+    print(f"{loaded.readme_path}: {'updated' if changed else 'unchanged'}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """Last cycles, their numbers, alerts and failing subscriptions."""
+    from digest.app import open_store
+    from digest.cycle import STATE_FAILED_CYCLES, STATE_ZERO_DAYS
+
+    loaded = settings()
+    store = open_store(loaded)
+    try:
+        runs = store.recent_runs(args.runs)
+        keywords = store.list_keywords()
+        subscriptions = store.list_subscriptions()
+        failed_cycles = int(store.get_state(STATE_FAILED_CYCLES) or 0)
+        zero_days = int(store.get_state(STATE_ZERO_DAYS) or 0)
+    finally:
+        store.close()
+    print(f"config: {loaded.source}")
+    print(f"database: {_redact_url(loaded.database_url)}")
+    print(f"keywords: {len(keywords)}   subscriptions: {len(subscriptions)}")
+    if not runs:
+        print("no cycle has run yet: try `daily-papers run`")
+    for run in runs:
+        when = run.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        state = "ok    " if run.ok else "FAILED"
+        print(
+            f"{when}  {state} requests={run.requests} throttled={run.throttled} "
+            f"harvested={run.harvested} new={run.new_papers} matches={run.new_matches} "
+            f"sent={run.sent} failed={run.failed} disabled={run.disabled} "
+            f"seconds={run.seconds:.1f}" + (f"  error: {run.error}" if run.error else "")
+        )
+    problems = 0
+    if failed_cycles >= loaded.alerts.failed_cycles:
+        print(f"ALERT: {failed_cycles} cycles in a row have failed")
+        problems += 1
+    if zero_days >= loaded.alerts.zero_paper_days:
+        print(f"ALERT: zero new papers on {zero_days} announcement days in a row")
+        problems += 1
+    disabled = [s for s in subscriptions if not s.active]
+    if disabled:
+        print("failing subscriptions:")
+        for sub in disabled:
+            print(f"  {sub.target}  {sub.keyword!r}: {sub.disabled_reason}")
+    return EXIT_FAILED if problems or (runs and not runs[0].ok) else EXIT_OK
+
+
+def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """Add, list or remove tracked keywords stored in the database."""
+    from digest.app import open_store
+
+    loaded = settings()
+    if args.action == "add":
+        queries = [parse_query(text) for text in args.queries]  # validate all before storing
+    store = open_store(loaded)
+    try:
+        if args.action == "list":
+            for keyword in store.list_keywords():
+                origin = "config" if keyword.from_config else "database"
+                count = store.count_matches(keyword.query)
+                print(f"{keyword.query}\t({origin}, {count} matching papers stored)")
+        elif args.action == "add":
+            for query in queries:
+                added = store.add_keyword(query.text)
+                state = "added; backfilled on the next run" if added else "already tracked"
+                print(f"{query.text}: {state}")
+        else:
+            for text in args.queries:
+                removed = store.remove_keyword(text)
+                print(f"{text}: {'removed' if removed else 'not tracked'}")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """Add, list or remove a target's subscriptions without a chat command."""
+    from digest.app import open_store
+    from digest.cycle import utcnow
+
+    loaded = settings()
+    target = Target.parse(args.target) if getattr(args, "target", None) else None
+    store = open_store(loaded)
+    try:
+        if args.action == "list":
+            subs = store.list_subscriptions(target)
+            if not subs:
+                print("no subscriptions")
+            for sub in subs:
+                state = "active" if sub.active else f"disabled: {sub.disabled_reason}"
+                print(f"{sub.target}\t{sub.keyword}\t{state}")
+        elif args.action == "add":
+            target, query = Target.parse(args.target), parse_query(args.query)
+            existing = store.list_subscriptions(target)
+            limit = loaded.limits.subscriptions_per_target
+            if len(existing) >= limit and all(
+                s.keyword.casefold() != query.text.casefold() for s in existing
+            ):
+                raise ConfigError(
+                    f"{target} already has {len(existing)} subscriptions, the limit "
+                    f"(limits.subscriptions_per_target = {limit})"
+                )
+            sub = store.add_subscription(target, query.text, now=utcnow())
+            print(f"{sub.target} subscribed to {sub.keyword!r}")
+        else:
+            target, query = Target.parse(args.target), parse_query(args.query)
+            removed = store.remove_subscription(target, query.text)
+            print(
+                f"{target} {'unsubscribed from' if removed else 'was not subscribed to'} "
+                f"{query.text!r}"
+            )
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _redact_url(url: str) -> str:
+    """Hide a database password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL is shown as given; it holds no parseable secret
+        return url
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand and its help."""
+    parser = argparse.ArgumentParser(
+        prog="daily-papers",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"daily-papers {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"settings file (default: ./{DEFAULT_CONFIG_FILE} if present, else built-in "
+        "defaults; also DAILY_PAPERS_CONFIG)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    init = sub.add_parser("init", help="write a commented starter config file")
+    init.add_argument("--path", default=DEFAULT_CONFIG_FILE, help="where to write it")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=cmd_init)
+
+    run = sub.add_parser(
+        "run",
+        help="run one full cycle now (exit status 1 when it failed)",
+        description="Fetch the look-back window from arXiv, match every keyword, deliver new "
+        "papers to every subscribed channel, and re-render the README snapshot.",
+    )
+    run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the daily schedule, chat bots and web server until stopped",
+        description="Runs the cycle on [schedule] cron (at once on start when the last "
+        "successful cycle is older than the schedule), the Slack and Discord bots when their "
+        "tokens are set, and the web server for email subscriptions when enabled.",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser(
+        "status", help="last cycles, alerts and failing subscriptions (exit 1 on problems)"
+    )
+    status.add_argument("--runs", type=int, default=5, help="how many cycles to show")
+    status.set_defaults(func=cmd_status)
+
+    readme = sub.add_parser("readme", help="re-render the README snapshot from the database")
+    readme.set_defaults(func=cmd_readme)
+
+    keywords = sub.add_parser("keywords", help="manage tracked keywords stored in the database")
+    kw = keywords.add_subparsers(dest="action", metavar="ACTION", required=True)
+    kw_add = kw.add_parser("add", help="track keyword queries (backfilled on the next run)")
+    kw_add.add_argument(
+        "queries",
+        nargs="+",
+        metavar="QUERY",
+        help='a phrase like "diffusion models" or arXiv syntax like '
+        "'ti:\"graph neural\" AND cat:cs.LG'",
+    )
+    kw.add_parser("list", help="list tracked keywords")
+    kw_rm = kw.add_parser("remove", help="stop tracking keywords")
+    kw_rm.add_argument("queries", nargs="+", metavar="QUERY")
+    keywords.set_defaults(func=cmd_keywords)
+
+    subs = sub.add_parser(
+        "subscriptions",
+        help="manage subscriptions of any target (slack:, discord:, discord_webhook:, email:)",
+    )
+    sa = subs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sa_add = sa.add_parser("add", help='subscribe a target: add slack:C0123 "diffusion models"')
+    sa_add.add_argument("target", help="KIND:ADDRESS, e.g. slack:C0123ABCD or discord:1234")
+    sa_add.add_argument("query")
+    sa_list = sa.add_parser("list", help="list subscriptions, of one target or all")
+    sa_list.add_argument("target", nargs="?")
+    sa_rm = sa.add_parser("remove", help="remove one subscription")
+    sa_rm.add_argument("target")
+    sa_rm.add_argument("query")
+    subs.set_defaults(func=cmd_subscriptions)
+    return parser
+
+
+def configure_logging(*, verbose: bool, quiet: bool, level: str) -> None:
+    """Event-style log lines on stderr."""
+    chosen = logging.DEBUG if verbose else logging.WARNING if quiet else getattr(logging, level)
+    logging.basicConfig(
+        level=chosen,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `daily-papers` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cached: list[Settings] = []
+
+    def settings() -> Settings:
+        if not cached:
+            cached.append(load_settings(args.config))
+            configure_logging(
+                verbose=args.verbose, quiet=args.quiet, level=cached[0].service.log_level
+            )
+        return cached[0]
+
+    try:
+        code: int = args.func(args, settings)
+    except QueryError as exc:
+        print(f"error: invalid query: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DailyPapersError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

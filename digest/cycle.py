@@ -1,0 +1,487 @@
+"""One daily cycle: harvest -> match -> store -> backfill -> deliver -> README, and its report.
+
+The cycle is the only place that sequences the pieces; each piece is a pure function or a port
+(`PaperSource`, `PaperStore`, `Channel`). Blocking work (the `arxiv` client, SQLAlchemy) runs in
+threads so the event loop stays free for the chat adapters and the web server.
+
+Guarantees:
+- A failed or partial harvest does not move the watermark: the next run re-reads the window.
+- Papers, matches, outbox rows and the watermark are written in one transaction
+  (`PaperStore.commit_harvest`), so a crash before it loses nothing and a crash after it leaves
+  the deliveries pending for the next run.
+- A delivery is recorded only after its channel answered; a crash between sending and
+  recording re-sends at most the batch that was in flight.
+- Each channel call is guarded: one broken target never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from digest.arxiv_source import Fetch, PaperSource
+from digest.channels import ChannelRegistry
+from digest.config import Settings
+from digest.domain import Batch, Outcome, OutcomeKind, Paper, RunReport, Target, for_deliveries
+from digest.errors import ArxivError, DailyPapersError, QueryError
+from digest.query import Query, match_papers, parse_query, to_arxiv
+from digest.readme import build_readme, commit_readme, write_readme
+from digest.store import PaperStore
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_TIMEOUT = 600.0  # seconds one channel may take for one target before it counts as failed
+DELIVERY_CONCURRENCY = 8  # targets sent to at once; each channel still obeys its own rate limits
+STATE_ZERO_DAYS = "alerts.zero_paper_days"
+STATE_FAILED_CYCLES = "alerts.failed_cycles"
+STATE_LAST_SUCCESS = "cycle.last_success"
+
+
+class Progress(Protocol):
+    """Receives progress of long phases (the CLI draws it on a terminal)."""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        """`done` of `total` units of `phase` are finished."""
+        ...
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    """Progress sink that ignores everything."""
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, aware."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Tally:
+    """Mutable counters while a cycle runs; frozen into a RunReport at the end."""
+
+    requests: int = 0
+    throttled: int = 0
+    harvested: int = 0
+    new_papers: int = 0
+    new_matches: int = 0
+    sent: int = 0
+    failed: int = 0
+    disabled: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def add_fetch(self, fetch: Fetch) -> None:
+        """Count one arXiv fetch."""
+        self.requests += fetch.requests
+        self.throttled += fetch.throttled
+        self.harvested += len(fetch.papers)
+
+
+def parse_keywords(queries: Sequence[str]) -> list[Query]:
+    """Parse tracked keywords; a keyword that no longer parses is skipped with a warning."""
+    parsed = []
+    for text in queries:
+        try:
+            parsed.append(parse_query(text))
+        except QueryError as exc:
+            logger.warning("keyword.invalid query=%r error=%s", text, exc)
+    return parsed
+
+
+def harvest_window(
+    *, now: datetime, watermark: datetime | None, lookback_days: int
+) -> tuple[datetime, datetime]:
+    """The submission window to read: the look-back, reaching further back to the watermark.
+
+    arXiv announces a paper a day or more after its submission and holds some for days, so
+    every run re-reads `lookback_days`; after downtime, the window reaches back to the end of
+    the last complete harvest so nothing submitted meanwhile is missed.
+    """
+    start = now - timedelta(days=lookback_days)
+    if watermark is not None and watermark < start:
+        start = watermark
+    return start, now
+
+
+async def sync_config_keywords(store: PaperStore, queries: Sequence[str]) -> list[str]:
+    """Make sure every keyword of the config file is tracked; returns those newly added."""
+    added = []
+    for text in queries:
+        query = parse_query(text)  # config keywords were validated at load; re-check anyway
+        if await asyncio.to_thread(store.add_keyword, query.text, from_config=True):
+            added.append(query.text)
+    return added
+
+
+async def harvest(
+    *,
+    settings: Settings,
+    store: PaperStore,
+    source: PaperSource,
+    queries: Sequence[Query],
+    now: datetime,
+    tally: _Tally,
+    progress: Progress,
+) -> None:
+    """Read the daily window from arXiv, match every keyword locally and commit it all at once.
+
+    Raises ArxivError (watermark untouched) when arXiv failed or returned less than promised.
+    """
+    watermark = await asyncio.to_thread(store.get_watermark)
+    start, end = harvest_window(
+        now=now, watermark=watermark, lookback_days=settings.arxiv.lookback_days
+    )
+    logger.info(
+        "harvest.started start=%s end=%s categories=%d",
+        start.isoformat(timespec="minutes"),
+        end.isoformat(timespec="minutes"),
+        len(settings.arxiv.categories),
+    )
+    fetch = await asyncio.to_thread(
+        source.harvest,
+        start=start,
+        end=end,
+        categories=settings.arxiv.categories,
+        progress=lambda done, total: progress("harvest", done, total),
+    )
+    tally.add_fetch(fetch)
+    await _commit(
+        settings=settings,
+        store=store,
+        papers=fetch.papers,
+        queries=queries,
+        now=now,
+        tally=tally,
+        deliver=True,
+        watermark=end,
+    )
+
+
+async def _commit(
+    *,
+    settings: Settings,
+    store: PaperStore,
+    papers: Sequence[Paper],
+    queries: Sequence[Query],
+    now: datetime,
+    tally: _Tally,
+    deliver: bool,
+    watermark: datetime | None = None,
+) -> None:
+    """Diff `papers` against the store, match them, and commit papers+matches+outbox at once."""
+    known = await asyncio.to_thread(store.known_versions, [p.arxiv_id for p in papers])
+    fresh = [p.arxiv_id for p in papers if p.arxiv_id not in known]
+    revised = [p.arxiv_id for p in papers if p.arxiv_id in known and p.version > known[p.arxiv_id]]
+    deliverable: Collection[str] = ()
+    if deliver:
+        deliverable = set(fresh) | (set(revised) if settings.arxiv.announce_revisions else set())
+    started = time.perf_counter()
+    matches = await asyncio.to_thread(match_papers, queries, papers)
+    logger.debug(
+        "match.finished keywords=%d papers=%d seconds=%.2f",
+        len(queries),
+        len(papers),
+        time.perf_counter() - started,
+    )
+    committed = await asyncio.to_thread(
+        lambda: store.commit_harvest(
+            papers=papers,
+            matches=matches,
+            deliverable=deliverable,
+            now=now,
+            watermark=watermark,
+        )
+    )
+    tally.new_papers += committed.new_papers
+    tally.new_matches += committed.new_matches
+
+
+async def backfill_keywords(
+    *,
+    settings: Settings,
+    store: PaperStore,
+    source: PaperSource,
+    now: Callable[[], datetime] = utcnow,
+    only: Collection[str] | None = None,
+    progress: Progress = _no_progress,
+    tally: _Tally | None = None,
+) -> int:
+    """Give each keyword that never had one its one-off backfill; returns how many got one.
+
+    DailyArXiv's own query (the phrase in title or abstract, latest by last update, N papers),
+    re-checked with the local matcher; then every stored paper is matched against the keyword
+    so the README and `latest` show its history at once. Backfilled papers are never delivered:
+    subscribers get what is new from now on. A keyword whose backfill fails stays due.
+    """
+    tally = tally if tally is not None else _Tally()
+    due = await asyncio.to_thread(store.keywords_to_backfill)
+    if only is not None:
+        wanted = {text.casefold() for text in only}
+        due = [text for text in due if text.casefold() in wanted]
+    all_queries = parse_keywords([k.query for k in await asyncio.to_thread(store.list_keywords)])
+    done = 0
+    for index, text in enumerate(due):
+        try:
+            query = parse_query(text)
+        except QueryError as exc:
+            tally.warnings.append(f"keyword {text!r} is invalid: {exc}")
+            continue
+        try:
+            fetch = await asyncio.to_thread(
+                source.search, to_arxiv(query), limit=settings.arxiv.backfill_limit
+            )
+        except ArxivError as exc:
+            logger.warning("backfill.failed keyword=%r error=%s", text, exc)
+            tally.warnings.append(f"backfill of {text!r} failed: {exc}")
+            continue
+        tally.add_fetch(fetch)
+        papers = [p for p in fetch.papers if query.matches(p)]
+        await _commit(
+            settings=settings,
+            store=store,
+            papers=papers,
+            queries=all_queries or [query],
+            now=now(),
+            tally=tally,
+            deliver=False,
+        )
+        stored = await asyncio.to_thread(lambda: list(store.iter_papers()))
+        local = await asyncio.to_thread(match_papers, [query], stored)
+        await asyncio.to_thread(
+            partial(store.commit_harvest, papers=(), matches=local, deliverable=(), now=now())
+        )
+        await asyncio.to_thread(store.mark_backfilled, text, now())
+        done += 1
+        progress("backfill", index + 1, len(due))
+        logger.info(
+            "backfill.finished keyword=%r fetched=%d matched=%d",
+            text,
+            len(fetch.papers),
+            len(papers),
+        )
+    return done
+
+
+async def _with_translations(store: PaperStore, settings: Settings, batch: Batch) -> Batch:
+    """Attach the stored translations the batch's target wants (never waits for a provider)."""
+    language = batch.options.get("language") or (
+        settings.translation.language if batch.target.kind == "email" else ""
+    )
+    if not language or language == "off":
+        return batch
+    ids = [p.arxiv_id for p in batch.papers]
+    found = await asyncio.to_thread(store.get_translations, ids, language)
+    return replace(batch, language=language, translations=found)
+
+
+async def _send_guarded(channels: ChannelRegistry, batch: Batch) -> list[Outcome]:
+    """One channel call for one target; an exception or a hang becomes RETRY outcomes."""
+    channel = channels[batch.target.kind]
+    try:
+        async with asyncio.timeout(CHANNEL_TIMEOUT):
+            outcomes = list(await channel.send(batch))
+    except Exception as exc:  # the guard: any adapter bug is a transient failure of this target
+        logger.exception("deliver.crashed target=%s", batch.target.kind)
+        return for_deliveries(batch.deliveries, OutcomeKind.RETRY, f"{type(exc).__name__}: {exc}")
+    answered = {(o.subscription_id, o.arxiv_id) for o in outcomes}
+    missing = [d for d in batch.deliveries if (d.subscription_id, d.paper.arxiv_id) not in answered]
+    if missing:  # a channel that forgets a paper must not lose it: try again next cycle
+        outcomes += for_deliveries(missing, OutcomeKind.RETRY, "channel gave no outcome")
+    return outcomes
+
+
+async def deliver(
+    *,
+    settings: Settings,
+    store: PaperStore,
+    channels: ChannelRegistry,
+    now: datetime,
+    tally: _Tally,
+    progress: Progress = _no_progress,
+) -> None:
+    """Send every due outbox batch through its channel and record each outcome at once."""
+    batches = await asyncio.to_thread(lambda: store.pending_batches(now=now, kinds=set(channels)))
+    if not batches:
+        return
+    limit = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+    finished = 0
+
+    async def one(batch: Batch) -> None:
+        nonlocal finished
+        async with limit:
+            batch = await _with_translations(store, settings, batch)
+            started = time.perf_counter()
+            outcomes = await _send_guarded(channels, batch)
+            # Recorded right after this target answered: a crash later re-sends nothing sent.
+            counts = await asyncio.to_thread(lambda: store.record_outcomes(outcomes, now=now))
+        tally.sent += counts.sent
+        tally.failed += counts.failed + counts.retried
+        tally.disabled += counts.disabled
+        finished += 1
+        progress("deliver", finished, len(batches))
+        logger.info(
+            "deliver.target kind=%s papers=%d sent=%d retry=%d failed=%d disabled=%d seconds=%.1f",
+            batch.target.kind,
+            len(batch.deliveries),
+            counts.sent,
+            counts.retried,
+            counts.failed,
+            counts.disabled,
+            time.perf_counter() - started,
+        )
+
+    await asyncio.gather(*(one(batch) for batch in batches))
+
+
+async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetime) -> bool:
+    """Re-render the README snapshot; True when the file changed (and was committed if asked)."""
+    keywords = [k.query for k in await asyncio.to_thread(store.list_keywords)]
+    limit = settings.readme.max_papers
+    latest = {text: await asyncio.to_thread(store.latest_matches, text, limit) for text in keywords}
+    result = build_readme(
+        keywords,
+        latest,
+        today=now.astimezone(ZoneInfo(settings.readme.timezone)).date(),
+        link="pdf" if settings.readme.link == "pdf" else "abs",
+        max_papers=limit,
+        tz=settings.readme.timezone,
+        max_bytes=settings.readme.max_bytes,
+    )
+    path = settings.readme_path
+    changed = await asyncio.to_thread(write_readme, path, result.text)
+    logger.info("readme.rendered path=%s changed=%s bytes=%d", path, changed, result.size)
+    if changed and settings.readme.git_commit:
+        outcome = await asyncio.to_thread(commit_readme, path)
+        logger.info("readme.git outcome=%s", outcome)
+    return changed
+
+
+def _is_announcement_day(moment: datetime) -> bool:
+    """arXiv mails new submissions Monday to Friday (announced the evening before, ET)."""
+    return moment.astimezone(ZoneInfo("America/New_York")).weekday() < 5
+
+
+async def _check_alerts(
+    *, settings: Settings, store: PaperStore, channels: ChannelRegistry, report: RunReport
+) -> list[str]:
+    """Count failed cycles and empty announcement days in a row; alert loudly past the limits."""
+    alerts: list[str] = []
+    failed = int(await asyncio.to_thread(store.get_state, STATE_FAILED_CYCLES) or 0)
+    failed = 0 if report.ok else failed + 1
+    await asyncio.to_thread(store.set_state, STATE_FAILED_CYCLES, str(failed))
+    if failed >= settings.alerts.failed_cycles:
+        alerts.append(f"{failed} daily cycles in a row have failed; last error: {report.error}")
+    if report.ok and _is_announcement_day(report.started_at):
+        zero = int(await asyncio.to_thread(store.get_state, STATE_ZERO_DAYS) or 0)
+        zero = zero + 1 if report.new_papers == 0 else 0
+        await asyncio.to_thread(store.set_state, STATE_ZERO_DAYS, str(zero))
+        if zero >= settings.alerts.zero_paper_days:
+            alerts.append(
+                f"arXiv returned zero new papers on {zero} announcement days in a row: "
+                "check arxiv.categories, arxiv.api_url and the arXiv status page"
+            )
+    for text in alerts:
+        logger.error("alert %s", text)
+        await _notify_admin(settings=settings, channels=channels, text=text)
+    return alerts
+
+
+async def _notify_admin(*, settings: Settings, channels: ChannelRegistry, text: str) -> None:
+    """Send an alert to the optional admin target; failures are logged, never raised."""
+    if not settings.alerts.target:
+        return
+    try:
+        target = Target.parse(settings.alerts.target)
+        channel = channels.get(target.kind)
+        if channel is None:
+            logger.error("alert.undeliverable target_kind=%s reason=no-channel", target.kind)
+            return
+        delivered = await channel.notify(target, f"daily-papers: {text}")
+    except Exception:  # an alert must never take the cycle down
+        logger.exception("alert.failed")
+        return
+    if not delivered:
+        logger.error("alert.undeliverable target_kind=%s", target.kind)
+
+
+async def run_cycle(
+    *,
+    settings: Settings,
+    store: PaperStore,
+    source: PaperSource,
+    channels: ChannelRegistry,
+    now: Callable[[], datetime] = utcnow,
+    progress: Progress = _no_progress,
+) -> RunReport:
+    """Run one full daily cycle and return (and record) its report; never raises for arXiv.
+
+    A harvest failure marks the cycle failed but still delivers what is owed from earlier
+    cycles and re-renders the README, so one bad night at arXiv does not silence the channels.
+    """
+    started_at = now()
+    tally = _Tally()
+    error: str | None = None
+    try:
+        await sync_config_keywords(store, settings.keywords.queries)
+        keywords = await asyncio.to_thread(store.list_keywords)
+        queries = parse_keywords([k.query for k in keywords])
+        await harvest(
+            settings=settings,
+            store=store,
+            source=source,
+            queries=queries,
+            now=started_at,
+            tally=tally,
+            progress=progress,
+        )
+    except DailyPapersError as exc:
+        error = str(exc)
+        logger.error("harvest.failed error=%s", exc)
+    try:
+        await backfill_keywords(
+            settings=settings, store=store, source=source, now=now, progress=progress, tally=tally
+        )
+    except DailyPapersError as exc:
+        tally.warnings.append(f"backfill: {exc}")
+    await deliver(
+        settings=settings,
+        store=store,
+        channels=channels,
+        now=now(),
+        tally=tally,
+        progress=progress,
+    )
+    if settings.readme.enabled:
+        try:
+            await render_snapshot(settings=settings, store=store, now=started_at)
+        except DailyPapersError as exc:
+            tally.warnings.append(f"readme: {exc}")
+            logger.error("readme.failed error=%s", exc)
+    report = RunReport(
+        started_at=started_at,
+        finished_at=now(),
+        ok=error is None,
+        requests=tally.requests,
+        throttled=tally.throttled,
+        harvested=tally.harvested,
+        new_papers=tally.new_papers,
+        new_matches=tally.new_matches,
+        sent=tally.sent,
+        failed=tally.failed,
+        disabled=tally.disabled,
+        error=error,
+        warnings=tuple(tally.warnings),
+    )
+    alerts = await _check_alerts(settings=settings, store=store, channels=channels, report=report)
+    if alerts:
+        report = replace(report, warnings=(*report.warnings, *alerts))
+    await asyncio.to_thread(store.record_run, report)
+    if report.ok:
+        await asyncio.to_thread(store.set_state, STATE_LAST_SUCCESS, report.started_at.isoformat())
+    (logger.info if report.ok else logger.error)(report.summary())
+    return report
