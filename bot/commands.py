@@ -273,6 +273,12 @@ class CommandService:
         )
         return reply
 
+    def needs_permission(self, text: str) -> bool:
+        """Whether this command text would change the target (so the adapter must check)."""
+        name = text.strip().partition(" ")[0].lower()
+        command = self.commands.get(name)
+        return command is not None and command.changes_target
+
     def help_text(self) -> str:
         """The `/papers help` reply."""
         return self.render("help.txt.j2", commands=list(self.commands.values()))

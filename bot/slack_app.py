@@ -1,0 +1,197 @@
+"""The Slack side of `/papers`: a slack-bolt AsyncApp that acknowledges, then delegates.
+
+Every slash command is acknowledged at once (Slack shows an error after 3 seconds), then run
+through the platform-free `bot.commands.CommandService` with Slack's mrkdwn markup, and the
+reply goes back through the command's `response_url`: in the channel for confirmations that
+change it, ephemeral otherwise.
+
+Two ways to receive commands, chosen by the secrets:
+- Socket Mode when `SLACK_APP_TOKEN` is set: the app dials out to Slack over a WebSocket, so no
+  public URL is needed (the default for self-hosting). `start()` / `stop()` or `async with`.
+- HTTP mode otherwise: Slack POSTs to `/slack/events` on the shared web server, every request
+  checked against `SLACK_SIGNING_SECRET` (bad or older than five minutes: 401). `routes()` gives
+  the aiohttp routes for the composition root to mount.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.commands import Command, CommandService, Invocation
+from bot.slack_channel import SlackMarkup, client_from_settings
+from digest.config import Settings
+from digest.domain import Target, TargetKind
+from digest.errors import ConfigError
+from digest.store import PaperStore
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"  # the Request URL to enter in the Slack app config (HTTP mode)
+
+
+class SlackCommandApp:
+    """The `/papers` slash command for one Slack workspace."""
+
+    def __init__(
+        self,
+        *,
+        service: CommandService,
+        settings: Settings,
+        client: AsyncWebClient,
+        signing_secret: str = "",
+        app_token: str = "",
+    ) -> None:
+        self.service = service
+        self._settings = settings.slack
+        self._client = client
+        self._app_token = app_token
+        self._socket: AsyncSocketModeHandler | None = None
+        self.bolt = AsyncApp(
+            client=client,
+            signing_secret=signing_secret,
+            # Socket Mode payloads are not signed; HTTP ones always are.
+            request_verification_enabled=not app_token,
+            # Only the slash command is handled; any other event is answered 404 quietly.
+            raise_error_for_unhandled_request=False,
+            name="daily-papers",
+        )
+        self.bolt.command(self._settings.command)(self._on_command)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        store: PaperStore,
+        request_backfill: Callable[[str], None],
+        extra_commands: Sequence[Command] = (),
+        client: AsyncWebClient | None = None,
+    ) -> SlackCommandApp | None:
+        """The app for these settings, or None when SLACK_BOT_TOKEN is not set.
+
+        Raises ConfigError when neither Socket Mode nor HTTP mode can work.
+        """
+        client = client if client is not None else client_from_settings(settings)
+        if client is None:
+            return None
+        secrets = settings.secrets
+        if not secrets.slack_app_token and not secrets.slack_signing_secret:
+            raise ConfigError(
+                "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) nor "
+                "SLACK_SIGNING_SECRET (HTTP mode at /slack/events) is; set one of them"
+            )
+        service = CommandService(
+            store=store,
+            settings=settings,
+            request_backfill=request_backfill,
+            markup=SlackMarkup(),
+            command_name=settings.slack.command,
+            extra_commands=extra_commands,
+        )
+        return cls(
+            service=service,
+            settings=settings,
+            client=client,
+            signing_secret=secrets.slack_signing_secret,
+            app_token=secrets.slack_app_token,
+        )
+
+    @property
+    def socket_mode(self) -> bool:
+        """True when commands arrive over Socket Mode rather than HTTP."""
+        return bool(self._app_token)
+
+    # -- the command ----------------------------------------------------------------------
+    async def _on_command(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        """Acknowledge first (Slack's 3-second limit), then run the command and respond."""
+        await ack()
+        text = str(body.get("text") or "")
+        user_id = str(body.get("user_id") or "")
+        channel_id = str(body.get("channel_id") or "")
+        may_manage = await self._may_manage(user_id, text)
+        invocation = Invocation(
+            target=Target(kind=TargetKind.SLACK.value, address=channel_id),
+            user_id=user_id,
+            may_manage=may_manage,
+            text=text,
+        )
+        reply = await self.service.handle(invocation)
+        try:
+            await respond(
+                text=reply.text,
+                response_type="in_channel" if reply.public else "ephemeral",
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("slack.respond_failed channel=%s error=%r", channel_id, str(exc))
+
+    async def _may_manage(self, user_id: str, text: str) -> bool:
+        """Whether this user may change the channel's subscriptions (asks Slack only if needed)."""
+        if not self._settings.admins_only or not self.service.needs_permission(text):
+            return True
+        if user_id in self._settings.admin_user_ids:
+            return True
+        try:
+            response = await self._client.users_info(user=user_id)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            # Unknown means no: an outage must not open the channel to everyone.
+            log.warning("slack.users_info_failed user=%s error=%r", user_id, str(exc))
+            return False
+        user = response.get("user") or {}
+        return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))
+
+    # -- HTTP mode ------------------------------------------------------------------------
+    async def handle_http(self, request: web.Request) -> web.Response:
+        """The aiohttp handler for Slack's POSTs (signature checked by bolt)."""
+        bolt_response = await self.bolt.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(bolt_response)
+
+    def routes(self, path: str = EVENTS_PATH) -> list[web.RouteDef]:
+        """Routes to mount on the shared web server (none in Socket Mode)."""
+        if self.socket_mode:
+            return []
+        return [web.post(path, self.handle_http)]
+
+    # -- Socket Mode ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect to Slack over Socket Mode (nothing to do in HTTP mode)."""
+        if not self.socket_mode or self._socket is not None:
+            return
+        self._socket = AsyncSocketModeHandler(
+            self.bolt, app_token=self._app_token, web_client=self._client
+        )
+        await self._socket.connect_async()  # type: ignore[no-untyped-call]  # bolt leaves it unannotated
+        log.info("slack.started mode=socket command=%s", self._settings.command)
+
+    async def stop(self) -> None:
+        """Disconnect Socket Mode (if connected)."""
+        if self._socket is not None:
+            await self._socket.close_async()  # type: ignore[no-untyped-call]  # bolt leaves it unannotated
+            self._socket = None
+            log.info("slack.stopped mode=socket")
+
+    async def __aenter__(self) -> SlackCommandApp:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,333 @@
+"""The /papers slash command in HTTP mode: real signed requests to a real aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
+
+from bot.slack_app import EVENTS_PATH, SlackCommandApp
+from bot.slack_channel import build_web_client
+from digest.config import Secrets, Settings, settings_for_tests
+from digest.domain import Target
+from digest.errors import ConfigError
+from storage.sql_store import SqlStore
+from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
+
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+CHANNEL_ID = "C0123TEST"
+TARGET = Target("slack", CHANNEL_ID)
+
+
+def slack_settings(api_url: str, limits: dict[str, Any] | None = None, **slack: Any) -> Settings:
+    """Test settings with the Slack secrets of HTTP mode and the given [slack] keys."""
+    settings = settings_for_tests(slack={"api_url": api_url, **slack}, limits=limits or {})
+    return dataclasses.replace(
+        settings,
+        secrets=Secrets(slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET),
+    )
+
+
+def signed_command(
+    text: str,
+    *,
+    response_url: str,
+    user_id: str = "U0MEMBER",
+    channel_id: str = CHANNEL_ID,
+    command: str = "/papers",
+    secret: str = SIGNING_SECRET,
+    timestamp: int | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """A slash-command POST body and headers signed the way Slack signs them."""
+    body = urlencode(
+        {
+            "token": "legacy-verification-token",
+            "team_id": "T0000TEST",
+            "team_domain": "fake",
+            "channel_id": channel_id,
+            "channel_name": "papers",
+            "user_id": user_id,
+            "user_name": user_id.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": "A0000TEST",
+            "response_url": response_url,
+            "trigger_id": "1.2.3",
+        }
+    )
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature,
+    }
+    return body.encode(), headers
+
+
+@dataclasses.dataclass
+class Running:
+    """A Slack app mounted on a live aiohttp server, and what it talks to."""
+
+    url: str
+    slack: FakeSlackApi
+    app: SlackCommandApp
+    store: SqlStore
+    backfills: list[str]
+    session: aiohttp.ClientSession
+
+    async def post(self, text: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        """POST a signed slash command; returns the (read) HTTP response."""
+        body, headers = signed_command(text, response_url=self.slack.response_url(), **kwargs)
+        async with self.session.post(self.url + EVENTS_PATH, data=body, headers=headers) as r:
+            await r.read()
+            return r
+
+    async def command(self, text: str, **kwargs: Any) -> dict[str, Any]:
+        """Run a command end to end and return what the app posted to its response_url."""
+        before = len(self.slack.responses())
+        response = await self.post(text, **kwargs)
+        assert response.status == 200
+        return await self.next_response(before)
+
+    async def next_response(self, before: int) -> dict[str, Any]:
+        """Wait (briefly) for response number `before` + 1 at the fake response_url."""
+        async with asyncio.timeout(5):
+            while len(self.slack.responses()) <= before:
+                self.slack.response_received.clear()
+                await self.slack.response_received.wait()
+        return self.slack.responses()[before]
+
+
+async def _serve(app: SlackCommandApp) -> tuple[web.AppRunner, str]:
+    web_app = web.Application()
+    web_app.add_routes(app.routes())
+    runner = web.AppRunner(web_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def make_running(
+    sqlite_store: SqlStore,
+) -> AsyncIterator[Callable[..., Any]]:
+    """A factory: start the app (with these [slack] settings) behind a real HTTP server."""
+    runners: list[web.AppRunner] = []
+    stack: list[Any] = []
+
+    async def make(limits: dict[str, Any] | None = None, **slack_keys: Any) -> Running:
+        slack = await FakeSlackApi().__aenter__()
+        stack.append(slack)
+        settings = slack_settings(slack.api_url, limits, **slack_keys)
+        backfills: list[str] = []
+        app = SlackCommandApp.from_settings(
+            settings, store=sqlite_store, request_backfill=backfills.append
+        )
+        assert app is not None
+        runner, url = await _serve(app)
+        runners.append(runner)
+        session = aiohttp.ClientSession()
+        stack.append(session)
+        return Running(url, slack, app, sqlite_store, backfills, session)
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()
+    for item in reversed(stack):
+        if isinstance(item, aiohttp.ClientSession):
+            await item.close()
+        else:
+            await item.__aexit__(None, None, None)
+
+
+async def test_subscribe_confirms_in_channel_and_stores(make_running: Callable[..., Any]) -> None:
+    """Signed /papers subscribe: 200 at once, stored, public confirmation via response_url."""
+    running: Running = await make_running()
+    reply = await running.command("subscribe Diffusion Models & <Friends>")
+    assert reply["response_type"] == "in_channel"
+    assert reply["unfurl_links"] is False
+    assert reply["text"].startswith(
+        "<@U0MEMBER> subscribed this channel to `Diffusion Models &amp; &lt;Friends&gt;`"
+    )
+    [sub] = running.store.list_subscriptions(TARGET)
+    assert sub.keyword == "Diffusion Models & <Friends>"
+    assert running.backfills == ["Diffusion Models & <Friends>"]
+    # Bolt verified who the bot is once, against the configured API URL.
+    assert len(running.slack.calls_to("auth.test")) == 1
+
+
+async def test_list_latest_help_and_errors_are_ephemeral(make_running: Callable[..., Any]) -> None:
+    """Read-only answers and refusals go to the user only."""
+    running: Running = await make_running()
+    await running.command("subscribe alpha")
+    listing = await running.command("list")
+    assert listing["response_type"] == "ephemeral"
+    assert "1. `alpha`" in listing["text"]
+    helped = await running.command("help")
+    assert helped["response_type"] == "ephemeral"
+    assert "`/papers subscribe &lt;query&gt;`" in helped["text"]
+    bad = await running.command("subscribe ti:(")
+    assert bad["response_type"] == "ephemeral"
+    assert bad["text"].splitlines()[1] == "Usage: `/papers subscribe &lt;query&gt;`"
+    assert "Traceback" not in bad["text"]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"secret": "some-other-secret"}, "wrong secret"),
+        ({"timestamp": int(time.time()) - 600}, "ten minutes old"),
+    ],
+)
+async def test_bad_or_stale_signature_is_rejected(
+    make_running: Callable[..., Any], change: dict[str, Any], why: str
+) -> None:
+    """A request not signed with our secret, or replayed later than 5 minutes, gets 401."""
+    running: Running = await make_running()
+    response = await running.post("subscribe alpha", **change)
+    assert response.status == 401, why
+    await asyncio.sleep(0)  # let any (wrongly) started listener run
+    assert running.store.list_subscriptions(TARGET) == []
+    assert running.slack.responses() == []
+
+
+async def test_unsigned_request_is_rejected(make_running: Callable[..., Any]) -> None:
+    """No signature headers at all: 401."""
+    running: Running = await make_running()
+    async with running.session.post(
+        running.url + EVENTS_PATH,
+        data="command=%2Fpapers&text=subscribe+x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ) as response:
+        assert response.status == 401
+
+
+async def test_ack_is_immediate_even_when_the_store_is_slow(
+    make_running: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP answer (the ack) comes back while the store is still blocked; the reply follows."""
+    running: Running = await make_running()
+    gate = threading.Event()
+    original = running.store.list_subscriptions
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        gate.wait(timeout=10)  # released by the test once the ack has arrived
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(running.store, "list_subscriptions", slow)
+    started = time.monotonic()
+    response = await running.post("list")
+    acked_after = time.monotonic() - started
+    assert response.status == 200
+    assert acked_after < 3.0
+    assert running.slack.responses() == []  # the store has not answered yet
+    gate.set()
+    reply = await running.next_response(0)
+    assert "no subscriptions yet" in reply["text"]
+
+
+async def test_admins_only_checks_workspace_role(make_running: Callable[..., Any]) -> None:
+    """admins_only: members are refused, admins and owners allowed (users.info at the fake)."""
+    running: Running = await make_running(admins_only=True)
+    running.slack.add_user("U0MEMBER")
+    running.slack.add_user("U0ADMIN", is_admin=True)
+    running.slack.add_user("U0OWNER", is_owner=True)
+    refused = await running.command("subscribe alpha", user_id="U0MEMBER")
+    assert refused["response_type"] == "ephemeral"
+    assert "not allowed" in refused["text"]
+    assert running.store.list_subscriptions(TARGET) == []
+    assert (await running.command("subscribe alpha", user_id="U0ADMIN"))[
+        "response_type"
+    ] == "in_channel"
+    assert (await running.command("unsubscribe alpha", user_id="U0OWNER"))[
+        "response_type"
+    ] == "in_channel"
+    assert [c.params["user"] for c in running.slack.calls_to("users.info")] == [
+        "U0MEMBER",
+        "U0ADMIN",
+        "U0OWNER",
+    ]
+    # Reading needs no permission, and does not ask Slack.
+    listing = await running.command("list", user_id="U0MEMBER")
+    assert "no subscriptions yet" in listing["text"]
+    assert len(running.slack.calls_to("users.info")) == 3
+
+
+async def test_admins_only_with_listed_user_ids(make_running: Callable[..., Any]) -> None:
+    """A user in slack.admin_user_ids may manage without being a workspace admin."""
+    running: Running = await make_running(admins_only=True, admin_user_ids=["U0CURATOR"])
+    reply = await running.command("subscribe alpha", user_id="U0CURATOR")
+    assert reply["response_type"] == "in_channel"
+    assert running.slack.calls_to("users.info") == []
+
+
+async def test_admins_only_denies_when_slack_cannot_say(make_running: Callable[..., Any]) -> None:
+    """users.info failing (unknown user, outage) means no, not everyone."""
+    running: Running = await make_running(admins_only=True)
+    reply = await running.command("subscribe alpha", user_id="U0GHOST")
+    assert "not allowed" in reply["text"]
+    assert running.store.list_subscriptions(TARGET) == []
+
+
+async def test_per_channel_limit_through_slack(make_running: Callable[..., Any]) -> None:
+    """limits.subscriptions_per_target is enforced on the slash command."""
+    running: Running = await make_running(limits={"subscriptions_per_target": 1})
+    await running.command("subscribe alpha")
+    refused = await running.command("subscribe beta")
+    assert refused["response_type"] == "ephemeral"
+    assert "the limit is 1" in refused["text"]
+    assert [s.keyword for s in running.store.list_subscriptions(TARGET)] == ["alpha"]
+
+
+async def test_configured_command_name(make_running: Callable[..., Any]) -> None:
+    """slack.command renames the slash command; help shows the configured name."""
+    running: Running = await make_running(command="/arxiv")
+    reply = await running.command("help", command="/arxiv")
+    assert "`/arxiv subscribe &lt;query&gt;`" in reply["text"]
+
+
+def test_from_settings_without_token_is_none(sqlite_store: SqlStore) -> None:
+    """No SLACK_BOT_TOKEN: no Slack app."""
+    assert (
+        SlackCommandApp.from_settings(
+            settings_for_tests(), store=sqlite_store, request_backfill=lambda q: None
+        )
+        is None
+    )
+
+
+def test_from_settings_needs_app_token_or_signing_secret(sqlite_store: SqlStore) -> None:
+    """A bot token alone cannot receive commands: a ConfigError naming both options."""
+    settings = dataclasses.replace(settings_for_tests(), secrets=Secrets(slack_bot_token="xoxb-1"))
+    with pytest.raises(ConfigError, match=r"SLACK_APP_TOKEN.*SLACK_SIGNING_SECRET"):
+        SlackCommandApp.from_settings(settings, store=sqlite_store, request_backfill=lambda q: None)
+
+
+def test_socket_mode_mounts_no_http_route(sqlite_store: SqlStore) -> None:
+    """With SLACK_APP_TOKEN the app uses Socket Mode and exposes no unsigned HTTP endpoint."""
+    settings = dataclasses.replace(
+        settings_for_tests(),
+        secrets=Secrets(slack_bot_token="xoxb-1", slack_app_token="xapp-1"),
+    )
+    app = SlackCommandApp.from_settings(
+        settings,
+        store=sqlite_store,
+        request_backfill=lambda q: None,
+        client=build_web_client(token="xoxb-1", api_url="http://127.0.0.1:9/api/"),
+    )
+    assert app is not None
+    assert app.socket_mode
+    assert app.routes() == []
