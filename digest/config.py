@@ -671,3 +671,24 @@ def _toml_value(value: Any) -> str:
             return "[\n  " + inner + ",\n]"
         return "[" + ", ".join(json.dumps(v) for v in value) + "]"
     return json.dumps(value, ensure_ascii=False)
+
+
+def settings_reference() -> str:
+    """The Markdown configuration reference in README.md, generated from the field help."""
+    lines: list[str] = []
+    for name, cls in SECTIONS.items():
+        lines += ["", f"**[{name}]**", "", "| key | default | what it does |", "| --- | --- | --- |"]
+        for fld in dataclasses.fields(cls):
+            if fld.default_factory is not dataclasses.MISSING:
+                default = fld.default_factory()
+            else:
+                default = fld.default
+            if isinstance(default, list) and len(default) > 4:
+                shown = f"{len(default)} entries (see `daily-papers init`)"
+            else:
+                shown = f"`{_toml_value(default)}`"
+            help_text = str(fld.metadata.get("help", "")).replace("|", "\\|")
+            lines.append(f"| `{name}.{fld.name}` | {shown} | {help_text} |")
+    lines += ["", "| secret | environment variable |", "| --- | --- |"]
+    lines += [f"| {attr} | `{env}` |" for attr, env in Secrets.ENV_NAMES.items()]
+    return "\n".join(lines).strip() + "\n"

@@ -1,0 +1,128 @@
+"""The command line as a new user meets it: init, run, status, keywords, subscriptions, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from digest.cli import main
+from tests.fakes.arxiv_server import ArxivStandIn, ServerError
+from tests.reference_papers import REFERENCE_README, load_reference_papers
+
+
+@pytest.fixture
+def server() -> Iterator[ArxivStandIn]:
+    """The arXiv stand-in serving the reference papers."""
+    with ArxivStandIn(load_reference_papers()) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: ArxivStandIn) -> Path:
+    """A project folder whose config points at the stand-in, as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAILY_PAPERS_CONFIG", raising=False)
+    assert main(["init"]) == 0
+    config = tmp_path / "daily-papers.toml"
+    text = config.read_text(encoding="utf-8")
+    text = text.replace("[service]\n", "[service]\ntest_mode = true\n", 1).replace(
+        "[arxiv]\n", f'[arxiv]\napi_url = "{server.url}"\ncategories = ["cs.CV"]\n', 1
+    )
+    config.write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def test_init_refuses_to_overwrite(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `init` keeps the user's file unless --force."""
+    assert main(["init"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["init", "--force"]) == 0
+
+
+def test_run_writes_the_readme_and_status_reports_it(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` completes a cycle, writes data/README.md, and `status` shows the cycle."""
+    assert main(["run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: ")
+    readme = (workdir / "data" / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith(REFERENCE_README.read_text(encoding="utf-8").split("Last")[0])
+    assert "## Diffusion Models" in readme
+    assert main(["status"]) == 0
+    status = capsys.readouterr().out
+    assert "ok     requests=" in status
+
+
+def test_run_exits_1_when_arxiv_fails(
+    workdir: Path, server: ArxivStandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failed harvest is a failed run: exit 1, the reason on stderr, no traceback."""
+    server.always(ServerError(503))
+    assert main(["run"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("FAILED")
+    assert "error:" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_keywords_add_list_remove(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Keywords are validated, stored, listed with their origin, and removed."""
+    assert main(["keywords", "add", "graph neural networks", 'ti:"protein folding"']) == 0
+    assert "backfilled on the next run" in capsys.readouterr().out
+    assert main(["keywords", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "graph neural networks\t(database" in listed
+    assert "Video Anomaly Detection" not in listed or "(config" in listed
+    assert main(["keywords", "remove", "graph neural networks"]) == 0
+    assert "removed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "query", ['ti:"unclosed', "(a OR b", "xx:foo", "", "a" * 201, "bad\x07char"]
+)
+def test_invalid_query_is_refused_without_storing(
+    workdir: Path, capsys: pytest.CaptureFixture[str], query: str
+) -> None:
+    """A bad query exits 2 with the reason; nothing is stored."""
+    assert main(["keywords", "add", "good phrase", query]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid query")
+    assert "Traceback" not in err
+    assert main(["keywords", "list"]) == 0
+    assert "good phrase" not in capsys.readouterr().out
+
+
+def test_subscriptions_for_any_target(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An operator subscribes a Slack channel without the slash command, lists and removes it."""
+    assert main(["subscriptions", "add", "slack:C0123", "diffusion models"]) == 0
+    assert main(["subscriptions", "list"]) == 0
+    assert "slack:C0123\tdiffusion models\tactive" in capsys.readouterr().out
+    assert main(["subscriptions", "remove", "slack:C0123", "diffusion models"]) == 0
+    assert "unsubscribed" in capsys.readouterr().out
+    assert main(["subscriptions", "add", "C0123", "x"]) == 2
+    assert "KIND:ADDRESS" in capsys.readouterr().err
+
+
+def test_bad_setting_is_one_line_with_exit_2(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad environment override names the variable; no traceback."""
+    monkeypatch.setenv("DAILY_PAPERS_README_MAX_PAPERS", "lots")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "DAILY_PAPERS_README_MAX_PAPERS" in err
+    assert "Traceback" not in err
+
+
+def test_console_script_help_explains_commands() -> None:
+    """The installed entry point answers --help with every command."""
+    done = subprocess.run(
+        [sys.executable, "-m", "digest.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("init", "run", "serve", "status", "readme", "keywords", "subscriptions"):
+        assert command in done.stdout

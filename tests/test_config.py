@@ -1,0 +1,119 @@
+"""Settings: the TOML file, environment overrides, validation messages, the docs that list them."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from digest.config import (
+    ARXIV_MIN_DELAY,
+    load_settings,
+    settings_for_tests,
+    settings_reference,
+    starter_file,
+)
+from digest.errors import ConfigError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No file and no environment: the defaults, SQLite in ./data, the real arXiv API."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(env={})
+    assert settings.source == "defaults"
+    assert settings.database_url == "sqlite:///data/daily-papers.sqlite3"
+    assert settings.readme_path == Path("data/README.md")
+    assert settings.arxiv_is_real
+    assert settings.arxiv_delay == ARXIV_MIN_DELAY
+
+
+def test_file_then_environment_override(tmp_path: Path) -> None:
+    """Environment variables win over the file, key by key, with typed conversion."""
+    path = tmp_path / "daily-papers.toml"
+    path.write_text(
+        '[keywords]\nqueries = ["a b"]\n[readme]\nmax_papers = 5\nlink = "pdf"\n', encoding="utf-8"
+    )
+    env = {
+        "DAILY_PAPERS_README_MAX_PAPERS": "7",
+        "DAILY_PAPERS_KEYWORDS_QUERIES": '["x y", "ti:z"]',
+        "DAILY_PAPERS_ARXIV_CATEGORIES": "cs.CV, cs.LG",
+        "DAILY_PAPERS_EMAIL_ENABLED": "yes",
+        "SLACK_BOT_TOKEN": "xoxb-secret",
+    }
+    settings = load_settings(path, env=env)
+    assert settings.readme.max_papers == 7
+    assert settings.readme.link == "pdf"
+    assert settings.keywords.queries == ["x y", "ti:z"]
+    assert settings.arxiv.categories == ["cs.CV", "cs.LG"]
+    assert settings.email.enabled is True
+    assert settings.secrets.slack_bot_token == "xoxb-secret"
+    assert "xoxb-secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "expected"),
+    [
+        ('[readme]\nlink = "html"\n', {}, "readme.link = 'html' is not valid: expected one of"),
+        ("[readme]\nmax_papers = 0\n", {}, "readme.max_papers = 0 is not valid"),
+        ('[readme]\nmax_papers = "ten"\n', {}, "expected a whole number"),
+        ('[readme]\npth = "x"\n', {}, "unknown key readme.pth"),
+        ("[reedme]\n", {}, "unknown section [reedme]"),
+        ("", {"DAILY_PAPERS_ARXIV_RETRIES": "many"}, "DAILY_PAPERS_ARXIV_RETRIES"),
+        ('[schedule]\ntimezone = "Mars/Base"\n', {}, "an IANA timezone name"),
+        ('[schedule]\ncron = "daily"\n', {}, "five-field cron expression"),
+        ("[readme\n", {}, "is not valid TOML"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(
+    tmp_path: Path, toml: str, env: dict[str, str], expected: str
+) -> None:
+    """Each bad setting is refused with a message a person can act on."""
+    path = tmp_path / "daily-papers.toml"
+    path.write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env=env)
+    assert expected in str(caught.value)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    """`--config` naming a file that does not exist says so and how to make one."""
+    with pytest.raises(ConfigError, match="daily-papers init"):
+        load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_test_mode_is_refused_against_the_real_api() -> None:
+    """The explicit test switch cannot remove arXiv's politeness delay."""
+    with pytest.raises(ConfigError, match="test_mode"):
+        load_settings(env={"DAILY_PAPERS_SERVICE_TEST_MODE": "true"})
+
+
+def test_delay_never_below_three_seconds_against_arxiv(tmp_path: Path) -> None:
+    """A configured 0.5 s delay is raised to 3 s for export.arxiv.org, kept for a mirror."""
+    real = load_settings(env={"DAILY_PAPERS_ARXIV_DELAY_SECONDS": "0.5"})
+    assert real.arxiv_delay == ARXIV_MIN_DELAY
+    mirror = settings_for_tests(
+        service={"test_mode": False},
+        arxiv={"api_url": "http://127.0.0.1:1/api/query", "delay_seconds": 0.5},
+    )
+    assert mirror.arxiv_delay == 0.5
+
+
+def test_starter_file_is_valid_and_loads(tmp_path: Path) -> None:
+    """`daily-papers init`'s file parses, loads, and tracks the example keywords."""
+    text = starter_file()
+    tomllib.loads(text)
+    path = tmp_path / "daily-papers.toml"
+    path.write_text(text, encoding="utf-8")
+    settings = load_settings(path, env={})
+    assert settings.keywords.queries
+    assert settings.readme.max_papers == 100
+
+
+def test_readme_documents_every_setting() -> None:
+    """README.md's configuration reference is the one generated from the settings."""
+    assert settings_reference() in README.read_text(encoding="utf-8"), (
+        "README.md is out of date: run ./scripts/update-docs"
+    )
