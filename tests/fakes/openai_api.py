@@ -249,9 +249,9 @@ async def serve_openai() -> AsyncIterator[FakeOpenAI]:
     fake = FakeOpenAI()
     app = web.Application()
     app.router.add_post(COMPLETIONS_PATH, fake.handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, shutdown_timeout=0.5)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
     fake.url = f"http://{host}:{port}/v1"
