@@ -140,7 +140,7 @@ BAD_ANSWERS = [
         Garbage(body='{"error": "overloaded"}', content_type="application/json"),
         "not a chat completion",
         id="garbage-json",
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -162,7 +162,7 @@ async def test_bad_answer_is_retried_then_accepted(
 async def test_bad_answers_are_retried_boundedly_then_skipped(
     openai: FakeOpenAI, answer: object, reason: str
 ) -> None:
-    """A provider that keeps answering badly is asked `attempts` times, then the paper is skipped."""
+    """A provider that keeps answering badly gets `attempts` requests, then the paper is skipped."""
     paper = _paper()
     openai.always(answer, when="We propose")  # type: ignore[arg-type]
     async with _translator(openai, attempts=3) as translator:
@@ -181,7 +181,7 @@ async def test_bad_answers_are_retried_boundedly_then_skipped(
         (403, True, "API key"),
         (404, True, "translation.model"),
         (400, False, "HTTP 400"),
-    ],  # fmt: skip
+    ],
 )
 async def test_refusals_are_not_retried(
     openai: FakeOpenAI, status: int, fatal: bool, hint: str
