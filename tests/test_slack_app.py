@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,7 +19,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.slack_app import EVENTS_PATH, SlackCommandApp
 from bot.slack_channel import build_web_client
-from digest.config import Secrets, Settings, settings_for_tests
+from digest.config import Secrets, Settings, SlackSettings, settings_for_tests
 from digest.domain import Target
 from digest.errors import ConfigError
 from storage.sql_store import SqlStore
@@ -331,3 +333,15 @@ def test_socket_mode_mounts_no_http_route(sqlite_store: SqlStore) -> None:
     assert app is not None
     assert app.socket_mode
     assert app.routes() == []
+
+
+def test_shipped_manifest_matches_the_app() -> None:
+    """The manifest declares the default slash command, Socket Mode and every scope we call."""
+    manifest = (Path(__file__).parent.parent / "bot" / "slack-app-manifest.yml").read_text(
+        encoding="utf-8"
+    )
+    assert f"- command: {SlackSettings().command}\n" in manifest
+    assert "socket_mode_enabled: true" in manifest
+    scopes = re.findall(r"^\s+- ([a-z.:]+)\s*$", manifest, flags=re.M)
+    # chat.postMessage, the slash command, users.info, and posting without an invite.
+    assert {"chat:write", "commands", "users:read", "chat:write.public"} <= set(scopes)
