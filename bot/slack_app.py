@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
@@ -195,3 +196,27 @@ class SlackCommandApp:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def start_slack(
+    settings: Settings,
+    *,
+    store: PaperStore,
+    request_backfill: Callable[[str], None],
+    stack: AsyncExitStack,
+    extra_commands: Sequence[Command] = (),
+) -> SlackCommandApp | None:
+    """`serve`'s entry point: build the app, connect Socket Mode (closed with `stack`).
+
+    Returns None when Slack is not configured. In HTTP mode the caller mounts `app.routes()` on
+    the shared web server.
+    """
+    app = SlackCommandApp.from_settings(
+        settings, store=store, request_backfill=request_backfill, extra_commands=extra_commands
+    )
+    if app is None:
+        return None
+    await stack.enter_async_context(app)
+    if not app.socket_mode:
+        log.info("slack.started mode=http path=%s command=%s", EVENTS_PATH, settings.slack.command)
+    return app

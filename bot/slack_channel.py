@@ -370,3 +370,8 @@ class SlackChannel:
         if error is not None:
             log.warning("slack.notify_failed target=%s error=%r", target, error)
         return error is None
+
+
+async def channel_factory(settings: Settings, store: object, stack: object) -> SlackChannel | None:
+    """`digest.app` channel factory: the Slack channel when SLACK_BOT_TOKEN is set."""
+    return SlackChannel.from_settings(settings)

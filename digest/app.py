@@ -64,6 +64,9 @@ ChannelFactory = Callable[[Settings, PaperStore, AsyncExitStack], Any]
 def _channel_factories() -> list[ChannelFactory]:
     """The channel modules, imported lazily so an unused platform costs nothing at start-up."""
     factories: list[ChannelFactory] = []
+    from bot.slack_channel import channel_factory as slack_channel
+
+    factories.append(slack_channel)
     return factories
 
 
@@ -216,3 +219,9 @@ async def _start_services(
     settings: Settings, runner: CycleRunner, services: AsyncExitStack
 ) -> None:
     """Start the long-running adapters (chat bots, web server) that are configured."""
+    from bot.slack_app import start_slack
+
+    # HTTP mode: the web server mounts slack_app.routes() (POST /slack/events).
+    await start_slack(
+        settings, store=runner.store, request_backfill=runner.request_backfill, stack=services
+    )

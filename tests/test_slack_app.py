@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -17,8 +18,8 @@ import pytest
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
-from bot.slack_app import EVENTS_PATH, SlackCommandApp
-from bot.slack_channel import build_web_client
+from bot.slack_app import EVENTS_PATH, SlackCommandApp, start_slack
+from bot.slack_channel import SlackChannel, build_web_client
 from digest.config import Secrets, Settings, SlackSettings, settings_for_tests
 from digest.domain import Target
 from digest.errors import ConfigError
@@ -345,3 +346,39 @@ def test_shipped_manifest_matches_the_app() -> None:
     scopes = re.findall(r"^\s+- ([a-z.:]+)\s*$", manifest, flags=re.M)
     # chat.postMessage, the slash command, users.info, and posting without an invite.
     assert {"chat:write", "commands", "users:read", "chat:write.public"} <= set(scopes)
+
+
+async def test_start_slack_in_http_mode_serves_routes(sqlite_store: SqlStore) -> None:
+    """serve's entry point: HTTP mode gives the /slack/events route to mount; no token: None."""
+    assert (
+        await start_slack(
+            settings_for_tests(),
+            store=sqlite_store,
+            request_backfill=lambda q: None,
+            stack=AsyncExitStack(),
+        )
+        is None
+    )
+    async with FakeSlackApi() as slack, AsyncExitStack() as stack:
+        app = await start_slack(
+            slack_settings(slack.api_url),
+            store=sqlite_store,
+            request_backfill=lambda q: None,
+            stack=stack,
+        )
+        assert app is not None
+        assert not app.socket_mode
+        assert [(r.method, r.path) for r in app.routes()] == [("POST", EVENTS_PATH)]
+
+
+async def test_composition_root_registers_the_slack_channel(sqlite_store: SqlStore) -> None:
+    """build_channels includes Slack exactly when SLACK_BOT_TOKEN is set."""
+    from digest.app import build_channels
+
+    async with AsyncExitStack() as stack:
+        without = await build_channels(settings_for_tests(), store=sqlite_store, stack=stack)
+        assert "slack" not in without
+        configured = await build_channels(
+            slack_settings("http://127.0.0.1:9/api/"), store=sqlite_store, stack=stack
+        )
+        assert isinstance(configured["slack"], SlackChannel)
