@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from digest.config import Settings
 from digest.domain import Paper
 from digest.store import PaperStore
-from digest.translate import Translator
+from digest.translate import TranslationResult, Translator
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,11 @@ async def translate_new_papers(
         nonlocal translated, skipped, error
         while queue and error is None:
             paper = queue.pop()
-            result = await translator.translate(paper, language)
+            try:
+                result = await translator.translate(paper, language)
+            except Exception as exc:  # a translator that breaks its promise: skip this paper
+                logger.exception("translation.crashed arxiv_id=%s", paper.arxiv_id)
+                result = TranslationResult(paper.arxiv_id, None, f"{type(exc).__name__}: {exc}")
             if result.translation is None:
                 if result.fatal:
                     error = result.error or "the translation provider refuses requests"
@@ -119,7 +123,7 @@ async def translate_new_papers(
                 group.create_task(worker())
     except TimeoutError:
         timed_out = True
-    except Exception as exc:  # a translator that breaks its promise not to raise
+    except Exception as exc:  # the guard: nothing in this optional step may stop delivery
         logger.exception("translation.crashed language=%s", language)
         error = error or f"{type(exc).__name__}: {exc}"
     report = TranslationReport(

@@ -1,0 +1,239 @@
+"""The cycle's translation step: stored once per language, bounded by a deadline, never raising."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from digest.config import settings_for_tests
+from digest.domain import Paper, Target
+from digest.store import PaperStore
+from digest.translate import OpenAITranslator, TranslationResult
+from digest.translation import (
+    TranslationReport,
+    translate_for_readers,
+    translate_new_papers,
+    wanted_languages,
+)
+from tests.fakes.openai_api import FakeOpenAI, Garbage, ServerError, Slow, serve_openai
+from tests.reference_digest import REFERENCE_LANGUAGE, load_reference_digest
+
+NOW = datetime(2025, 1, 10, 21, 0, tzinfo=UTC)
+SINCE = NOW - timedelta(days=7)
+KEYWORD = "multimodal"
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    """The fake chat-completions server, taught the reference digest's Chinese."""
+    async with serve_openai() as fake:
+        for entry in load_reference_digest():
+            fake.teach(entry.paper.title, entry.title_zh)
+            fake.teach(entry.paper.abstract, entry.abstract_zh)
+        yield fake
+
+
+@pytest.fixture
+async def translator(openai: FakeOpenAI) -> AsyncIterator[OpenAITranslator]:
+    """A translator on the fake with no waits between its 3 attempts."""
+    async with OpenAITranslator(
+        base_url=openai.url, model="m", attempts=3, wait_initial=0.0, wait_max=0.0, timeout=10.0
+    ) as client:
+        yield client
+
+
+def _papers() -> list[Paper]:
+    return [entry.paper for entry in load_reference_digest()]
+
+
+def _store_papers(store: PaperStore, papers: Sequence[Paper], *, now: datetime = NOW) -> None:
+    """Store `papers` as today's matches of one keyword, as a harvest would."""
+    store.add_keyword(KEYWORD)
+    store.commit_harvest(
+        papers=papers,
+        matches={KEYWORD: [p.arxiv_id for p in papers]},
+        deliverable=(),
+        now=now,
+    )
+
+
+async def _step(
+    store: PaperStore, translator: OpenAITranslator, *, language: str = "zh", deadline: float = 10
+) -> TranslationReport:
+    return await translate_new_papers(
+        store=store,
+        translator=translator,
+        language=language,
+        since=SINCE,
+        deadline=deadline,
+        concurrency=3,
+    )
+
+
+async def test_translations_are_stored_once_per_language(
+    store: PaperStore, translator: OpenAITranslator, openai: FakeOpenAI
+) -> None:
+    """The first run translates and stores every paper; the next asks the provider nothing."""
+    entries = load_reference_digest()
+    _store_papers(store, [e.paper for e in entries])
+    report = await _step(store, translator)
+    assert (report.missing, report.translated, report.skipped, report.left) == (12, 12, 0, 0)
+    assert not report.timed_out
+    stored = store.get_translations([e.paper.arxiv_id for e in entries], REFERENCE_LANGUAGE)
+    assert stored == {e.paper.arxiv_id: (e.title_zh, e.abstract_zh) for e in entries}
+    assert len(openai.requests) == 24
+
+    again = await _step(store, translator)
+    assert (again.missing, again.translated) == (0, 0)
+    assert len(openai.requests) == 24
+
+    japanese = await _step(store, translator, language="ja")
+    assert japanese.translated == 12
+    assert len(openai.requests) == 48
+    assert "Japanese" in openai.requests[-1].system
+    assert len(store.get_translations([e.paper.arxiv_id for e in entries], "ja")) == 12
+
+
+async def test_slow_provider_returns_at_the_deadline_and_next_run_fills_the_rest(
+    store: PaperStore, translator: OpenAITranslator, openai: FakeOpenAI
+) -> None:
+    """A hanging answer stops the step at its deadline; what finished is kept, the rest follows."""
+    papers = _papers()
+    _store_papers(store, papers)
+    slow = papers[3]
+    openai.always(Slow(60.0), when=slow.title)
+    started = time.perf_counter()
+    report = await _step(store, translator, deadline=0.5)
+    assert time.perf_counter() - started < 3.0
+    assert report.timed_out
+    assert report.left >= 1
+    stored = store.get_translations([p.arxiv_id for p in papers], "zh")
+    assert slow.arxiv_id not in stored
+    assert len(stored) == report.translated >= 1
+
+    openai._rules.clear()  # the provider recovered
+    later = await _step(store, translator)
+    assert later.missing == report.left
+    assert later.translated == report.left
+    assert not later.timed_out
+    assert len(store.get_translations([p.arxiv_id for p in papers], "zh")) == 12
+
+
+async def test_a_provider_that_is_all_slow_delays_nothing(
+    store: PaperStore, translator: OpenAITranslator, openai: FakeOpenAI
+) -> None:
+    """Every request hangs: the step still returns at its deadline, with nothing stored."""
+    _store_papers(store, _papers())
+    openai.always(Slow(60.0))
+    started = time.perf_counter()
+    report = await _step(store, translator, deadline=0.3)
+    assert time.perf_counter() - started < 2.0
+    assert report.timed_out
+    assert (report.translated, report.left) == (0, 12)
+
+
+async def test_garbage_for_one_paper_is_retried_then_skipped_until_next_cycle(
+    store: PaperStore, translator: OpenAITranslator, openai: FakeOpenAI
+) -> None:
+    """A paper the provider keeps garbling is skipped after 3 tries; the others are stored."""
+    papers = _papers()
+    _store_papers(store, papers)
+    bad = papers[0]
+    openai.always(Garbage(), when=bad.abstract[:60])
+    report = await _step(store, translator)
+    assert (report.translated, report.skipped, report.left) == (11, 1, 1)
+    assert openai.texts().count(bad.abstract) == 3
+    assert bad.arxiv_id not in store.get_translations([bad.arxiv_id], "zh")
+
+    openai._rules.clear()
+    later = await _step(store, translator)
+    assert (later.missing, later.translated) == (1, 1)
+
+
+async def test_refused_key_stops_the_step_early(
+    store: PaperStore, translator: OpenAITranslator, openai: FakeOpenAI
+) -> None:
+    """A 401 is the same for every paper: the step stops instead of sending 24 doomed requests."""
+    _store_papers(store, _papers())
+    openai.always(ServerError(401))
+    report = await _step(store, translator)
+    assert report.error is not None
+    assert "TRANSLATION_API_KEY" in report.error
+    assert report.translated == 0
+    assert len(openai.requests) <= 6  # at most the papers already in flight (3), 2 texts each
+
+
+async def test_papers_outside_the_window_are_left_alone(
+    store: PaperStore, translator: OpenAITranslator, openai: FakeOpenAI
+) -> None:
+    """Only papers first stored after `since` are translated (old history is not back-filled)."""
+    papers = _papers()
+    _store_papers(store, papers[:2], now=SINCE - timedelta(days=1))
+    _store_papers(store, papers[2:4])
+    report = await _step(store, translator)
+    assert report.translated == 2
+    assert set(store.get_translations([p.arxiv_id for p in papers], "zh")) == {
+        p.arxiv_id for p in papers[2:4]
+    }
+
+
+class _BrokenTranslator:
+    """A translator that breaks its promise and raises."""
+
+    async def translate(self, paper: Paper, language: str) -> TranslationResult:
+        """Raise instead of answering."""
+        raise RuntimeError("bug in an adapter")
+
+
+async def test_a_raising_translator_does_not_escape(store: PaperStore) -> None:
+    """Even a translator that raises ends the step with a report, never an exception."""
+    _store_papers(store, _papers()[:2])
+    report = await _step(store, _BrokenTranslator())  # type: ignore[arg-type]
+    assert (report.translated, report.skipped, report.left) == (0, 2, 2)
+    assert report.error is None
+
+
+async def test_wanted_languages_are_the_default_then_each_channels_choice(
+    store: PaperStore,
+) -> None:
+    """`[translation] language` first, then channels' `/papers language` choices; off is none."""
+    slack, discord, muted = Target("slack", "C1"), Target("discord", "42"), Target("slack", "C2")
+    for target in (slack, discord, muted):
+        store.add_subscription(target, KEYWORD, now=NOW)
+    store.set_target_option(slack, "language", "ja")
+    store.set_target_option(discord, "language", "zh")
+    store.set_target_option(muted, "language", "off")
+    settings = settings_for_tests(translation={"language": "zh"})
+    assert await wanted_languages(settings=settings, store=store) == ["zh", "ja"]
+    assert await wanted_languages(settings=settings_for_tests(), store=store) == ["zh", "ja"]
+    store.set_target_option(discord, "language", None)
+    assert await wanted_languages(settings=settings_for_tests(), store=store) == ["ja"]
+
+
+async def test_translate_for_readers_covers_every_language_within_one_deadline(
+    store: PaperStore, translator: OpenAITranslator, openai: FakeOpenAI
+) -> None:
+    """Each wanted language gets its step; a slow first language leaves no time for the next."""
+    papers = _papers()[:3]
+    _store_papers(store, papers)
+    store.add_subscription(Target("slack", "C1"), KEYWORD, now=NOW)
+    store.set_target_option(Target("slack", "C1"), "language", "ja")
+    settings = settings_for_tests(translation={"language": "zh", "deadline_seconds": 10})
+    reports = await translate_for_readers(
+        settings=settings, store=store, translator=translator, now=NOW
+    )
+    assert [(r.language, r.translated) for r in reports] == [("zh", 3), ("ja", 3)]
+
+    _store_papers(store, _papers()[3:5])
+    openai.always(Slow(60.0))
+    hurried = settings_for_tests(translation={"language": "zh", "deadline_seconds": 0.3})
+    started = time.perf_counter()
+    reports = await translate_for_readers(
+        settings=hurried, store=store, translator=translator, now=NOW
+    )
+    assert time.perf_counter() - started < 2.0
+    assert reports[0].timed_out
+    assert [r.language for r in reports] == ["zh"]  # ja waits for the next cycle
