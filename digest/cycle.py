@@ -342,11 +342,12 @@ async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetim
     """Re-render the README snapshot; True when the file changed (and was committed if asked)."""
     keywords = [k.query for k in await asyncio.to_thread(store.list_keywords)]
     limit = settings.readme.max_papers
+    today = now.astimezone(ZoneInfo(settings.readme.timezone)).date()
     latest = {text: await asyncio.to_thread(store.latest_matches, text, limit) for text in keywords}
     result = build_readme(
         keywords,
         latest,
-        today=now.astimezone(ZoneInfo(settings.readme.timezone)).date(),
+        today=today,
         link="pdf" if settings.readme.link == "pdf" else "abs",
         max_papers=limit,
         tz=settings.readme.timezone,
@@ -356,7 +357,7 @@ async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetim
     changed = await asyncio.to_thread(write_readme, path, result.text)
     logger.info("readme.rendered path=%s changed=%s bytes=%d", path, changed, result.size)
     if changed and settings.readme.git_commit:
-        outcome = await asyncio.to_thread(commit_readme, path)
+        outcome = await asyncio.to_thread(partial(commit_readme, path, today=today))
         logger.info("readme.git outcome=%s", outcome)
     return changed
 
