@@ -24,7 +24,7 @@ from digest.config import Secrets, Settings, SlackSettings, settings_for_tests
 from digest.domain import Target
 from digest.errors import ConfigError
 from storage.sql_store import SqlStore
-from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
+from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlackApi
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL_ID = "C0123TEST"
@@ -382,3 +382,47 @@ async def test_composition_root_registers_the_slack_channel(sqlite_store: SqlSto
             slack_settings("http://127.0.0.1:9/api/"), store=sqlite_store, stack=stack
         )
         assert isinstance(configured["slack"], SlackChannel)
+
+
+async def test_socket_mode_receives_acks_and_answers_a_command(sqlite_store: SqlStore) -> None:
+    """Socket Mode: connects with the app token, acks the envelope, replies via response_url."""
+    async with FakeSlackApi() as slack:
+        settings = dataclasses.replace(
+            settings_for_tests(slack={"api_url": slack.api_url}),
+            secrets=Secrets(slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN),
+        )
+        app = SlackCommandApp.from_settings(
+            settings, store=sqlite_store, request_backfill=lambda q: None
+        )
+        assert app is not None
+        async with app:
+            async with asyncio.timeout(5):
+                await slack.socket_connected.wait()
+            await slack.push(
+                {
+                    "envelope_id": "env-1",
+                    "type": "slash_commands",
+                    "accepts_response_payload": True,
+                    "payload": {
+                        "team_id": "T0000TEST",
+                        "channel_id": CHANNEL_ID,
+                        "user_id": "U0MEMBER",
+                        "command": "/papers",
+                        "text": "subscribe socket topic",
+                        "api_app_id": "A0000TEST",
+                        "response_url": slack.response_url(),
+                        "trigger_id": "1.2.3",
+                    },
+                }
+            )
+            async with asyncio.timeout(5):
+                while not any(m.get("envelope_id") == "env-1" for m in slack.socket_messages):
+                    slack.socket_message_received.clear()
+                    await slack.socket_message_received.wait()
+                while not slack.responses():
+                    slack.response_received.clear()
+                    await slack.response_received.wait()
+        assert slack.responses()[0]["response_type"] == "in_channel"
+        assert [s.keyword for s in sqlite_store.list_subscriptions(TARGET)] == ["socket topic"]
+        [opened] = slack.calls_to("apps.connections.open")
+        assert opened.token == APP_TOKEN

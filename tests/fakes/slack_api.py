@@ -21,9 +21,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
+import aiohttp
 from aiohttp import web
 
 BOT_TOKEN = "xoxb-fake-bot-token"
+APP_TOKEN = "xapp-fake-app-token"  # Socket Mode's app-level token (apps.connections.open only)
 BOT_USER_ID = "UBOT0000"
 TEAM_ID = "T0000TEST"
 
@@ -76,8 +78,14 @@ class Call:
 class FakeSlackApi:
     """The fake server. Use as an async context manager; it binds an ephemeral port."""
 
-    def __init__(self, *, token: str = BOT_TOKEN) -> None:
+    def __init__(self, *, token: str = BOT_TOKEN, app_token: str = APP_TOKEN) -> None:
         self.token = token
+        self.app_token = app_token
+        # Socket Mode: what the app sent over the WebSocket (acks carry the envelope_id).
+        self.socket_messages: list[dict[str, Any]] = []
+        self.socket_connected = asyncio.Event()
+        self.socket_message_received = asyncio.Event()
+        self._sockets: list[web.WebSocketResponse] = []
         self.calls: list[Call] = []
         self.users: dict[str, dict[str, Any]] = {}
         self._scripts: dict[str, deque[FakeAnswer]] = defaultdict(deque)
@@ -130,6 +138,7 @@ class FakeSlackApi:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{name}", self._response)
+        app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -145,6 +154,8 @@ class FakeSlackApi:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        for socket in self._sockets:
+            await socket.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -188,7 +199,13 @@ class FakeSlackApi:
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
         token = token or params.get("token")
-        if token != self.token:
+        if method == "apps.connections.open":
+            answer = (
+                ok(url=f"ws://127.0.0.1:{self.port}/socket")
+                if token == self.app_token
+                else error("invalid_auth")
+            )
+        elif token != self.token:
             answer = error("not_authed" if token is None else "invalid_auth")
         elif self._scripts[method]:
             answer = self._scripts[method].popleft()
@@ -207,6 +224,24 @@ class FakeSlackApi:
                 status=answer.status, text="<html>upstream error</html>", content_type="text/html"
             )
         return web.json_response(answer.body, status=answer.status, headers=answer.headers)
+
+    async def push(self, envelope: dict[str, Any]) -> None:
+        """Send a Socket Mode envelope (e.g. a slash command) to every connected app."""
+        for socket in self._sockets:
+            await socket.send_json(envelope)
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._sockets.append(socket)
+        await socket.send_json({"type": "hello", "num_connections": 1})
+        self.socket_connected.set()
+        async for message in socket:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                self.socket_messages.append(json.loads(message.data))
+                self.socket_message_received.set()
+        self._sockets.remove(socket)
+        return socket
 
     async def _response(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
