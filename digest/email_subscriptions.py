@@ -1,0 +1,602 @@
+"""Email sign-up: address checks, signed links, double opt-in, manage and unsubscribe.
+
+Three ways in share one flow (`EmailSubscriptions.request`): the web form, the chat command
+`/papers email <address> [query]` and the admin CLI. Every request stores the asked-for keywords
+as *disabled* subscriptions with the reason `unconfirmed` and mails one confirmation link (at
+most one per address per hour); the link activates them. Nothing but that confirmation is ever
+mailed to an address that has not confirmed: `EmailChannel` also refuses targets without the
+`email_confirmed` target option, so even a subscription activated by another path stays silent.
+
+Links in emails carry HMAC-SHA256 signed tokens (`TokenSigner`) naming the purpose, the
+subscriber's address and the list (`email.list_id`), keyed by `DAILY_PAPERS_SECRET_KEY`. Email
+features refuse to start without that key (`require_secret_key`).
+
+Per-target bookkeeping lives in store target options (names below), so it survives restarts
+and needs no schema of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import ParamSpec, Protocol, TypeVar
+from urllib.parse import quote, urlencode
+
+from email_validator import EmailNotValidError, validate_email
+
+from digest.config import Settings
+from digest.domain import Subscription, Target, TargetKind
+from digest.errors import ConfigError, DailyPapersError
+from digest.query import parse_query, query_key
+from digest.store import PaperStore
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+EMAIL = TargetKind.EMAIL.value
+UNCONFIRMED = "unconfirmed"  # disabled_reason of a subscription waiting for its link
+
+# Target options (store.get/set_target_option) kept per address.
+OPTION_CONFIRMED = "email_confirmed"  # ISO time the address confirmed; absent = never mail it
+OPTION_CONFIRM_SENT = "email_confirm_sent_at"  # ISO time of the last confirmation email
+OPTION_FAILURES = "email_failures"  # consecutive permanent (5xx) refusals, reset on success
+OPTION_LAST_MAIL_DAY = "email_last_mail_day"  # day (service timezone) of the last digest/note
+
+CONFIRM_TTL = timedelta(hours=48)  # long enough for a weekend, short enough to go stale
+# Every digest carries a fresh manage link, so 60 days covers someone reading an old email.
+MANAGE_TTL = timedelta(days=60)
+# One-click unsubscribe must keep working from any old message (RFC 8058 readers may act on it
+# months later); the token can only ever remove, so it never expires.
+UNSUBSCRIBE_TTL: timedelta | None = None
+CONFIRM_INTERVAL = timedelta(hours=1)  # at most one confirmation email per address per hour
+MIN_SECRET_LENGTH = 16  # anything shorter is guessable enough to forge unsubscribe links
+
+TOKEN_VERSION = 1
+_KEY_CONTEXT = b"daily-papers email tokens v1"  # derive a key used only for these tokens
+
+
+class SubscriptionError(DailyPapersError):
+    """A sign-up, confirmation or manage request cannot be done; the message says why."""
+
+
+class TokenError(SubscriptionError):
+    """A link's token is malformed, forged, expired or meant for something else."""
+
+
+def require_secret_key(settings: Settings) -> str:
+    """The signing key for email links; ConfigError with how to set one when missing or weak."""
+    key = settings.secrets.secret_key
+    if len(key) < MIN_SECRET_LENGTH:
+        state = "is not set" if not key else f"is shorter than {MIN_SECRET_LENGTH} characters"
+        raise ConfigError(
+            f"email features need DAILY_PAPERS_SECRET_KEY, which {state}: it signs the confirm, "
+            "manage and unsubscribe links in emails. Generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` and set it in the "
+            "environment (keep it stable: changing it invalidates every link already sent)."
+        )
+    return key
+
+
+def require_base_url(settings: Settings) -> str:
+    """web.base_url without a trailing slash; ConfigError when email is on without it."""
+    if not settings.web.base_url:
+        raise ConfigError(
+            "email digests need web.base_url (the public address of `daily-papers serve`, "
+            "e.g. https://papers.lab.org): confirm and unsubscribe links point there"
+        )
+    return settings.web.base_url.rstrip("/")
+
+
+def normalise_address(text: str) -> str:
+    """A syntactically valid address, normalised; SubscriptionError with the reason otherwise.
+
+    No DNS lookups (a sign-up must not wait on, or leak to, a resolver). The whole address is
+    lower-cased: local parts are case-sensitive in theory only, and one mailbox must not get
+    two subscriptions because someone typed a capital letter.
+    """
+    candidate = text.strip()
+    if not candidate or len(candidate) > 254:  # RFC 5321's path limit
+        raise SubscriptionError("Enter an email address such as name@university.edu.")
+    try:
+        valid = validate_email(candidate, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise SubscriptionError(f"{candidate!r} is not a usable email address: {exc}") from exc
+    return valid.normalized.lower()
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """What a verified token says."""
+
+    purpose: str  # "confirm", "manage" or "unsubscribe"
+    address: str
+    list_id: str
+    expires: int  # Unix seconds; 0 = never
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenSigner:
+    """Signs and verifies the tokens in email links (HMAC-SHA256, URL-safe, no padding)."""
+
+    secret_key: str = field(repr=False)
+    list_id: str
+
+    def _key(self) -> bytes:
+        return hmac.new(self.secret_key.encode(), _KEY_CONTEXT, hashlib.sha256).digest()
+
+    def _mac(self, body: str) -> str:
+        return _b64encode(hmac.new(self._key(), body.encode("ascii"), hashlib.sha256).digest())
+
+    def sign(self, purpose: str, address: str, *, now: datetime, ttl: timedelta | None) -> str:
+        """A token for `purpose` naming `address` and this list, valid for `ttl` (None: ever)."""
+        expires = 0 if ttl is None else int((now + ttl).timestamp())
+        payload = {"v": TOKEN_VERSION, "p": purpose, "a": address, "l": self.list_id, "x": expires}
+        body = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
+        return f"{body}.{self._mac(body)}"
+
+    def verify(self, token: str, purpose: str, *, now: datetime) -> TokenClaims:
+        """The claims of a genuine, unexpired token for `purpose` on this list; else TokenError."""
+        body, sep, mac = (token or "").strip().partition(".")
+        if not sep or not body or not mac:
+            raise TokenError("This link is incomplete. Copy the whole link from the email.")
+        try:
+            body.encode("ascii")
+        except UnicodeEncodeError:
+            raise TokenError("This link is damaged. Copy the whole link from the email.") from None
+        if not hmac.compare_digest(self._mac(body), mac):
+            raise TokenError("This link is damaged or was not issued by this service.")
+        try:
+            data = json.loads(_b64decode(body))
+            claims = TokenClaims(
+                purpose=str(data["p"]),
+                address=str(data["a"]),
+                list_id=str(data["l"]),
+                expires=int(data["x"]),
+            )
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise TokenError("This link is damaged. Copy the whole link from the email.") from exc
+        if claims.purpose != purpose:
+            raise TokenError("This link is meant for something else; use the right link.")
+        if claims.list_id != self.list_id:
+            raise TokenError("This link belongs to another mailing list.")
+        if claims.expires and now.timestamp() > claims.expires:
+            raise TokenError("This link has expired. Ask for a new one.")
+        return claims
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailLinks:
+    """The absolute URLs put into emails (web.base_url + signed tokens)."""
+
+    base_url: str  # no trailing slash
+    signer: TokenSigner
+    sender: str  # the From address; List-Unsubscribe's mailto goes there
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EmailLinks:
+        """Links for these settings; ConfigError when the secret key or base URL is missing."""
+        return cls(
+            base_url=require_base_url(settings),
+            signer=TokenSigner(
+                secret_key=require_secret_key(settings), list_id=settings.email.list_id
+            ),
+            sender=settings.email.sender,
+        )
+
+    def _url(
+        self, path: str, purpose: str, address: str, now: datetime, ttl: timedelta | None
+    ) -> str:
+        token = self.signer.sign(purpose, address, now=now, ttl=ttl)
+        return f"{self.base_url}{path}?{urlencode({'token': token})}"
+
+    def confirm_url(self, address: str, *, now: datetime) -> str:
+        """The double opt-in link."""
+        return self._url("/confirm", "confirm", address, now, CONFIRM_TTL)
+
+    def manage_url(self, address: str, *, now: datetime) -> str:
+        """The password-less settings page of one subscriber."""
+        return self._url("/manage", "manage", address, now, MANAGE_TTL)
+
+    def unsubscribe_url(self, address: str, *, now: datetime) -> str:
+        """The unsubscribe page; a POST to it is RFC 8058's one-click unsubscribe."""
+        return self._url("/unsubscribe", "unsubscribe", address, now, UNSUBSCRIBE_TTL)
+
+    def unsubscribe_mailto(self, address: str) -> str:
+        """List-Unsubscribe's mailto alternative: a message to the sender naming the address.
+
+        Nothing reads that mailbox automatically; the operator removes the address with
+        `daily-papers email remove`. Clients that support one-click use the HTTPS link instead.
+        """
+        subject = quote(f"unsubscribe {address}", safe="")
+        return f"mailto:{self.sender}?subject={subject}"
+
+
+class RateLimiter:
+    """At most `limit` events per `window` seconds per key (in memory; a sliding window)."""
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,  # bounds memory when many clients come and go
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._max_keys = max_keys
+        self._events: dict[str, deque[float]] = {}
+
+    def hit(self, key: str) -> float:
+        """Count one event for `key`; 0 when allowed, else seconds until it would be."""
+        now = self._clock()
+        events = self._events.setdefault(key, deque())
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if len(events) >= self.limit:
+            return max(events[0] + self.window - now, 0.001)
+        events.append(now)
+        if len(self._events) > self._max_keys:
+            self._forget_idle(now)
+        return 0.0
+
+    def _forget_idle(self, now: float) -> None:
+        for key in [k for k, v in self._events.items() if not v or v[-1] <= now - self.window]:
+            del self._events[key]
+
+
+class ConfirmationSender(Protocol):
+    """What sends the double opt-in email (EmailChannel implements it)."""
+
+    async def send_confirmation(
+        self, address: str, *, pending: Sequence[str], active: Sequence[str], now: datetime
+    ) -> bool:
+        """Mail the confirmation (links built by the sender); True when the server took it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SignupResult:
+    """What a sign-up request did (the web page shows the same text whatever it was)."""
+
+    address: str
+    pending: tuple[str, ...]  # keywords waiting for confirmation (including earlier ones)
+    active: tuple[str, ...]  # keywords already confirmed
+    mailed: bool  # a confirmation email went out now
+    throttled: bool  # one was sent within the last hour, so none was sent now
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberView:
+    """One address's subscriptions, as the confirm and manage pages show them."""
+
+    address: str
+    active: tuple[str, ...]
+    pending: tuple[str, ...]
+    disabled: tuple[tuple[str, str], ...]  # (keyword, reason) disabled for other reasons
+
+
+def _view(address: str, subs: Sequence[Subscription]) -> SubscriberView:
+    return SubscriberView(
+        address=address,
+        active=tuple(s.keyword for s in subs if s.active),
+        pending=tuple(s.keyword for s in subs if not s.active and s.disabled_reason == UNCONFIRMED),
+        disabled=tuple(
+            (s.keyword, s.disabled_reason or "")
+            for s in subs
+            if not s.active and s.disabled_reason != UNCONFIRMED
+        ),
+    )
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class EmailSubscriptions:
+    """The sign-up, confirm, manage and unsubscribe logic shared by web, chat and CLI."""
+
+    def __init__(
+        self,
+        *,
+        store: PaperStore,
+        settings: Settings,
+        sender: ConfirmationSender,
+        signer: TokenSigner | None = None,
+        request_backfill: Callable[[str], None] = lambda query: None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.signer = signer or TokenSigner(
+            secret_key=require_secret_key(settings), list_id=settings.email.list_id
+        )
+        self._sender = sender
+        self._request_backfill = request_backfill
+        self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
+        # One request at a time: the hourly confirmation limit is check-then-set in the store.
+        self._lock = asyncio.Lock()
+
+    def now(self) -> datetime:
+        """The injected clock's time."""
+        return self._clock()
+
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # -- choices ------------------------------------------------------------------------
+    async def tracked_keywords(self) -> list[str]:
+        """Keywords the web form offers to tick."""
+        return [k.query for k in await self._call(self.store.list_keywords)]
+
+    async def _resolve(self, queries: Sequence[str], *, custom_allowed: bool) -> list[str]:
+        """Validated queries in their tracked spelling, deduplicated, in the order given."""
+        tracked = {query_key(k): k for k in await self.tracked_keywords()}
+        chosen: dict[str, str] = {}
+        for raw in queries:
+            if not raw.strip():
+                continue
+            text = parse_query(raw).text  # QueryError says what is wrong
+            key = query_key(text)
+            if key not in tracked and not custom_allowed:
+                raise SubscriptionError(
+                    f"{text!r} is not one of the tracked keywords; choose from the list."
+                )
+            chosen.setdefault(key, tracked.get(key, text))
+        return list(chosen.values())
+
+    # -- sign-up ------------------------------------------------------------------------
+    async def request(
+        self, address: str, queries: Sequence[str], *, custom_allowed: bool | None = None
+    ) -> SignupResult:
+        """Record `queries` as unconfirmed for `address` and mail the confirmation link.
+
+        `custom_allowed` None follows `email.allow_custom_queries` (the web form); chat and the
+        admin CLI pass True because their users may track any query anyway.
+        """
+        allowed = (
+            self.settings.email.allow_custom_queries if custom_allowed is None else custom_allowed
+        )
+        address = normalise_address(address)
+        wanted = await self._resolve(queries, custom_allowed=allowed)
+        if not wanted:
+            raise SubscriptionError("Choose at least one keyword to follow.")
+        target = Target(kind=EMAIL, address=address)
+        async with self._lock:
+            now = self.now()
+            subs = await self._call(self.store.list_subscriptions, target)
+            by_key = {query_key(s.keyword): s for s in subs}
+            limit = self.settings.limits.subscriptions_per_target
+            new_keys = {query_key(q) for q in wanted} - set(by_key)
+            if len(by_key) + len(new_keys) > limit:
+                raise SubscriptionError(
+                    f"An address can follow at most {limit} keywords; this would make "
+                    f"{len(by_key) + len(new_keys)}."
+                )
+            for query in wanted:
+                existing = by_key.get(query_key(query))
+                if existing is not None and (
+                    existing.active or existing.disabled_reason == UNCONFIRMED
+                ):
+                    continue
+                sub = await self._call(self.store.add_subscription, target, query, now=now)
+                # Stored disabled until the link is clicked: the outbox ignores it meanwhile.
+                await self._call(self.store.disable_subscription, sub.id, UNCONFIRMED)
+            view = _view(address, await self._call(self.store.list_subscriptions, target))
+            last = _parse_time(
+                await self._call(self.store.get_target_option, target, OPTION_CONFIRM_SENT)
+            )
+            if last is not None and now - last < CONFIRM_INTERVAL:
+                log.info("email.confirm_throttled pending=%d", len(view.pending))
+                return SignupResult(address, view.pending, view.active, False, True)
+            # Claimed before sending, so a second request racing this one cannot send too.
+            await self._call(
+                self.store.set_target_option, target, OPTION_CONFIRM_SENT, now.isoformat()
+            )
+        sent = await self._sender.send_confirmation(
+            address, pending=view.pending, active=view.active, now=now
+        )
+        if not sent:
+            await self._call(
+                self.store.set_target_option,
+                target,
+                OPTION_CONFIRM_SENT,
+                last.isoformat() if last else None,
+            )
+            raise SubscriptionError(
+                "The confirmation email could not be sent just now; please try again later."
+            )
+        log.info("email.confirm_sent pending=%d active=%d", len(view.pending), len(view.active))
+        return SignupResult(address, view.pending, view.active, True, False)
+
+    # -- links ----------------------------------------------------------------------------
+    def verify(self, token: str, purpose: str) -> TokenClaims:
+        """The claims of a link's token (TokenError when it is not valid)."""
+        return self.signer.verify(token, purpose, now=self.now())
+
+    def manage_token(self, address: str) -> str:
+        """A manage-page token for `address` (shown after confirming)."""
+        return self.signer.sign("manage", address, now=self.now(), ttl=MANAGE_TTL)
+
+    def unsubscribe_token(self, address: str) -> str:
+        """A one-click unsubscribe token for `address` (for the manage page's button)."""
+        return self.signer.sign("unsubscribe", address, now=self.now(), ttl=UNSUBSCRIBE_TTL)
+
+    async def view(self, address: str) -> SubscriberView:
+        """One address's subscriptions."""
+        target = Target(kind=EMAIL, address=address)
+        return _view(address, await self._call(self.store.list_subscriptions, target))
+
+    async def confirm(self, token: str) -> tuple[SubscriberView, tuple[str, ...]]:
+        """Activate the address's unconfirmed keywords; (view after, keywords just activated).
+
+        Idempotent: a second click activates nothing and shows the same subscriptions.
+        """
+        claims = self.verify(token, "confirm")
+        target = Target(kind=EMAIL, address=claims.address)
+        now = self.now()
+        before = await self.view(claims.address)
+        for query in before.pending:
+            await self._call(self.store.add_subscription, target, query, now=now)
+        if before.pending or before.active:
+            await self._call(
+                self.store.set_target_option, target, OPTION_CONFIRMED, now.isoformat()
+            )
+        await self._backfill(before.pending)
+        if before.pending:
+            log.info("email.confirmed keywords=%d", len(before.pending))
+        return await self.view(claims.address), before.pending
+
+    async def _backfill(self, queries: Sequence[str]) -> None:
+        if not queries:
+            return
+        pending = {query_key(k) for k in await self._call(self.store.keywords_to_backfill)}
+        for query in queries:
+            if query_key(query) in pending:
+                try:
+                    self._request_backfill(query)
+                except Exception:  # fire-and-forget: a failed request must not fail the click
+                    log.exception("email.backfill_request_failed")
+
+    async def update(self, token: str, queries: Sequence[str]) -> SubscriberView:
+        """Make the address follow exactly `queries` (from the manage page) and return the view.
+
+        The manage token proves the mailbox owner clicked it, so new keywords start at once.
+        """
+        claims = self.verify(token, "manage")
+        wanted = await self._resolve(
+            queries, custom_allowed=self.settings.email.allow_custom_queries
+        )
+        limit = self.settings.limits.subscriptions_per_target
+        if len(wanted) > limit:
+            raise SubscriptionError(f"An address can follow at most {limit} keywords.")
+        if not wanted:
+            await self.unsubscribe_address(claims.address)
+            return await self.view(claims.address)
+        target = Target(kind=EMAIL, address=claims.address)
+        now = self.now()
+        subs = await self._call(self.store.list_subscriptions, target)
+        keep = {query_key(q) for q in wanted}
+        for sub in subs:
+            if query_key(sub.keyword) not in keep:
+                await self._call(self.store.remove_subscription, target, sub.keyword)
+        current = {query_key(s.keyword): s for s in subs}
+        added: list[str] = []
+        for query in wanted:
+            found = current.get(query_key(query))
+            if found is None or not found.active:
+                await self._call(self.store.add_subscription, target, query, now=now)
+                added.append(query)
+        await self._call(self.store.set_target_option, target, OPTION_CONFIRMED, now.isoformat())
+        await self._backfill(added)
+        log.info("email.updated keywords=%d added=%d", len(wanted), len(added))
+        return await self.view(claims.address)
+
+    async def unsubscribe(self, token: str) -> str:
+        """RFC 8058 one-click: drop every subscription of the token's address; idempotent."""
+        claims = self.verify(token, "unsubscribe")
+        await self.unsubscribe_address(claims.address)
+        return claims.address
+
+    async def unsubscribe_address(self, address: str) -> int:
+        """Remove all of an address's subscriptions and its confirmation; how many were removed."""
+        target = Target(kind=EMAIL, address=address)
+        subs = await self._call(self.store.list_subscriptions, target)
+        for sub in subs:
+            await self._call(self.store.remove_subscription, target, sub.keyword)
+        # Forget the confirmation too: coming back means confirming again.
+        for name in (OPTION_CONFIRMED, OPTION_FAILURES):
+            await self._call(self.store.set_target_option, target, name, None)
+        log.info("email.unsubscribed removed=%d", len(subs))
+        return len(subs)
+
+    # -- admin ----------------------------------------------------------------------------
+    async def list_subscribers(self) -> list[SubscriberView]:
+        """Every address with a subscription, in sign-up order (for `daily-papers email list`)."""
+        subs = await self._call(self.store.list_subscriptions)
+        grouped: dict[str, list[Subscription]] = {}
+        for sub in subs:
+            if sub.target.kind == EMAIL:
+                grouped.setdefault(sub.target.address, []).append(sub)
+        return [_view(address, rows) for address, rows in grouped.items()]
+
+    async def remove(self, address: str, query: str | None = None) -> int:
+        """Admin removal: one keyword of an address, or all of them; how many were removed."""
+        address = normalise_address(address)
+        if query is None:
+            return await self.unsubscribe_address(address)
+        target = Target(kind=EMAIL, address=address)
+        subs = await self._call(self.store.list_subscriptions, target)
+        key = query_key(query)
+        found = next((s for s in subs if query_key(s.keyword) == key), None)
+        if found is None:
+            return 0
+        await self._call(self.store.remove_subscription, target, found.keyword)
+        if len(subs) == 1:
+            await self.unsubscribe_address(address)
+        return 1
+
+
+def format_subscribers(views: Sequence[SubscriberView]) -> list[str]:
+    """Lines for `daily-papers email list`: address, then its keywords and their states."""
+    if not views:
+        return ["No email subscribers."]
+    lines: list[str] = []
+    for view in views:
+        lines.append(view.address)
+        lines.extend(f"  {q}" for q in view.active)
+        lines.extend(f"  {q} (waiting for confirmation)" for q in view.pending)
+        lines.extend(f"  {q} (disabled: {reason})" for q, reason in view.disabled)
+    return lines
+
+
+__all__ = [
+    "CONFIRM_INTERVAL",
+    "EMAIL",
+    "OPTION_CONFIRMED",
+    "OPTION_CONFIRM_SENT",
+    "OPTION_FAILURES",
+    "OPTION_LAST_MAIL_DAY",
+    "UNCONFIRMED",
+    "ConfirmationSender",
+    "EmailLinks",
+    "EmailSubscriptions",
+    "RateLimiter",
+    "SignupResult",
+    "SubscriberView",
+    "SubscriptionError",
+    "TokenClaims",
+    "TokenError",
+    "TokenSigner",
+    "format_subscribers",
+    "normalise_address",
+    "require_base_url",
+    "require_secret_key",
+]

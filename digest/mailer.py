@@ -1,0 +1,742 @@
+"""The email channel: daily digests, confirmation mails and alerts over SMTP (aiosmtplib).
+
+Rendering is pure (`render_digest`, `render_confirmation`, `render_empty`, `compose_message`):
+Jinja2 templates under `templates/email/`, HTML autoescaped and its CSS inlined with css-inline
+(dark-mode and narrow-screen rules stay in a <style> element), sent as multipart/alternative
+with a plain-text part. Digests carry Message-ID, Date, List-Id, List-Unsubscribe (HTTPS and
+mailto) and `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+
+Sending (`EmailChannel`): a small pool of SMTP connections (at most `email.concurrency`) reused
+across messages and cycles; a connection idle for longer than `IDLE_SECONDS` is closed instead
+of reused, and a reused one that turns out dead before the message is handed over is replaced
+once. Outcomes per digest:
+
+- accepted (2xx): every delivery SENT; the address's refusal counter is reset.
+- 4xx, connection refused, timeout, disconnect: RETRY (the outbox backs off and retries next
+  cycle).
+- 5xx for the recipient (at RCPT or DATA): recorded in the target option `email_failures`;
+  the deliveries are retried next cycle, and the third refusal in a row makes them PERMANENT,
+  which disables the address's subscriptions with the server's answer as the reason.
+
+A digest is one message per address per call, each paper shown in full once. Its Message-ID is
+derived from the address and the exact deliveries it carries, so when a send fails ambiguously
+(the connection drops after the data went out) the retry carries the same Message-ID and
+receiving systems can discard the duplicate. Addresses that never confirmed are never mailed
+(see `digest.email_subscriptions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+import textwrap
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
+from email.utils import format_datetime, formataddr, make_msgid
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiosmtplib
+import css_inline
+
+from digest.config import Settings
+from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target, for_deliveries
+from digest.email_subscriptions import (
+    CONFIRM_TTL,
+    EMAIL,
+    OPTION_CONFIRMED,
+    OPTION_FAILURES,
+    OPTION_LAST_MAIL_DAY,
+    UNCONFIRMED,
+    EmailLinks,
+)
+from digest.render import collapse_ws, get_environment
+from digest.store import PaperStore
+
+log = logging.getLogger(__name__)
+
+FAILURE_LIMIT = 3  # consecutive 5xx refusals of an address before its subscriptions are disabled
+IDLE_SECONDS = 30.0  # relays drop idle sessions after ~60 s (Postfix smtpd_timeout 300 s at most)
+WRAP_WIDTH = 76  # plain-text lines that fit an 80-column reader with room for quoting
+MAX_AUTHORS = 30  # huge collaborations list hundreds; the arXiv page has them all
+SUBJECT_MAX = 110  # longer subjects are cut by every mail list view anyway
+SMTP_TIMEOUT = 60.0  # seconds per SMTP command: a stuck relay must not hold the cycle
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One paper as the digest templates show it (all text raw; templates escape)."""
+
+    anchor: str
+    title: str
+    versioned_id: str
+    abs_url: str
+    pdf_url: str
+    authors: str
+    date: str
+    categories: str
+    comment: str
+    abstract: str
+    translation: tuple[str, str] | None
+    other_keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One keyword's heading: papers shown here in full, and those already shown above."""
+
+    keyword: str
+    entries: tuple[Entry, ...]
+    also: tuple[Entry, ...]
+
+    @property
+    def total(self) -> int:
+        """Papers matching this keyword in the digest."""
+        return len(self.entries) + len(self.also)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """Subject and both bodies of one email."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def _https(url: str) -> str:
+    """arXiv serves everything over HTTPS; mail clients warn about plain-http links."""
+    return "https://" + url.removeprefix("http://") if url.startswith("http://") else url
+
+
+def _authors(paper: Paper) -> str:
+    names = list(paper.authors[:MAX_AUTHORS])
+    if len(paper.authors) > MAX_AUTHORS:
+        names.append(f"and {len(paper.authors) - MAX_AUTHORS} more")
+    return ", ".join(collapse_ws(n) for n in names)
+
+
+def _date(paper: Paper) -> str:
+    first = paper.published.astimezone(UTC).date().isoformat()
+    if paper.version > 1:
+        return f"{first} (v{paper.version}: {paper.updated.astimezone(UTC).date().isoformat()})"
+    return first
+
+
+def _entry(paper: Paper, batch: Batch, keywords: Sequence[str]) -> Entry:
+    categories = [
+        paper.primary_category,
+        *(c for c in paper.categories if c != paper.primary_category),
+    ]
+    translation = batch.translations.get(paper.arxiv_id) if batch.language else None
+    return Entry(
+        anchor="p-" + paper.arxiv_id.replace("/", "-"),
+        title=collapse_ws(paper.title),
+        versioned_id=paper.versioned_id,
+        abs_url=_https(paper.abs_url),
+        pdf_url=_https(paper.pdf_url),
+        authors=_authors(paper),
+        date=_date(paper),
+        categories=", ".join(categories),
+        comment=collapse_ws(paper.comment),
+        abstract=collapse_ws(paper.abstract),
+        translation=(collapse_ws(translation[0]), collapse_ws(translation[1]))
+        if translation
+        else None,
+        other_keywords=tuple(keywords),
+    )
+
+
+def digest_sections(batch: Batch) -> list[Section]:
+    """The batch grouped by keyword, each paper in full once (under its first keyword)."""
+    groups = batch.by_keyword()
+    keywords_of: dict[str, list[str]] = {}
+    for keyword, papers in groups:
+        for paper in papers:
+            keywords_of.setdefault(paper.arxiv_id, []).append(keyword)
+    shown: dict[str, Entry] = {}
+    sections: list[Section] = []
+    for keyword, papers in groups:
+        entries: list[Entry] = []
+        also: list[Entry] = []
+        for paper in papers:
+            if paper.arxiv_id in shown:
+                also.append(shown[paper.arxiv_id])
+                continue
+            others = [k for k in keywords_of[paper.arxiv_id] if k != keyword]
+            entry = _entry(paper, batch, others)
+            shown[paper.arxiv_id] = entry
+            entries.append(entry)
+        sections.append(Section(keyword=keyword, entries=tuple(entries), also=tuple(also)))
+    return sections
+
+
+def wrap_text(text: str) -> str:
+    """Fold one paragraph at WRAP_WIDTH columns without breaking words or URLs."""
+    return textwrap.fill(text, width=WRAP_WIDTH, break_long_words=False, break_on_hyphens=False)
+
+
+# css-inline: no network (remote stylesheets never exist here, and must never be fetched), and
+# at-rules kept in <style> because @media cannot be expressed as an inline style.
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+
+def inline_css(html: str) -> str:
+    """The HTML with its <style> rules moved into style attributes (what mail clients need)."""
+    return str(_INLINER.inline(html))
+
+
+def _render(name: str, **context: Any) -> tuple[str, str]:
+    env = get_environment()
+    context.setdefault("wrap", wrap_text)
+    text = env.get_template(f"email/{name}.txt.j2").render(**context)
+    html = env.get_template(f"email/{name}.html.j2").render(**context)
+    return text, inline_css(html)
+
+
+def _subject(count: int, keywords: Sequence[str]) -> str:
+    head = f"{count} new arXiv paper{'s' if count != 1 else ''}: "
+    listed = ""
+    for i, keyword in enumerate(keywords):
+        candidate = (listed + ", " if listed else "") + collapse_ws(keyword)
+        rest = len(keywords) - i - 1
+        suffix = f" and {rest} more" if rest else ""
+        if len(head + candidate + suffix) > SUBJECT_MAX and listed:
+            return f"{head}{listed} and {len(keywords) - i} more"
+        listed = candidate
+    return head + listed
+
+
+def render_digest(
+    batch: Batch, *, links: EmailLinks, now: datetime, timezone: str, list_name: str
+) -> RenderedEmail:
+    """The digest email of one batch."""
+    sections = digest_sections(batch)
+    keywords = [s.keyword for s in sections]
+    address = batch.target.address
+    count = len(batch.papers)
+    language = batch.language or ""
+    text, html = _render(
+        "digest",
+        subject=_subject(count, keywords),
+        sections=sections,
+        count=count,
+        day=now.astimezone(ZoneInfo(timezone)).date().isoformat(),
+        keywords=keywords,
+        address=address,
+        list_name=list_name,
+        language=language,
+        language_label=language.upper(),
+        manage_url=links.manage_url(address, now=now),
+        unsubscribe_url=links.unsubscribe_url(address, now=now),
+    )
+    return RenderedEmail(subject=_subject(count, keywords), text=text, html=html)
+
+
+def render_confirmation(
+    address: str,
+    *,
+    pending: Sequence[str],
+    active: Sequence[str],
+    links: EmailLinks,
+    now: datetime,
+    list_name: str,
+) -> RenderedEmail:
+    """The double opt-in email."""
+    subject = "Confirm your arXiv digest subscription"
+    text, html = _render(
+        "confirm",
+        subject=subject,
+        address=address,
+        pending=list(pending),
+        active=list(active),
+        list_name=list_name,
+        confirm_url=links.confirm_url(address, now=now),
+        manage_url=links.manage_url(address, now=now),
+        confirm_hours=int(CONFIRM_TTL.total_seconds() // 3600),
+    )
+    return RenderedEmail(subject=subject, text=text, html=html)
+
+
+def render_empty(
+    address: str, *, keywords: Sequence[str], links: EmailLinks, now: datetime, timezone: str
+) -> RenderedEmail:
+    """The short 'nothing new' note (email.send_empty)."""
+    subject = "No new arXiv papers today"
+    text, html = _render(
+        "empty",
+        subject=subject,
+        keywords=list(keywords),
+        day=now.astimezone(ZoneInfo(timezone)).date().isoformat(),
+        manage_url=links.manage_url(address, now=now),
+        unsubscribe_url=links.unsubscribe_url(address, now=now),
+    )
+    return RenderedEmail(subject=subject, text=text, html=html)
+
+
+def _domain(sender: str) -> str:
+    return sender.rpartition("@")[2] or "localhost"
+
+
+def digest_message_id(batch: Batch, sender: str) -> str:
+    """A Message-ID fixed by the address and the deliveries: a re-send is recognisably the same."""
+    keys = sorted(f"{d.subscription_id}:{d.paper.arxiv_id}" for d in batch.deliveries)
+    digest = hashlib.sha256("\n".join([batch.target.address, *keys]).encode()).hexdigest()
+    return f"<digest.{digest[:32]}@{_domain(sender)}>"
+
+
+def compose_message(
+    rendered: RenderedEmail,
+    *,
+    sender: str,
+    recipient: str,
+    now: datetime,
+    message_id: str | None = None,
+    list_id: str | None = None,
+    unsubscribe: tuple[str, str] | None = None,
+) -> EmailMessage:
+    """A multipart/alternative message (text, then HTML) with the list headers when given."""
+    msg = EmailMessage()
+    msg["From"] = formataddr(("daily-papers", sender))
+    msg["To"] = recipient
+    msg["Subject"] = rendered.subject
+    msg["Date"] = format_datetime(now.astimezone(UTC))
+    msg["Message-ID"] = message_id or make_msgid(domain=_domain(sender))
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation auto-replies to us
+    if list_id:
+        msg["List-Id"] = f"daily-papers <{list_id}>"
+    if unsubscribe:
+        https, mailto = unsubscribe
+        msg["List-Unsubscribe"] = f"<{https}>, <{mailto}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg.set_content(rendered.text, subtype="plain", charset="utf-8")
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
+    return msg
+
+
+def message_bytes(msg: EmailMessage, *, utf8: bool = False) -> bytes:
+    """The message as SMTP wants it: CRLF line ends, headers folded without mangling URLs."""
+    # Header lines may be 998 characters (RFC 5322); folding a long token-bearing URL at 78
+    # would make the email package encode it, and readers could no longer click it.
+    policy = (SMTPUTF8_POLICY if utf8 else SMTP_POLICY).clone(max_line_length=998)
+    return msg.as_bytes(policy=policy)
+
+
+# -- SMTP ---------------------------------------------------------------------------------------
+
+
+class SendStatus(StrEnum):
+    """How the relay answered one message."""
+
+    SENT = "sent"
+    RETRY = "retry"  # 4xx or a transport failure: try again later
+    REFUSED = "refused"  # 5xx for this recipient or this message
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """One message's fate and the relay's words (never contains credentials)."""
+
+    status: SendStatus
+    detail: str = ""
+
+
+def _response_error(exc: aiosmtplib.SMTPResponseException) -> str:
+    return f"{exc.code} {collapse_ws(exc.message)}"[:300]
+
+
+class SmtpPool:
+    """At most `size` SMTP sessions, reused for many messages; idle ones are closed, not reused."""
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        port: int,
+        security: str,
+        username: str = "",
+        password: str = "",
+        size: int = 4,
+        timeout: float = SMTP_TIMEOUT,
+        tls_context: ssl.SSLContext | None = None,
+        idle_seconds: float = IDLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.hostname = hostname
+        self.port = port
+        self.security = security
+        self._username = username
+        self._password = password
+        self._timeout = timeout
+        self._tls_context = tls_context
+        self._idle_seconds = idle_seconds
+        self._clock = clock
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self.connections_opened = 0  # for the log line and tests: reuse is observable
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.hostname,
+            port=self.port,
+            timeout=self._timeout,
+            use_tls=self.security == "tls",
+            # None would mean "if offered"; an explicit setting must not be silently skipped.
+            start_tls=self.security == "starttls",
+            tls_context=self._tls_context,
+        )
+        await smtp.connect()
+        if self._username:
+            await smtp.login(self._username, self._password)
+        self.connections_opened += 1
+        log.debug("smtp.connected host=%s port=%d", self.hostname, self.port)
+        return smtp
+
+    def _take_idle(self) -> aiosmtplib.SMTP | None:
+        while self._idle:
+            smtp, since = self._idle.pop()
+            if smtp.is_connected and self._clock() - since < self._idle_seconds:
+                return smtp
+            smtp.close()
+        return None
+
+    async def send(self, sender: str, recipient: str, data: bytes, *, utf8: bool) -> SendResult:
+        """Hand one message to the relay over a pooled session; never raises."""
+        async with self._slots:
+            reused = self._take_idle()
+            smtp = reused
+            try:
+                if smtp is None:
+                    smtp = await self._connect()
+                result = await self._transaction(smtp, sender, recipient, data, utf8=utf8)
+                if result is None and reused is not None:
+                    # The idle session died before the message was handed over: no risk of a
+                    # duplicate, so try once on a fresh session.
+                    reused.close()
+                    smtp = await self._connect()
+                    result = await self._transaction(smtp, sender, recipient, data, utf8=utf8)
+                if result is None:
+                    result = SendResult(SendStatus.RETRY, "the mail server closed the connection")
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                log.error("smtp.auth_failed host=%s code=%d", self.hostname, exc.code)
+                result = SendResult(SendStatus.RETRY, f"SMTP login refused: {exc.code}")
+            except aiosmtplib.SMTPResponseException as exc:
+                result = SendResult(SendStatus.RETRY, _response_error(exc))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                result = SendResult(SendStatus.RETRY, f"{type(exc).__name__}: {exc}"[:300])
+            if smtp is not None and smtp.is_connected and result.status is not SendStatus.RETRY:
+                self._idle.append((smtp, self._clock()))
+            elif smtp is not None:
+                smtp.close()
+            return result
+
+    @staticmethod
+    async def _transaction(
+        smtp: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes, *, utf8: bool
+    ) -> SendResult | None:
+        """MAIL, RCPT, DATA on one session; None when it died before DATA (safe to redo)."""
+        options = ["SMTPUTF8"] if utf8 else []
+        try:
+            await smtp.mail(sender, options=options, encoding="utf-8" if utf8 else "ascii")
+            await smtp.rcpt(recipient, encoding="utf-8" if utf8 else "ascii")
+        except aiosmtplib.SMTPServerDisconnected:
+            return None
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            await _reset(smtp)
+            status = SendStatus.REFUSED if exc.code >= 500 else SendStatus.RETRY
+            return SendResult(status, _response_error(exc))
+        except aiosmtplib.SMTPSenderRefused as exc:
+            # Our own From is refused: an operator problem, never the subscriber's fault.
+            await _reset(smtp)
+            log.error("smtp.sender_refused code=%d", exc.code)
+            return SendResult(SendStatus.RETRY, _response_error(exc))
+        try:
+            await smtp.data(data)
+        except aiosmtplib.SMTPDataError as exc:
+            await _reset(smtp)
+            status = SendStatus.REFUSED if exc.code >= 500 else SendStatus.RETRY
+            return SendResult(status, _response_error(exc))
+        return SendResult(SendStatus.SENT)
+
+    async def close(self) -> None:
+        """Say QUIT to every idle session."""
+        idle, self._idle = self._idle, []
+        for smtp, _ in idle:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await smtp.quit()
+            smtp.close()
+
+
+async def _reset(smtp: aiosmtplib.SMTP) -> None:
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+        await smtp.rset()
+
+
+# -- the channel -------------------------------------------------------------------------------
+
+
+class EmailChannel:
+    """Channel for `email:` targets: one digest per address per cycle, plus confirmation mails."""
+
+    kind = EMAIL
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: PaperStore,
+        links: EmailLinks,
+        pool: SmtpPool | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.links = links
+        self.sender = settings.email.sender
+        self.list_id = settings.email.list_id
+        self.pool = pool or SmtpPool(
+            hostname=settings.email.smtp_host,
+            port=settings.email.smtp_port,
+            security=settings.email.security,
+            username=settings.email.smtp_username,
+            password=settings.secrets.smtp_password,
+            size=settings.email.concurrency,
+        )
+        self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, store: PaperStore, pool: SmtpPool | None = None
+    ) -> EmailChannel | None:
+        """The channel when `email.enabled`, else None; ConfigError without key or base URL."""
+        if not settings.email.enabled:
+            return None
+        return cls(
+            settings=settings, store=store, links=EmailLinks.from_settings(settings), pool=pool
+        )
+
+    async def __aenter__(self) -> EmailChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled SMTP sessions (on shutdown)."""
+        await self.pool.close()
+
+    def _today(self, now: datetime) -> str:
+        return now.astimezone(ZoneInfo(self.settings.service.timezone)).date().isoformat()
+
+    async def _option(self, target: Target, name: str) -> str | None:
+        return await asyncio.to_thread(self.store.get_target_option, target, name)
+
+    async def _set_option(self, target: Target, name: str, value: str | None) -> None:
+        await asyncio.to_thread(self.store.set_target_option, target, name, value)
+
+    async def _deliver(self, recipient: str, msg: EmailMessage) -> SendResult:
+        utf8 = not recipient.isascii()
+        return await self.pool.send(
+            self.sender, recipient, message_bytes(msg, utf8=utf8), utf8=utf8
+        )
+
+    async def _count_refusal(self, target: Target, result: SendResult, failures: int) -> int:
+        """Record one more 5xx refusal in a row; the new count."""
+        failures += 1
+        await self._set_option(target, OPTION_FAILURES, str(failures))
+        log.warning(
+            "email.refused failures=%d limit=%d detail=%r", failures, FAILURE_LIMIT, result.detail
+        )
+        return failures
+
+    async def send(self, batch: Batch) -> Sequence[Outcome]:
+        """Mail one digest with every paper of `batch`; one outcome per delivery, never raises."""
+        target = batch.target
+        deliveries = batch.deliveries
+        if not deliveries:
+            return []
+        now = self._clock()
+        try:
+            confirmed = batch.options.get(OPTION_CONFIRMED) or await self._option(
+                target, OPTION_CONFIRMED
+            )
+            if not confirmed:
+                # Never mail an address that did not click its confirmation link; parking the
+                # subscriptions as unconfirmed lets that link activate them later.
+                log.warning("email.unconfirmed_target deliveries=%d", len(deliveries))
+                return for_deliveries(deliveries, OutcomeKind.PERMANENT, UNCONFIRMED)
+            await self._set_option(target, OPTION_LAST_MAIL_DAY, self._today(now))
+            rendered = render_digest(
+                batch,
+                links=self.links,
+                now=now,
+                timezone=self.settings.service.timezone,
+                list_name=self.list_id,
+            )
+            msg = compose_message(
+                rendered,
+                sender=self.sender,
+                recipient=target.address,
+                now=now,
+                message_id=digest_message_id(batch, self.sender),
+                list_id=self.list_id,
+                unsubscribe=(
+                    self.links.unsubscribe_url(target.address, now=now),
+                    self.links.unsubscribe_mailto(target.address),
+                ),
+            )
+            result = await self._deliver(target.address, msg)
+            failures = int(batch.options.get(OPTION_FAILURES) or 0)
+            if result.status is SendStatus.SENT:
+                if failures:
+                    await self._set_option(target, OPTION_FAILURES, None)
+                log.info("email.digest_sent papers=%d", len(batch.papers))
+                return for_deliveries(deliveries, OutcomeKind.SENT)
+            if result.status is SendStatus.RETRY:
+                log.warning("email.digest_deferred detail=%r", result.detail)
+                return for_deliveries(deliveries, OutcomeKind.RETRY, result.detail)
+            failures = await self._count_refusal(target, result, failures)
+            if failures >= FAILURE_LIMIT:
+                reason = f"mail refused {failures} times in a row: {result.detail}"
+                return for_deliveries(deliveries, OutcomeKind.PERMANENT, reason)
+            reason = f"mail refused ({failures}/{FAILURE_LIMIT}): {result.detail}"
+            return for_deliveries(deliveries, OutcomeKind.RETRY, reason)
+        except Exception as exc:  # never raise into the cycle: a bug here is a transient failure
+            log.exception("email.send_crashed")
+            return for_deliveries(deliveries, OutcomeKind.RETRY, f"{type(exc).__name__}: {exc}")
+
+    async def send_confirmation(
+        self, address: str, *, pending: Sequence[str], active: Sequence[str], now: datetime
+    ) -> bool:
+        """Mail the double opt-in link (implements ConfirmationSender); True when accepted."""
+        rendered = render_confirmation(
+            address,
+            pending=pending,
+            active=active,
+            links=self.links,
+            now=now,
+            list_name=self.list_id,
+        )
+        msg = compose_message(rendered, sender=self.sender, recipient=address, now=now)
+        result = await self._deliver(address, msg)
+        if result.status is not SendStatus.SENT:
+            log.warning("email.confirm_failed status=%s detail=%r", result.status, result.detail)
+        return result.status is SendStatus.SENT
+
+    async def notify(self, target: Target, text: str) -> bool:
+        """Mail an operator alert as plain text; True when the relay accepted it."""
+        now = self._clock()
+        msg = EmailMessage()
+        msg["From"] = formataddr(("daily-papers", self.sender))
+        msg["To"] = target.address
+        msg["Subject"] = "daily-papers alert"
+        msg["Date"] = format_datetime(now.astimezone(UTC))
+        msg["Message-ID"] = make_msgid(domain=_domain(self.sender))
+        msg["Auto-Submitted"] = "auto-generated"
+        msg.set_content(text, charset="utf-8")
+        try:
+            result = await self._deliver(target.address, msg)
+        except Exception:  # alerts never raise
+            log.exception("email.notify_crashed")
+            return False
+        return result.status is SendStatus.SENT
+
+    async def send_empty(self, *, now: datetime | None = None) -> int:
+        """The 'nothing new' note for confirmed addresses that got no mail today.
+
+        Call once after the cycle's deliveries. Does nothing unless `email.send_empty`. An
+        address counts as served when `send` handled a digest for it today (whatever the
+        relay said) or it already got the note, so a second cycle on the same day sends none.
+        Returns how many notes were accepted.
+        """
+        if not self.settings.email.send_empty:
+            return 0
+        now = now or self._clock()
+        today = self._today(now)
+        subs = await asyncio.to_thread(self.store.list_subscriptions, None, active_only=True)
+        keywords: dict[str, list[str]] = {}
+        for sub in subs:
+            if sub.target.kind == EMAIL:
+                keywords.setdefault(sub.target.address, []).append(sub.keyword)
+        sent = 0
+        for address, queries in keywords.items():
+            try:
+                sent += await self._send_empty_one(address, queries, now=now, today=today)
+            except Exception:  # one broken address must not stop the others
+                log.exception("email.empty_crashed")
+        if sent:
+            log.info("email.empty_sent count=%d", sent)
+        return sent
+
+    async def _send_empty_one(
+        self, address: str, queries: Collection[str], *, now: datetime, today: str
+    ) -> int:
+        target = Target(kind=EMAIL, address=address)
+        if not await self._option(target, OPTION_CONFIRMED):
+            return 0
+        if await self._option(target, OPTION_LAST_MAIL_DAY) == today:
+            return 0
+        await self._set_option(target, OPTION_LAST_MAIL_DAY, today)
+        rendered = render_empty(
+            address,
+            keywords=list(queries),
+            links=self.links,
+            now=now,
+            timezone=self.settings.service.timezone,
+        )
+        msg = compose_message(
+            rendered,
+            sender=self.sender,
+            recipient=address,
+            now=now,
+            list_id=self.list_id,
+            unsubscribe=(
+                self.links.unsubscribe_url(address, now=now),
+                self.links.unsubscribe_mailto(address),
+            ),
+        )
+        result = await self._deliver(address, msg)
+        if result.status is SendStatus.REFUSED:
+            failures = int(await self._option(target, OPTION_FAILURES) or 0)
+            failures = await self._count_refusal(target, result, failures)
+            if failures >= FAILURE_LIMIT:
+                reason = f"mail refused {failures} times in a row: {result.detail}"
+                for sub in await asyncio.to_thread(self.store.list_subscriptions, target):
+                    await asyncio.to_thread(self.store.disable_subscription, sub.id, reason)
+            return 0
+        if result.status is SendStatus.SENT:
+            await self._set_option(target, OPTION_FAILURES, None)
+            return 1
+        return 0
+
+
+__all__ = [
+    "FAILURE_LIMIT",
+    "EmailChannel",
+    "Entry",
+    "RenderedEmail",
+    "Section",
+    "SendResult",
+    "SendStatus",
+    "SmtpPool",
+    "compose_message",
+    "digest_message_id",
+    "digest_sections",
+    "inline_css",
+    "message_bytes",
+    "render_confirmation",
+    "render_digest",
+    "render_empty",
+]

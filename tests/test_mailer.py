@@ -1,0 +1,628 @@
+"""EmailChannel against a real aiosmtpd server in the test's loop, on a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from digest.channels import Channel
+from digest.config import Settings
+from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
+from digest.email_subscriptions import (
+    OPTION_CONFIRMED,
+    OPTION_FAILURES,
+    UNCONFIRMED,
+    EmailLinks,
+)
+from digest.errors import ConfigError
+from digest.mailer import (
+    FAILURE_LIMIT,
+    EmailChannel,
+    SmtpPool,
+    digest_sections,
+    render_digest,
+)
+from storage.sql_store import SqlStore
+from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
+from tests.reference_digest import REFERENCE_LANGUAGE, load_reference_digest
+
+NOW = datetime(2025, 1, 11, 2, 0, tzinfo=UTC)
+ALICE = "alice@lab.example.org"
+
+
+def paper(arxiv_id: str = "2501.00001", **fields: object) -> Paper:
+    """A plausible paper; `fields` override any attribute."""
+    base: dict[str, object] = {
+        "arxiv_id": arxiv_id,
+        "version": 1,
+        "title": f"A study of things {arxiv_id}",
+        "authors": ("Ada Lovelace", "Alan Turing"),
+        "abstract": "We study things and find results.",
+        "published": datetime(2025, 1, 10, 18, 0, tzinfo=UTC),
+        "updated": datetime(2025, 1, 10, 18, 0, tzinfo=UTC),
+        "primary_category": "cs.LG",
+        "categories": ("cs.LG", "stat.ML"),
+        "comment": "10 pages, 3 figures",
+    }
+    base.update(fields)
+    return Paper(**base)  # type: ignore[arg-type]
+
+
+def batch_for(
+    address: str, items: list[tuple[int, str, Paper]], *, confirmed: bool = True, **extra: object
+) -> Batch:
+    """A batch for `email:address` of (subscription id, keyword, paper) deliveries."""
+    options = {OPTION_CONFIRMED: NOW.isoformat()} if confirmed else {}
+    return Batch(
+        target=Target("email", address),
+        deliveries=tuple(Delivery(s, k, p) for s, k, p in items),
+        options=options,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+class TextOf(HTMLParser):
+    """The visible text of an HTML document (entities decoded), plus its links and tags."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[str] = []
+        self.links: list[str] = []
+        self.tags: set[str] = set()
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Collect tags and hrefs; skip head content."""
+        self.tags.add(tag)
+        if tag in {"style", "title"}:
+            self._skip += 1
+        if tag == "a":
+            self.links.extend(v for k, v in attrs if k == "href" and v)
+
+    def handle_endtag(self, tag: str) -> None:
+        """Leave skipped elements."""
+        if tag in {"style", "title"}:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        """Visible text only."""
+        if not self._skip:
+            self.chunks.append(data)
+
+    @property
+    def text(self) -> str:
+        """Whitespace-collapsed visible text."""
+        return " ".join(" ".join(self.chunks).split())
+
+
+def parse_html(html: str) -> TextOf:
+    """Parse an HTML part."""
+    parser = TextOf()
+    parser.feed(html)
+    return parser
+
+
+def parts(msg: EmailMessage) -> tuple[str, str]:
+    """(text, html) of a multipart/alternative message, checking its structure."""
+    assert msg.get_content_type() == "multipart/alternative"
+    kinds = [p.get_content_type() for p in msg.iter_parts()]
+    assert kinds == ["text/plain", "text/html"]  # the preferred (richer) part last, per RFC 2046
+    text_part = msg.get_body(("plain",))
+    html_part = msg.get_body(("html",))
+    assert text_part is not None
+    assert html_part is not None
+    return str(text_part.get_content()), str(html_part.get_content())
+
+
+def flat(text: str) -> str:
+    """Whitespace collapsed, so wrapped plain text compares with the original."""
+    return " ".join(text.split())
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[FakeSmtpServer]:
+    """A recording SMTP server on 127.0.0.1."""
+    async with smtp_server() as server:
+        yield server
+
+
+def make_channel(settings: Settings, store: SqlStore, **pool: object) -> EmailChannel:
+    """The channel on a clock fixed at NOW, optionally with a tuned pool."""
+    pool_obj = SmtpPool(
+        hostname=settings.email.smtp_host,
+        port=settings.email.smtp_port,
+        security=settings.email.security,
+        size=settings.email.concurrency,
+        **pool,  # type: ignore[arg-type]
+    )
+    return EmailChannel(
+        settings=settings,
+        store=store,
+        links=EmailLinks.from_settings(settings),
+        pool=pool_obj,
+        clock=lambda: NOW,
+    )
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def test_sections_show_each_paper_in_full_once() -> None:
+    """A paper matching two keywords is shown under the first and linked from the second."""
+    shared, only = paper("2501.00001"), paper("2501.00002")
+    batch = batch_for(ALICE, [(1, "diffusion", shared), (2, "video", shared), (2, "video", only)])
+    sections = digest_sections(batch)
+    assert [s.keyword for s in sections] == ["diffusion", "video"]
+    assert [e.versioned_id for e in sections[0].entries] == ["2501.00001v1"]
+    assert sections[0].entries[0].other_keywords == ("video",)
+    assert [e.versioned_id for e in sections[1].entries] == ["2501.00002v1"]
+    assert [e.versioned_id for e in sections[1].also] == ["2501.00001v1"]
+    assert sections[1].total == 2
+
+
+def test_from_settings_is_none_when_disabled_and_refuses_without_secret(
+    sqlite_store: SqlStore,
+) -> None:
+    """Email off: no channel. Email on without DAILY_PAPERS_SECRET_KEY: a clear ConfigError."""
+    off = email_settings(None, email={"enabled": False})
+    assert EmailChannel.from_settings(off, store=sqlite_store) is None
+    with pytest.raises(ConfigError, match="DAILY_PAPERS_SECRET_KEY"):
+        EmailChannel.from_settings(email_settings(None, secret_key=""), store=sqlite_store)
+    with pytest.raises(ConfigError, match=r"web\.base_url"):
+        EmailChannel.from_settings(email_settings(None, base_url=""), store=sqlite_store)
+
+
+def test_channel_satisfies_the_protocol(sqlite_store: SqlStore) -> None:
+    """EmailChannel.from_settings builds a Channel for kind 'email' with the configured pool."""
+    settings = email_settings(None, email={"smtp_port": 2525, "concurrency": 3})
+    channel = EmailChannel.from_settings(settings, store=sqlite_store)
+    assert channel is not None
+    assert (channel.pool.hostname, channel.pool.port) == ("127.0.0.1", 2525)
+    assert isinstance(channel, Channel)
+    assert channel.kind == "email"
+
+
+# -- the digest on the wire --------------------------------------------------------------------
+
+
+async def test_digest_parts_headers_and_fields(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """One multipart digest with list headers and every field of every paper in both parts."""
+    settings = email_settings(smtp, base_url="https://papers.lab.example.org")
+    channel = make_channel(settings, sqlite_store)
+    revised = paper("2501.00002", version=2, updated=datetime(2025, 1, 12, tzinfo=UTC))
+    papers = [paper("2501.00001"), revised, paper("2501.00003", comment=None)]
+    batch = batch_for(
+        ALICE,
+        [
+            (1, "diffusion models", papers[0]),
+            (1, "diffusion models", papers[1]),
+            (2, "anomaly detection", papers[2]),
+        ],
+    )
+    outcomes = await channel.send(batch)
+    await channel.close()
+
+    assert {o.kind for o in outcomes} == {OutcomeKind.SENT}
+    assert len(outcomes) == 3
+    assert len(smtp.messages) == 1
+    received = smtp.messages[0]
+    assert received.rcpt_tos == [ALICE]
+    assert received.mail_from == "papers@lab.example.org"
+    msg = received.message
+    assert msg["To"] == ALICE
+    assert msg["Subject"] == "3 new arXiv papers: diffusion models, anomaly detection"
+    assert re.fullmatch(r"<digest\.[0-9a-f]{32}@lab\.example\.org>", msg["Message-ID"])
+    assert msg["Date"] == "Sat, 11 Jan 2025 02:00:00 +0000"
+    assert msg["List-Id"] == "daily-papers <papers.lab.example.org>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    https, mailto = re.findall(r"<([^>]+)>", msg["List-Unsubscribe"])
+    assert https.startswith("https://papers.lab.example.org/unsubscribe?token=")
+    assert mailto == "mailto:papers@lab.example.org?subject=unsubscribe%20alice%40lab.example.org"
+
+    text, html = parts(msg)
+    page = parse_html(html)
+    for p in papers:
+        for body in (flat(text), page.text):
+            assert p.title in body
+            assert "Ada Lovelace, Alan Turing" in body
+            assert p.abstract in body
+            assert "cs.LG, stat.ML" in body
+        assert f"https://arxiv.org/abs/{p.versioned_id}" in page.links
+        assert f"https://arxiv.org/pdf/{p.versioned_id}" in page.links
+        assert f"https://arxiv.org/pdf/{p.versioned_id}" in text
+    assert "10 pages, 3 figures" in page.text
+    assert "10 pages, 3 figures" in text
+    assert "2025-01-10 (v2: 2025-01-12)" in text
+    assert "2025-01-10 (v2: 2025-01-12)" in page.text
+    # Grouped by keyword, in the order of the subscriptions.
+    assert text.index("== diffusion models (2) ==") < text.index("== anomaly detection (1) ==")
+    assert page.text.index("diffusion models") < page.text.index("anomaly detection")
+    # Manage and unsubscribe links in the footer of both parts.
+    assert any(
+        link.startswith("https://papers.lab.example.org/manage?token=") for link in page.links
+    )
+    assert https in page.links
+    assert https in text
+
+
+async def test_html_is_inlined_dark_mode_ready_and_self_contained(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """Styles inlined, dark-mode and phone rules kept in <style>, no images/scripts/remote CSS."""
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    await channel.close()
+    _, html = parts(smtp.messages[0].message)
+    assert re.search(r'<h3 style="[^"]*font-size', html)
+    assert "@media (prefers-color-scheme: dark)" in html
+    assert "@media (max-width: 480px)" in html
+    assert 'name="viewport"' in html
+    assert 'name="color-scheme"' in html
+    tags = parse_html(html).tags
+    assert not tags & {"img", "script", "link", "iframe", "object"}
+    assert "src=" not in html
+    assert "url(" not in html
+
+
+async def test_hostile_paper_text_is_escaped_and_intact(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """Markup, ampersands, pipes, TeX, long abstracts and non-ASCII names survive both parts."""
+    title = "<script>alert('x')</script> Fast & Sound | $\\mathcal{O}(n^2)$ </p><b>bold</b>"
+    abstract = (
+        "We show <img src=x onerror=alert(1)> that R&D | costs $\\alpha \\leq 10\\%$ "
+        "&lt;not an entity&gt; ]]> " + "long sentence about matrices. " * 700 + "THE END."
+    )
+    authors = ("Zoë Ćwikła", "李雷", "José Álvarez-Núñez", "Ørjan Ødegård")
+    comment = "Accepted at <NeurIPS> & ICML | 12 pages"
+    hostile = paper(title=title, abstract=abstract, authors=authors, comment=comment)
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    outcomes = await channel.send(batch_for(ALICE, [(1, "x <y> & z", hostile)]))
+    await channel.close()
+    assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
+
+    text, html = parts(smtp.messages[0].message)
+    assert "<script>" not in html
+    assert "<img" not in html
+    assert "<NeurIPS>" not in html
+    assert "&lt;script&gt;" in html
+    assert "&lt;not an entity&gt;" in parse_html(html).text  # shown literally, not decoded
+    page = parse_html(html)
+    assert not page.tags & {"script", "img", "b"}
+    for expected in (title, abstract, comment, ", ".join(authors), "x <y> & z"):
+        assert flat(expected) in page.text
+        assert flat(expected) in flat(text)
+    assert "THE END." in text
+    assert "THE END." in page.text
+    assert smtp.messages[0].message["Subject"] == "1 new arXiv paper: x <y> & z"
+
+
+async def test_translations_are_rendered_when_the_batch_has_them(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """The reference digest's Chinese titles and abstracts appear under each paper, marked."""
+    entries = load_reference_digest()[:3]
+    batch = batch_for(
+        ALICE,
+        [(1, "multimodal", e.paper) for e in entries],
+        language=REFERENCE_LANGUAGE,
+        translations={e.paper.arxiv_id: (e.title_zh, e.abstract_zh) for e in entries},
+    )
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    await channel.send(batch)
+    await channel.close()
+    text, html = parts(smtp.messages[0].message)
+    page = parse_html(html)
+    for entry in entries:
+        assert f"Title (ZH): {entry.title_zh}" in text
+        assert flat(f"Abstract (ZH): {entry.abstract_zh}") in flat(text)
+        assert f"Title (ZH): {entry.title_zh}" in page.text
+        assert flat(entry.abstract_zh) in page.text
+    assert 'lang="zh"' in html
+
+
+async def test_one_connection_carries_many_digests_within_the_concurrency_bound(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """Twelve addresses at once over at most `email.concurrency` sessions, reused next cycle."""
+    settings = email_settings(smtp, email={"concurrency": 2})
+    channel = make_channel(settings, sqlite_store)
+    addresses = [f"reader{i}@lab.example.org" for i in range(12)]
+    batches = [batch_for(a, [(i, "k", paper())]) for i, a in enumerate(addresses)]
+    results = await asyncio.gather(*(channel.send(b) for b in batches))
+    assert all(o.kind is OutcomeKind.SENT for outcomes in results for o in outcomes)
+    assert sorted(m.rcpt_tos[0] for m in smtp.messages) == sorted(addresses)
+    assert smtp.connections <= 2
+    opened = smtp.connections
+    await channel.send(batch_for("late@lab.example.org", [(99, "k", paper())]))
+    assert smtp.connections == opened  # the idle session was reused
+    await channel.close()
+
+
+async def test_a_dropped_idle_connection_is_replaced_without_a_duplicate(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """The relay closed the pooled session: the next digest goes out once on a new one."""
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    await channel.send(batch_for(ALICE, [(1, "k", paper("2501.00001"))]))
+    smtp.drop_connections()
+    await asyncio.sleep(0)  # let the client notice the close
+    outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper("2501.00002"))]))
+    await channel.close()
+    assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
+    assert len(smtp.messages) == 2
+    assert smtp.connections == 2
+
+
+async def test_temporary_refusal_is_retried_later(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """4xx for the recipient: RETRY, nothing delivered, no refusal counted."""
+    smtp.handler.refuse[ALICE] = "451 4.3.0 try again later"
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    await channel.close()
+    assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
+    assert "451" in (outcomes[0].error or "")
+    assert smtp.messages == []
+    assert sqlite_store.get_target_option(Target("email", ALICE), OPTION_FAILURES) is None
+
+
+async def test_data_4xx_and_5xx(smtp: FakeSmtpServer, sqlite_store: SqlStore) -> None:
+    """DATA refused with 4xx retries; with 5xx it counts as a refusal of the address."""
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    smtp.handler.data_reply = "452 4.3.1 insufficient storage"
+    first = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    smtp.handler.data_reply = "554 5.6.0 message content rejected"
+    second = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    await channel.close()
+    assert [o.kind for o in first] == [OutcomeKind.RETRY]
+    assert [o.kind for o in second] == [OutcomeKind.RETRY]
+    assert "(1/3)" in (second[0].error or "")
+    assert sqlite_store.get_target_option(Target("email", ALICE), OPTION_FAILURES) == "1"
+
+
+async def test_three_permanent_refusals_in_a_row_disable_the_subscription(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """5xx is recorded; the third in a row disables the subscriptions with the server's words."""
+    target = Target("email", ALICE)
+    sub = sqlite_store.add_subscription(target, "diffusion", now=NOW)
+    sqlite_store.set_target_option(target, OPTION_CONFIRMED, NOW.isoformat())
+    smtp.handler.refuse[ALICE] = "550 5.1.1 mailbox unavailable"
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    kinds = []
+    for _ in range(FAILURE_LIMIT):
+        options = {OPTION_CONFIRMED: "yes"}
+        failures = sqlite_store.get_target_option(target, OPTION_FAILURES)
+        if failures:
+            options[OPTION_FAILURES] = failures
+        batch = Batch(target, (Delivery(sub.id, "diffusion", paper()),), options=options)
+        outcomes = await channel.send(batch)
+        kinds.append(outcomes[0].kind)
+    await channel.close()
+    assert kinds == [OutcomeKind.RETRY, OutcomeKind.RETRY, OutcomeKind.PERMANENT]
+    sqlite_store.record_outcomes(outcomes, now=NOW)
+    [stored] = sqlite_store.list_subscriptions(target)
+    assert not stored.active
+    assert "550 5.1.1 mailbox unavailable" in (stored.disabled_reason or "")
+    assert "3 times in a row" in (stored.disabled_reason or "")
+
+
+async def test_success_resets_the_refusal_count(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """Refusals must be consecutive: an accepted digest starts the count again."""
+    target = Target("email", ALICE)
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    smtp.handler.refuse[ALICE] = "550 5.1.1 mailbox unavailable"
+    await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    assert sqlite_store.get_target_option(target, OPTION_FAILURES) == "1"
+    del smtp.handler.refuse[ALICE]
+    options = {OPTION_CONFIRMED: "y", OPTION_FAILURES: "1"}  # as pending_batches reads them
+    outcomes = await channel.send(Batch(target, (Delivery(1, "k", paper()),), options=options))
+    await channel.close()
+    assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
+    assert sqlite_store.get_target_option(target, OPTION_FAILURES) is None
+
+
+async def test_unreachable_relay_and_timeouts_are_transient(sqlite_store: SqlStore) -> None:
+    """Connection refused or a stalled relay: RETRY with the reason, never an exception."""
+    async with smtp_server() as closed:
+        port = closed.port
+    refused = make_channel(email_settings(None, email={"smtp_port": port}), sqlite_store)
+    outcomes = await refused.send(batch_for(ALICE, [(1, "k", paper())]))
+    assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
+    assert outcomes[0].error
+
+    async with smtp_server() as slow:
+        slow.handler.delay = 1.0
+        channel = make_channel(email_settings(slow), sqlite_store, timeout=0.2)
+        outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+        await channel.close()
+    assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
+
+
+async def test_unconfirmed_address_is_never_mailed(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """An active subscription of an address that never confirmed is parked, not mailed."""
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper())], confirmed=False))
+    await channel.close()
+    assert [(o.kind, o.error) for o in outcomes] == [(OutcomeKind.PERMANENT, UNCONFIRMED)]
+    assert smtp.messages == []
+
+
+async def test_outbox_round_trip_sends_each_paper_once(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """pending_batches -> send -> record_outcomes: a second round has nothing to send."""
+    target = Target("email", ALICE)
+    sub = sqlite_store.add_subscription(target, "things", now=NOW - timedelta(days=1))
+    sqlite_store.set_target_option(target, OPTION_CONFIRMED, NOW.isoformat())
+    papers = [paper("2501.00001"), paper("2501.00002")]
+    sqlite_store.commit_harvest(
+        papers=papers,
+        matches={"things": [p.arxiv_id for p in papers]},
+        deliverable=[p.arxiv_id for p in papers],
+        now=NOW,
+    )
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    [batch] = sqlite_store.pending_batches(now=NOW, kinds={"email"})
+    assert batch.options[OPTION_CONFIRMED]
+    outcomes = await channel.send(batch)
+    counts = sqlite_store.record_outcomes(outcomes, now=NOW)
+    assert counts.sent == 2
+    assert {o.subscription_id for o in outcomes} == {sub.id}
+    assert sqlite_store.pending_batches(now=NOW + timedelta(days=1), kinds={"email"}) == []
+    await channel.close()
+    assert len(smtp.messages) == 1
+
+
+async def test_same_deliveries_keep_the_same_message_id(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """A re-send of the same papers (after an ambiguous failure) is recognisably the same."""
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    batch = batch_for(ALICE, [(1, "k", paper("2501.00001"))])
+    await channel.send(batch)
+    await channel.send(batch)
+    await channel.send(batch_for(ALICE, [(1, "k", paper("2501.00002"))]))
+    await channel.close()
+    ids = [m.message["Message-ID"] for m in smtp.messages]
+    assert ids[0] == ids[1] != ids[2]
+
+
+async def test_send_empty_notes_once_a_day_for_confirmed_addresses_without_a_digest(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """email.send_empty: a short note to those without a digest today, once; off by default."""
+    for address in (ALICE, "bob@lab.example.org", "carol@lab.example.org"):
+        sqlite_store.add_subscription(Target("email", address), "things", now=NOW)
+    for address in (ALICE, "bob@lab.example.org"):  # carol never confirmed
+        sqlite_store.set_target_option(Target("email", address), OPTION_CONFIRMED, "x")
+    off = make_channel(email_settings(smtp), sqlite_store)
+    assert await off.send_empty(now=NOW) == 0
+
+    channel = make_channel(email_settings(smtp, email={"send_empty": True}), sqlite_store)
+    await channel.send(batch_for(ALICE, [(1, "things", paper())]))  # alice got a digest
+    assert await channel.send_empty(now=NOW) == 1
+    assert await channel.send_empty(now=NOW) == 0  # a second cycle the same day
+    await channel.close()
+    notes = smtp.handler.to("bob@lab.example.org")
+    assert len(notes) == 1
+    note = notes[0].message
+    assert note["Subject"] == "No new arXiv papers today"
+    assert note["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    text, _ = parts(note)
+    assert "things" in text
+    assert smtp.handler.to("carol@lab.example.org") == []
+    assert len(smtp.handler.to(ALICE)) == 1  # only the digest
+
+
+async def test_notify_sends_plain_text(smtp: FakeSmtpServer, sqlite_store: SqlStore) -> None:
+    """Operator alerts arrive as plain text; a refused one reports False."""
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    assert await channel.notify(Target("email", "admin@lab.example.org"), "3 cycles failed & more")
+    smtp.handler.refuse["gone@lab.example.org"] = "550 no such user"
+    assert not await channel.notify(Target("email", "gone@lab.example.org"), "x")
+    await channel.close()
+    [alert] = smtp.messages
+    assert alert.message.get_content_type() == "text/plain"
+    assert alert.message.get_content().strip() == "3 cycles failed & more"
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1 made with the openssl command."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(  # noqa: S603 - fixed arguments, a test-only certificate
+        [
+            shutil.which("openssl") or "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_starttls_and_login(tmp_path: Path, sqlite_store: SqlStore) -> None:
+    """security = 'starttls' upgrades before AUTH; the password comes from the secrets."""
+    cert, key = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    async with smtp_server(
+        tls_context=server_tls, require_starttls=True, auth=("mailer", "s3cret")
+    ) as server:
+        settings = email_settings(server, email={"security": "starttls", "smtp_username": "mailer"})
+        pool = SmtpPool(
+            hostname="127.0.0.1",
+            port=server.port,
+            security="starttls",
+            username="mailer",
+            password="s3cret",
+            tls_context=client_tls,
+        )
+        channel = EmailChannel(
+            settings=settings,
+            store=sqlite_store,
+            links=EmailLinks.from_settings(settings),
+            pool=pool,
+        )
+        outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+        bad = SmtpPool(
+            hostname="127.0.0.1",
+            port=server.port,
+            security="starttls",
+            username="mailer",
+            password="wrong",
+            tls_context=client_tls,
+        )
+        refused = await bad.send(
+            "papers@lab.example.org", ALICE, b"Subject: x\r\n\r\nx\r\n", utf8=False
+        )
+        await channel.close()
+    assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
+    assert len(server.messages) == 1
+    assert refused.status.value == "retry"
+    assert "login" in refused.detail
+
+
+def test_render_digest_is_pure_and_repeatable() -> None:
+    """Rendering twice with the same inputs gives the same email (tokens and all)."""
+    settings = email_settings(None)
+    links = EmailLinks.from_settings(settings)
+    batch = batch_for(ALICE, [(1, "k", paper())])
+    first = render_digest(batch, links=links, now=NOW, timezone="UTC", list_name="l")
+    second = render_digest(batch, links=links, now=NOW, timezone="UTC", list_name="l")
+    assert first == second
+    assert "2025-01-11" in first.text
