@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,13 @@ def _non_negative(value: Any) -> str | None:
 def _one_of(*choices: str) -> Check:
     def check(value: Any) -> str | None:
         return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _one_of_pattern(pattern: str, allowed: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if re.fullmatch(pattern, str(value)) else allowed
 
     return check
 
@@ -308,6 +316,11 @@ class DiscordSettings:
     )
     webhooks: list[str] = _opt(
         [], "Bot-less targets: 'WEBHOOK_URL query' strings subscribed at start-up."
+    )
+    command: str = _opt(
+        "papers",
+        "Name of the slash command group (/papers): 1-32 lowercase letters, digits, - or _.",
+        _one_of_pattern(r"^[-_a-z0-9]{1,32}$", "1-32 lowercase letters, digits, '-' or '_'"),
     )
 
 

@@ -1,0 +1,313 @@
+"""The Discord bot: a `/papers` app-command group on a discord.py `Client`.
+
+The commands are thin: each turns the interaction into a platform-free `Invocation`, hands it to
+the shared `bot.commands.CommandService` (the one implementation of the grammar, shared with
+Slack) and posts the `Reply`. Discord wants an answer within 3 seconds: the reply is sent at
+once when the service finishes within `ack_seconds`, otherwise the interaction is deferred
+("thinking") and the reply follows. Errors and private answers are ephemeral.
+
+Dependencies (the command service, the settings) are handed to the client when it is built;
+its lifetime is an `async with` (`DiscordApp` for `daily-papers serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.commands import (
+    BUILTIN_COMMANDS,
+    LATEST_MAX,
+    Command,
+    CommandService,
+    Invocation,
+    MarkdownMarkup,
+    Reply,
+    invocation_text,
+)
+from bot.discord_channel import split_text, use_api_url
+from digest.config import Settings
+from digest.domain import Target
+from digest.store import PaperStore
+
+log = logging.getLogger(__name__)
+
+ACK_SECONDS = 2.0  # Discord drops an interaction not answered within 3 s; leave 1 s for the POST
+GROUP_DESCRIPTION = "Follow new arXiv papers in this channel."
+NO_MENTIONS = discord.AllowedMentions.none()  # a confirmation names its user without pinging
+
+_BUILTIN = {c.name: c for c in BUILTIN_COMMANDS}
+
+
+def _argument_help(command: str) -> dict[str, str]:
+    """Option descriptions of a built-in command, from the shared command table."""
+    return {a.name: a.description[:100] for a in _BUILTIN[command].arguments}
+
+
+class PapersGroup(app_commands.Group):
+    """The `/papers` group; each command's docstring is its Discord description and help."""
+
+    def __init__(self, *, name: str, bot: PapersBot) -> None:
+        # Server channels only: that is where the daily posts go (dm_permission and contexts).
+        super().__init__(
+            name=name,
+            description=GROUP_DESCRIPTION,
+            guild_only=True,
+            allowed_contexts=app_commands.AppCommandContext(guild=True),
+        )
+        self.bot = bot
+        builtin = {"subscribe", "unsubscribe", "list", "latest", "help"}
+        for command in bot.service.commands.values():
+            if command.name not in builtin:
+                self.add_command(_extra_command(command, bot))
+
+    @app_commands.command()
+    @app_commands.describe(**_argument_help("subscribe"))
+    async def subscribe(self, interaction: discord.Interaction, query: str) -> None:
+        """Post new arXiv papers matching a query to this channel every day."""
+        await self.bot.run_command(interaction, invocation_text("subscribe", query))
+
+    @app_commands.command()
+    @app_commands.describe(**_argument_help("unsubscribe"))
+    async def unsubscribe(self, interaction: discord.Interaction, query: str) -> None:
+        """Stop posting a query's papers to this channel."""
+        await self.bot.run_command(interaction, invocation_text("unsubscribe", query))
+
+    @app_commands.command(name="list")
+    async def list_(self, interaction: discord.Interaction) -> None:
+        """Show this channel's subscriptions, numbered."""
+        await self.bot.run_command(interaction, "list")
+
+    @app_commands.command()
+    @app_commands.describe(**_argument_help("latest"))
+    async def latest(
+        self,
+        interaction: discord.Interaction,
+        query: str,
+        n: app_commands.Range[int, 1, LATEST_MAX] | None = None,
+    ) -> None:
+        """Show the newest stored papers for a query (n up to 20)."""
+        await self.bot.run_command(interaction, invocation_text("latest", query, n))
+
+    @app_commands.command(name="help")
+    async def help_(self, interaction: discord.Interaction) -> None:
+        """Show what the commands do."""
+        await self.bot.run_command(interaction, "help")
+
+
+def _extra_command(command: Command, bot: PapersBot) -> app_commands.Command[Any, ..., None]:
+    """A command another module added to the service (e.g. `language`), with one text option."""
+
+    async def callback(interaction: discord.Interaction, arguments: str | None = None) -> None:
+        await bot.run_command(interaction, invocation_text(command.name, arguments))
+
+    callback.__doc__ = command.summary
+    extra: app_commands.Command[Any, ..., None] = app_commands.Command(
+        name=command.name, description=command.summary[:100], callback=callback
+    )
+    return extra
+
+
+class PapersBot(discord.Client):
+    """A discord.py client whose only job is the `/papers` app-command group."""
+
+    def __init__(
+        self,
+        *,
+        service: CommandService,
+        group_name: str = "papers",
+        guild_ids: Sequence[str] = (),
+        require_manage_channels: bool = True,
+        ack_seconds: float = ACK_SECONDS,
+        **options: Any,
+    ) -> None:
+        # App commands arrive without any privileged (or unprivileged) gateway intent.
+        super().__init__(intents=discord.Intents.none(), **options)
+        self.service = service
+        self.guild_ids = [int(g) for g in guild_ids]
+        self.require_manage_channels = require_manage_channels
+        self.ack_seconds = ack_seconds
+        self.tree = app_commands.CommandTree(self)
+        self.group = PapersGroup(name=group_name, bot=self)
+        self.tree.add_command(self.group)
+        self.tree.error(self._on_tree_error)
+
+    async def setup_hook(self) -> None:
+        """Sync `/papers` after login: to the configured guilds (instant) or globally."""
+        if self.guild_ids:
+            for guild_id in self.guild_ids:
+                guild = discord.Object(id=guild_id)
+                self.tree.copy_global_to(guild=guild)
+                synced = await self.tree.sync(guild=guild)
+                log.info("discord.synced scope=guild guild=%s commands=%d", guild_id, len(synced))
+        else:
+            synced = await self.tree.sync()
+            log.info("discord.synced scope=global commands=%d", len(synced))
+
+    # -- running one command --------------------------------------------------------------
+    def may_manage(self, interaction: discord.Interaction) -> bool:
+        """Whether this member may change the channel's subscriptions."""
+        if not self.require_manage_channels:
+            return True
+        return interaction.permissions.manage_channels
+
+    async def run_command(self, interaction: discord.Interaction, text: str) -> None:
+        """Answer within Discord's 3 s: reply at once if quick, else defer and follow up."""
+        invocation = Invocation(
+            target=Target(kind="discord", address=str(interaction.channel_id)),
+            user_id=str(interaction.user.id),
+            may_manage=self.may_manage(interaction),
+            text=text,
+        )
+        task = asyncio.create_task(self.service.handle(invocation))
+        # ack_seconds <= 0 means "always defer" (explicit, for tests of the deferred path).
+        done = (
+            (await asyncio.wait({task}, timeout=self.ack_seconds))[0]
+            if self.ack_seconds > 0
+            else ()
+        )
+        deferred_public: bool | None = None
+        if not done:
+            # Commands that change the channel confirm publicly; the rest answer privately.
+            name = text.partition(" ")[0]
+            command = self.service.commands.get(name)
+            deferred_public = bool(command and command.changes_target)
+            try:
+                await interaction.response.defer(ephemeral=not deferred_public, thinking=True)
+            except discord.HTTPException as exc:
+                log.warning("discord.defer_failed status=%s code=%s", exc.status, exc.code)
+        reply = await task
+        try:
+            await self._answer(interaction, reply, deferred_public)
+        except discord.HTTPException as exc:
+            # The interaction expired (10062) or the channel is gone: nothing left to tell.
+            log.warning("discord.reply_failed status=%s code=%s", exc.status, exc.code)
+
+    async def _answer(
+        self, interaction: discord.Interaction, reply: Reply, deferred_public: bool | None
+    ) -> None:
+        """Post `reply`: as the response, or into / instead of the deferred "thinking" message."""
+        pieces = split_text(reply.text)
+        ephemeral = not reply.public
+        first, rest = pieces[0], pieces[1:]
+        if deferred_public is None:
+            await interaction.response.send_message(
+                first, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS
+            )
+        elif deferred_public == reply.public:
+            await interaction.edit_original_response(content=first, allowed_mentions=NO_MENTIONS)
+        else:
+            # A refusal must not be shown in the public "thinking" message: replace it.
+            await interaction.delete_original_response()
+            rest = pieces
+        for piece in rest:
+            await interaction.followup.send(
+                piece, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS
+            )
+
+    async def _on_tree_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """Checks and option conversion failures: a one-line ephemeral reason, no traceback."""
+        if isinstance(error, app_commands.NoPrivateMessage):
+            text = "This command works in server channels, where the papers are posted."
+        else:
+            log.error("discord.command_failed error=%r", error, exc_info=error)
+            text = "Sorry, that failed on our side. Please try again in a minute."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("discord.reply_failed status=%s code=%s", exc.status, exc.code)
+
+
+def build_bot(
+    settings: Settings,
+    *,
+    store: PaperStore,
+    request_backfill: Callable[[str], None],
+    extra_commands: Sequence[Command] = (),
+    ack_seconds: float = ACK_SECONDS,
+) -> PapersBot:
+    """The bot with its command service, configured from the settings (REST at discord.api_url)."""
+    use_api_url(settings.discord.api_url)
+    service = CommandService(
+        store=store,
+        settings=settings,
+        request_backfill=request_backfill,
+        markup=MarkdownMarkup(),
+        command_name="/" + settings.discord.command,
+        extra_commands=extra_commands,
+    )
+    return PapersBot(
+        service=service,
+        group_name=settings.discord.command,
+        guild_ids=settings.discord.guild_ids,
+        require_manage_channels=settings.discord.require_manage_channels,
+        ack_seconds=ack_seconds,
+    )
+
+
+class DiscordApp:
+    """The bot's lifetime inside `daily-papers serve`: `async with DiscordApp(...)`.
+
+    Entering logs in (a bad token fails here, loudly), syncs the commands and starts the gateway
+    connection in the background; leaving closes it.
+    """
+
+    def __init__(self, *, bot: PapersBot, token: str) -> None:
+        self.bot = bot
+        self._token = token
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        store: PaperStore,
+        request_backfill: Callable[[str], None],
+        extra_commands: Sequence[Command] = (),
+    ) -> DiscordApp | None:
+        """The app for these settings, or None when DISCORD_BOT_TOKEN is not set."""
+        token = settings.secrets.discord_bot_token
+        if not token:
+            return None
+        bot = build_bot(
+            settings,
+            store=store,
+            request_backfill=request_backfill,
+            extra_commands=extra_commands,
+        )
+        return cls(bot=bot, token=token)
+
+    async def __aenter__(self) -> DiscordApp:
+        await self.bot.__aenter__()
+        await self.bot.login(self._token)
+        self._task = asyncio.create_task(self.bot.connect(reconnect=True), name="discord-gateway")
+        self._task.add_done_callback(_log_gateway_end)
+        log.info("discord.started command=/%s", self.bot.group.name)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.bot.close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        log.info("discord.stopped")
+
+
+def _log_gateway_end(task: asyncio.Task[None]) -> None:
+    """The gateway task ended: fine when cancelled, an error otherwise (the bot is offline)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("discord.gateway_failed error=%r", task.exception())
+
+
+__all__ = ["ACK_SECONDS", "DiscordApp", "PapersBot", "PapersGroup", "build_bot"]
