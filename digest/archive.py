@@ -10,11 +10,13 @@ README snapshot (latest N per keyword) no longer holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
@@ -182,3 +184,21 @@ def write_or_print_digest(
             "folder for daily digests, or use --print to show the digest instead"
         )
     return write_daily_archive(settings=settings, store=store, day=day)
+
+
+async def refresh_archive(
+    *, settings: Settings, store: PaperStore, now: datetime
+) -> list[ArchiveResult]:
+    """The cycle's step: (re)write today's and yesterday's digest when `digest.archive_dir` is set.
+
+    Yesterday's file is written again so translations filled in by this cycle reach it; an
+    unchanged file is left alone. Raises DailyPapersError when the folder cannot be written.
+    """
+    if not settings.digest.archive_dir:
+        return []
+    return [
+        await asyncio.to_thread(
+            partial(write_daily_archive, settings=settings, store=store, day=day)
+        )
+        for day in archive_days(now, settings.service.timezone)
+    ]

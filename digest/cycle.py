@@ -26,6 +26,7 @@ from functools import partial
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from digest.archive import refresh_archive
 from digest.arxiv_source import Fetch, PaperSource
 from digest.channels import ChannelRegistry
 from digest.config import Settings
@@ -34,6 +35,8 @@ from digest.errors import ArxivError, DailyPapersError, QueryError
 from digest.query import Query, match_papers, parse_query, to_arxiv
 from digest.readme import build_readme, commit_readme, write_readme
 from digest.store import PaperStore
+from digest.translate import Translator
+from digest.translation import translate_for_readers
 
 logger = logging.getLogger(__name__)
 
@@ -418,6 +421,7 @@ async def run_cycle(
     channels: ChannelRegistry,
     now: Callable[[], datetime] = utcnow,
     progress: Progress = _no_progress,
+    translator: Translator | None = None,
 ) -> RunReport:
     """Run one full daily cycle and return (and record) its report; never raises for arXiv.
 
@@ -449,6 +453,14 @@ async def run_cycle(
         )
     except DailyPapersError as exc:
         tally.warnings.append(f"backfill: {exc}")
+    if translator is not None:
+        # Bounded by translation.deadline_seconds and never raising: a slow or broken provider
+        # delays delivery by at most that; what is missing is translated next cycle.
+        for step in await translate_for_readers(
+            settings=settings, store=store, translator=translator, now=started_at
+        ):
+            if step.error:
+                tally.warnings.append(f"translation ({step.language}): {step.error}")
     await deliver(
         settings=settings,
         store=store,
@@ -463,6 +475,11 @@ async def run_cycle(
         except DailyPapersError as exc:
             tally.warnings.append(f"readme: {exc}")
             logger.error("readme.failed error=%s", exc)
+    try:
+        await refresh_archive(settings=settings, store=store, now=started_at)
+    except DailyPapersError as exc:
+        tally.warnings.append(f"archive: {exc}")
+        logger.error("archive.failed error=%s", exc)
     report = RunReport(
         started_at=started_at,
         finished_at=now(),

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from digest.config import settings_for_tests
-from digest.domain import Paper, Target
+from digest.arxiv_source import ArxivSource
+from digest.config import Settings, settings_for_tests
+from digest.cycle import run_cycle
+from digest.domain import Paper, RunReport, Target
 from digest.store import PaperStore
-from digest.translate import OpenAITranslator, TranslationResult
+from digest.translate import OpenAITranslator, TranslationResult, build_translator
 from digest.translation import (
     TranslationReport,
     translate_for_readers,
     translate_new_papers,
     wanted_languages,
 )
+from storage.sql_store import SqlStore
+from tests.fakes.arxiv_server import ArxivStandIn
 from tests.fakes.openai_api import FakeOpenAI, Garbage, ServerError, Slow, serve_openai
+from tests.fakes.recording_channel import RecordingChannel
 from tests.reference_digest import REFERENCE_LANGUAGE, load_reference_digest
+from tests.reference_papers import load_reference_papers
 
 NOW = datetime(2025, 1, 10, 21, 0, tzinfo=UTC)
 SINCE = NOW - timedelta(days=7)
@@ -237,3 +245,100 @@ async def test_translate_for_readers_covers_every_language_within_one_deadline(
     assert time.perf_counter() - started < 2.0
     assert reports[0].timed_out
     assert [r.language for r in reports] == ["zh"]  # ja waits for the next cycle
+
+
+# -- the step inside the daily cycle ---------------------------------------------------------
+REFERENCE_DAY = datetime(2025, 2, 11, 12, 0, tzinfo=UTC)
+
+
+def _cycle_settings(tmp_path: Path, arxiv: ArxivStandIn, openai: FakeOpenAI, **translation: Any):
+    """Settings for a cycle against the arXiv stand-in and the fake provider."""
+    return settings_for_tests(
+        service={"data_dir": str(tmp_path)},
+        arxiv={"api_url": arxiv.url, "categories": ["cs.CV", "cs.LG"], "retries": 0},
+        keywords={"queries": ["Video Understanding"]},
+        readme={"enabled": False},
+        translation={"base_url": openai.url, **translation},
+        digest={"archive_dir": str(tmp_path / "digests")},
+    )
+
+
+async def _run(settings: Settings, channel: RecordingChannel) -> RunReport:
+    """One cycle as `daily-papers run` does it, with the translator the settings describe."""
+    store = SqlStore.from_settings(settings)
+    store.migrate()
+    translator = build_translator(settings)
+    assert translator is not None
+    try:
+        async with translator:
+            with ArxivSource.from_settings(settings) as source:
+                return await run_cycle(
+                    settings=settings,
+                    store=store,
+                    source=source,
+                    channels={"slack": channel},
+                    now=lambda: REFERENCE_DAY,
+                    translator=translator,
+                )
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def arxiv() -> Iterator[ArxivStandIn]:
+    """The arXiv stand-in serving the reference README's papers."""
+    with ArxivStandIn(load_reference_papers()) as stand_in:
+        yield stand_in
+
+
+async def test_cycle_translates_before_delivery_and_archives_the_day(
+    tmp_path: Path, arxiv: ArxivStandIn, openai: FakeOpenAI
+) -> None:
+    """A channel set to Chinese gets its papers with translations; the day's archive has them."""
+    settings = _cycle_settings(tmp_path, arxiv, openai, language="zh")
+    slack = RecordingChannel(kind="slack")
+    target = Target("slack", "C1")
+    with SqlStore.from_settings(settings) as store:
+        store.migrate()
+        store.add_subscription(target, "Video Understanding", now=REFERENCE_DAY)
+        store.set_target_option(target, "language", "zh")
+    report = await _run(settings, slack)
+    assert report.ok, report.error
+    assert slack.batches
+    batch = slack.batches[0]
+    assert batch.language == "zh"
+    assert set(batch.translations) == {p.arxiv_id for p in batch.papers}
+    paper = batch.papers[0]
+    assert batch.translations[paper.arxiv_id][1] == openai.translation_of(paper.abstract)
+
+    archive = tmp_path / "digests" / "2025-02-11.md"
+    text = archive.read_text(encoding="utf-8")
+    assert text.count("**Title (ZH)**: ") == text.count("\n---\n") >= 1
+    assert f"**Abstract (ZH)**: {openai.translation_of(paper.abstract)} \n" in text
+
+
+async def test_cycle_with_a_hanging_provider_delivers_on_time_untranslated(
+    tmp_path: Path, arxiv: ArxivStandIn, openai: FakeOpenAI
+) -> None:
+    """The provider hangs: delivery happens after the deadline, untranslated; next cycle fills."""
+    settings = _cycle_settings(tmp_path, arxiv, openai, language="zh", deadline_seconds=0.3)
+    slack = RecordingChannel(kind="slack")
+    with SqlStore.from_settings(settings) as store:
+        store.migrate()
+        store.add_subscription(Target("slack", "C1"), "Video Understanding", now=REFERENCE_DAY)
+    openai.always(Slow(60.0))
+    started = time.perf_counter()
+    report = await _run(settings, slack)
+    assert time.perf_counter() - started < 5.0
+    assert report.ok
+    assert report.sent > 0
+    assert slack.batches[0].translations == {}
+    assert "(ZH)" not in (tmp_path / "digests" / "2025-02-11.md").read_text(encoding="utf-8")
+
+    openai._rules.clear()
+    later = await _run(settings, slack)
+    assert later.sent == 0  # nothing new to deliver, but the translations are filled in
+    with SqlStore.from_settings(settings) as store:
+        ids = slack.sent_ids()
+        assert set(store.get_translations(ids, "zh")) == set(ids)
+    assert "(ZH)" in (tmp_path / "digests" / "2025-02-11.md").read_text(encoding="utf-8")

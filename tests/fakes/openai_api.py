@@ -117,10 +117,11 @@ class RecordedRequest:
         return str(self.body["messages"][-1]["content"])
 
 
-# Kept as they are by `pseudo_translate`: TeX math, TeX commands, URLs, and words with capitals
-# or digits (names and acronyms such as GPT-4o, ImageNet, RAG).
+# Kept as they are by `pseudo_translate`: TeX math, TeX commands, URLs, and acronyms or model
+# names (two capitals or a digit: GPT-4o, ImageNet, RAG); every other word is "translated".
 _KEEP = re.compile(
-    r"\$\$.*?\$\$|\$[^$]*\$|\\[A-Za-z]+(?:\{[^}]*\})*|https?://\S+|\b[A-Za-z]*[A-Z0-9][\w-]*\b"
+    r"\$\$.*?\$\$|\$[^$]*\$|\\[A-Za-z]+(?:\{[^}]*\})*|https?://\S+"
+    r"|\b(?:[A-Za-z]*[A-Z][a-z]*[A-Z][\w-]*|[A-Za-z-]*\d[\w-]*)\b"
 )
 _WORD = re.compile(r"[A-Za-z]+")
 
