@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import discord
@@ -304,10 +305,29 @@ class DiscordApp:
         log.info("discord.stopped")
 
 
+async def start_discord(
+    settings: Settings,
+    *,
+    store: PaperStore,
+    request_backfill: Callable[[str], None],
+    stack: AsyncExitStack,
+    extra_commands: Sequence[Command] = (),
+) -> DiscordApp | None:
+    """`serve`'s entry point: log the bot in and connect it (closed with `stack`); None when
+    DISCORD_BOT_TOKEN is not set."""
+    app = DiscordApp.from_settings(
+        settings, store=store, request_backfill=request_backfill, extra_commands=extra_commands
+    )
+    if app is None:
+        return None
+    await stack.enter_async_context(app)
+    return app
+
+
 def _log_gateway_end(task: asyncio.Task[None]) -> None:
     """The gateway task ended: fine when cancelled, an error otherwise (the bot is offline)."""
     if not task.cancelled() and task.exception() is not None:
         log.error("discord.gateway_failed error=%r", task.exception())
 
 
-__all__ = ["ACK_SECONDS", "DiscordApp", "PapersBot", "PapersGroup", "build_bot"]
+__all__ = ["ACK_SECONDS", "DiscordApp", "PapersBot", "PapersGroup", "build_bot", "start_discord"]

@@ -18,7 +18,9 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -29,7 +31,8 @@ from discord.utils import escape_markdown, escape_mentions
 from digest.config import Settings
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.errors import ConfigError, QueryError
-from digest.query import parse_query
+from digest.query import parse_query, query_key
+from digest.store import PaperStore
 
 log = logging.getLogger(__name__)
 
@@ -518,6 +521,7 @@ __all__ = [
     "DiscordChannel",
     "DiscordMessage",
     "DiscordWebhookChannel",
+    "channel_factory",
     "classify_error",
     "describe_target",
     "escape_text",
@@ -525,7 +529,58 @@ __all__ = [
     "render_embed",
     "render_messages",
     "split_text",
+    "subscribe_configured_webhooks",
     "use_api_url",
     "validate_webhook_url",
+    "webhook_channel_factory",
     "webhook_subscriptions",
 ]
+
+
+# -- composition-root entry points (digest.app) -------------------------------------------------
+
+
+def subscribe_configured_webhooks(settings: Settings, store: PaperStore, *, now: datetime) -> int:
+    """Subscribe each `discord.webhooks` entry that has no subscription yet; how many were added.
+
+    A subscription disabled since (the webhook was deleted) stays disabled: re-enabling it on
+    every start would post into the void; the operator fixes the config or uses the CLI.
+    """
+    added = 0
+    for target, query in webhook_subscriptions(settings):
+        key = query_key(query)
+        existing = [s for s in store.list_subscriptions(target) if query_key(s.keyword) == key]
+        if existing:
+            if not existing[0].active:
+                log.warning(
+                    "discord_webhook.config_subscription_disabled target=%s query=%r reason=%r",
+                    describe_target(target),
+                    query,
+                    existing[0].disabled_reason,
+                )
+            continue
+        store.add_subscription(target, query, now=now)
+        added += 1
+    if added:
+        log.info("discord_webhook.config_subscribed added=%d", added)
+    return added
+
+
+async def channel_factory(
+    settings: Settings, store: PaperStore, stack: AsyncExitStack
+) -> DiscordChannel | None:
+    """`digest.app` channel factory: the bot channel when DISCORD_BOT_TOKEN is set."""
+    channel = DiscordChannel.from_settings(settings)
+    if channel is not None:
+        await stack.enter_async_context(channel)
+    return channel
+
+
+async def webhook_channel_factory(
+    settings: Settings, store: PaperStore, stack: AsyncExitStack
+) -> DiscordWebhookChannel:
+    """`digest.app` channel factory: webhook targets (always on); subscribes `discord.webhooks`."""
+    await asyncio.to_thread(subscribe_configured_webhooks, settings, store, now=datetime.now(UTC))
+    channel = DiscordWebhookChannel.from_settings(settings)
+    await stack.enter_async_context(channel)
+    return channel

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -14,8 +15,8 @@ import discord.http
 import pytest
 
 from bot.commands import BUILTIN_COMMANDS
-from bot.discord_app import PapersBot, build_bot
-from digest.config import settings_for_tests
+from bot.discord_app import PapersBot, build_bot, start_discord
+from digest.config import Secrets, settings_for_tests
 from digest.domain import Target
 from storage.sql_store import SqlStore
 from tests.fakes.discord_api import APPLICATION_ID, FakeDiscord
@@ -379,3 +380,34 @@ async def test_long_reply_is_split_into_followups(
     followups = [c for c in fake.calls if c.key.startswith(follow)]
     assert all(len(c.body["content"]) <= 2000 for c in followups)
     assert all(c.body["flags"] & EPHEMERAL for c in followups)
+
+
+# -- lifetime in `serve` ----------------------------------------------------------------------
+
+
+async def test_start_discord_needs_a_token(sqlite_store: SqlStore) -> None:
+    """Without DISCORD_BOT_TOKEN there is no bot and nothing is started."""
+    settings = settings_for_tests()
+    async with AsyncExitStack() as stack:
+        app = await start_discord(
+            settings, store=sqlite_store, request_backfill=lambda q: None, stack=stack
+        )
+    assert app is None
+
+
+async def test_discord_app_lifetime(
+    fake: FakeDiscord, sqlite_store: SqlStore, backfills: Backfills
+) -> None:
+    """Entering logs in and syncs at the configured API URL; leaving closes the client."""
+    settings = replace(
+        settings_for_tests(discord={"api_url": fake.api_base}),
+        secrets=Secrets(discord_bot_token="bot-token"),
+    )
+    async with AsyncExitStack() as stack:
+        app = await start_discord(
+            settings, store=sqlite_store, request_backfill=backfills, stack=stack
+        )
+        assert app is not None
+        assert fake.synced_commands["global"][0]["name"] == "papers"
+        assert fake.calls_to("GET /users/@me")[0].headers["Authorization"] == "Bot bot-token"
+    assert app.bot.is_closed()

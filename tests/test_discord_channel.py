@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -15,18 +16,22 @@ from bot.discord_channel import (
     MAX_EMBEDS,
     DiscordChannel,
     DiscordWebhookChannel,
+    channel_factory,
     escape_text,
     fit,
     render_embed,
     render_messages,
     split_text,
+    subscribe_configured_webhooks,
     use_api_url,
     validate_webhook_url,
+    webhook_channel_factory,
     webhook_subscriptions,
 )
 from digest.config import settings_for_tests
 from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
 from digest.errors import ConfigError
+from storage.sql_store import SqlStore
 from tests.fakes.discord_api import (
     MISSING_ACCESS,
     UNKNOWN_CHANNEL,
@@ -504,3 +509,29 @@ def test_validate_webhook_url() -> None:
 def test_escape_text_collapses_whitespace() -> None:
     """Newlines in titles cannot start a heading or quote on a new line."""
     assert escape_text("A\n# B\n> C") == "A # B > C"
+
+
+def test_configured_webhooks_subscribed_once_and_disabled_ones_left_alone(
+    sqlite_store: SqlStore,
+) -> None:
+    """Start-up subscribes new `discord.webhooks` entries; a disabled one is not re-enabled."""
+    settings = settings_for_tests(discord={"webhooks": [f"{HOOK_URL} llm", f"{HOOK_URL} ti:gan"]})
+    now = datetime(2025, 2, 1, tzinfo=UTC)
+    assert subscribe_configured_webhooks(settings, sqlite_store, now=now) == 2
+    assert subscribe_configured_webhooks(settings, sqlite_store, now=now) == 0
+    target = Target("discord_webhook", HOOK_URL)
+    first = sqlite_store.list_subscriptions(target)[0]
+    sqlite_store.disable_subscription(first.id, "Discord 404 Unknown Webhook (code 10015)")
+    assert subscribe_configured_webhooks(settings, sqlite_store, now=now) == 0
+    subs = {s.keyword: s.active for s in sqlite_store.list_subscriptions(target)}
+    assert subs == {"llm": False, "ti:gan": True}
+
+
+async def test_channel_factories(sqlite_store: SqlStore) -> None:
+    """The composition-root factories: bot channel only with a token; webhooks always."""
+    settings = settings_for_tests(discord={"webhooks": [f"{HOOK_URL} llm"]})
+    async with AsyncExitStack() as stack:
+        assert await channel_factory(settings, sqlite_store, stack) is None
+        hooks = await webhook_channel_factory(settings, sqlite_store, stack)
+        assert hooks.kind == "discord_webhook"
+    assert [s.keyword for s in sqlite_store.list_subscriptions()] == ["llm"]
