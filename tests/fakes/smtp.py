@@ -1,5 +1,10 @@
 """A real SMTP server (aiosmtpd) in the test's own event loop, recording what it receives.
 
+`email_stack()` runs the whole email feature around it for end-to-end tests: the real
+EmailChannel, EmailSubscriptions and the aiohttp web server on 127.0.0.1, with web.base_url
+naming the server's real port so links in received emails can be followed.
+
+
 `smtp_server()` listens on 127.0.0.1 on an ephemeral port. Each accepted message is kept as
 `Received` (envelope plus the parsed message). Tests choose answers per recipient
 (`refuse["x@y.org"] = "550 5.1.1 no such user"`, or a 4xx) or for DATA, and can count the
@@ -11,16 +16,23 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
+from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from digest.config import Secrets, Settings, settings_for_tests
+from digest.email_subscriptions import EmailLinks, EmailSubscriptions, RateLimiter
+from digest.mailer import EmailChannel
+from digest.store import PaperStore
+from digest.web import WebServer, build_web_app
 
 
 @dataclass
@@ -170,3 +182,66 @@ def email_settings(
         tables[name] = {**tables.get(name, {}), **table}
     settings = settings_for_tests(**tables)
     return replace(settings, secrets=Secrets(secret_key=secret_key))
+
+
+@dataclass
+class EmailStack:
+    """Everything of the email feature running for one test: SMTP, web server, service."""
+
+    smtp: FakeSmtpServer
+    settings: Settings
+    store: PaperStore
+    channel: EmailChannel
+    service: EmailSubscriptions
+    server: WebServer
+    clock: Callable[[], datetime]
+    backfills: list[str]
+
+    @property
+    def url(self) -> str:
+        """The web server's base URL (also web.base_url, so email links point at it)."""
+        return self.server.url
+
+
+@asynccontextmanager
+async def email_stack(
+    store: PaperStore,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    form_limiter: RateLimiter | None = None,
+    routes: Sequence[web.AbstractRouteDef] = (),
+    **sections: Mapping[str, Any],
+) -> AsyncIterator[EmailStack]:
+    """SMTP server, EmailChannel, EmailSubscriptions and the web app on 127.0.0.1 ports."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # bound first so web.base_url can name the real port
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    backfills: list[str] = []
+    async with smtp_server() as smtp:
+        settings = email_settings(smtp, base_url=base_url, **sections)
+        channel = EmailChannel(
+            settings=settings, store=store, links=EmailLinks.from_settings(settings), clock=clock
+        )
+        service = EmailSubscriptions(
+            store=store,
+            settings=settings,
+            sender=channel,
+            request_backfill=backfills.append,
+            clock=clock,
+        )
+        app = build_web_app(
+            settings=settings,
+            store=store,
+            subscriptions=service,
+            routes=routes,
+            form_limiter=form_limiter,
+        )
+        async with WebServer(app=app, host="127.0.0.1", sock=sock) as server:
+            yield EmailStack(
+                smtp, settings, store, channel, service, server, clock or _utcnow, backfills
+            )
+        await channel.close()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
