@@ -28,6 +28,7 @@ from digest.errors import DailyPapersError, QueryError
 from digest.query import parse_query, query_key
 from digest.render import get_environment
 from digest.store import PaperStore
+from digest.translate import language_name, translation_configured
 
 log = logging.getLogger(__name__)
 
@@ -460,6 +461,63 @@ BUILTIN_COMMANDS: tuple[Command, ...] = (
 )
 
 
+# -- /papers language: added to a service with `extra_commands=(LANGUAGE_COMMAND,)` -------------
+LANGUAGE_OPTION = "language"  # the per-target option the cycle reads (digest.cycle)
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})?")  # zh, ja, de, pt-br, zh-tw
+_LANGUAGE_OFF = {"off", "none", "en", "english"}  # the originals are already English
+
+
+async def _language(service: CommandService, inv: Invocation, args: str) -> Reply:
+    command = service.commands["language"]
+    store = service.store
+    code = args.strip().lower()
+    if not code:
+        current = await service.call_store(store.get_target_option, inv.target, LANGUAGE_OPTION)
+        if not current or current == "off":
+            return Reply(text="Papers in this channel are shown in English only.")
+        return Reply(
+            text=(
+                "Papers in this channel show their title translated into "
+                f"{service.markup.escape(language_name(current))} ({service.markup.code(current)})."
+            )
+        )
+    if code in _LANGUAGE_OFF:
+        await service.call_store(store.set_target_option, inv.target, LANGUAGE_OPTION, None)
+        return Reply(
+            text=(
+                f"{service.markup.mention(inv.user_id)} turned translations off: papers in this "
+                "channel are shown in English only."
+            ),
+            public=True,
+        )
+    if not _LANGUAGE_CODE.fullmatch(code):
+        return service.refuse(
+            command, f"{args.strip()!r} is not a language code; try zh, ja, de or off."
+        )
+    await service.call_store(store.set_target_option, inv.target, LANGUAGE_OPTION, code)
+    text = (
+        f"{service.markup.mention(inv.user_id)} set this channel's language to "
+        f"{service.markup.escape(language_name(code))} ({service.markup.code(code)}): new papers "
+        "show their translated title under the original, from the next daily run."
+    )
+    if not translation_configured(service.settings):
+        text += (
+            "\nTranslation is not set up on this server yet; it starts once the operator "
+            "configures [translation] (provider and API key)."
+        )
+    return Reply(text=text, public=True)
+
+
+LANGUAGE_COMMAND = Command(
+    name="language",
+    usage="language <code|off>",
+    summary="Show new papers' titles translated (zh, ja, de...) under the original, or off.",
+    handler=_language,
+    arguments=(Argument("code", "A language code such as zh, ja or de; off for English only"),),
+    changes_target=True,
+)
+
+
 def render_reference(
     commands: Sequence[Command] = BUILTIN_COMMANDS, *, command_name: str = "/papers"
 ) -> str:
@@ -480,6 +538,7 @@ def invocation_text(command: str, *values: str | int | None) -> str:
 
 __all__ = [
     "BUILTIN_COMMANDS",
+    "LANGUAGE_COMMAND",
     "LATEST_MAX",
     "Argument",
     "ChatMarkup",

@@ -453,20 +453,24 @@ async def _empty() -> str:
     return ""
 
 
-def build_translator(
-    settings: Settings, *, session: aiohttp.ClientSession | None = None
-) -> OpenAITranslator | None:
-    """The translator the settings ask for, or None when translation is not configured.
+def translation_configured(settings: Settings) -> bool:
+    """Whether `[translation]` names a provider to use.
 
     Configured means a default `language`, or an API key or a non-default `base_url` (so a
     channel's `/papers language` works even when the email digest stays English).
     """
     section = settings.translation
-    configured = bool(
+    return bool(
         section.language
         or settings.secrets.translation_api_key
         or section.base_url.rstrip("/") != DEFAULT_BASE_URL
     )
-    if not configured:
+
+
+def build_translator(
+    settings: Settings, *, session: aiohttp.ClientSession | None = None
+) -> OpenAITranslator | None:
+    """The translator the settings ask for, or None when translation is not configured."""
+    if not translation_configured(settings):
         return None
     return OpenAITranslator.from_settings(settings, session=session)

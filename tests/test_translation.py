@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bot.commands import LANGUAGE_COMMAND, CommandService, Invocation, PlainMarkup
 from digest.arxiv_source import ArxivSource
 from digest.config import Settings, settings_for_tests
 from digest.cycle import run_cycle
@@ -342,3 +343,59 @@ async def test_cycle_with_a_hanging_provider_delivers_on_time_untranslated(
         ids = slack.sent_ids()
         assert set(store.get_translations(ids, "zh")) == set(ids)
     assert "(ZH)" in (tmp_path / "digests" / "2025-02-11.md").read_text(encoding="utf-8")
+
+
+# -- /papers language -------------------------------------------------------------------------
+def _language_service(store: SqlStore, **settings: Any) -> CommandService:
+    """A command service with the language command added, as the composition root does."""
+    return CommandService(
+        store=store,
+        settings=settings_for_tests(**settings),
+        request_backfill=lambda query: None,
+        markup=PlainMarkup(),
+        clock=lambda: NOW,
+        extra_commands=(LANGUAGE_COMMAND,),
+    )
+
+
+async def test_language_command_sets_shows_and_clears_the_channels_language(
+    sqlite_store: SqlStore,
+) -> None:
+    """`/papers language zh` stores the option the cycle reads; `off` clears it."""
+    service = _language_service(sqlite_store, translation={"language": "zh"})
+    channel = Target("slack", "C1")
+
+    def run(text: str, may_manage: bool = True) -> Any:
+        return service.handle(Invocation(channel, "U1", may_manage, text))
+
+    assert (await run("language")).text == "Papers in this channel are shown in English only."
+    reply = await run("language JA")
+    assert reply.ok
+    assert reply.public
+    assert "Japanese (`ja`)" in reply.text
+    assert "not set up" not in reply.text
+    assert sqlite_store.get_target_option(channel, "language") == "ja"
+    assert "Japanese" in (await run("language")).text
+
+    refused = await run("language klingon!")
+    assert not refused.ok
+    assert "/papers language <code|off>" in refused.text
+    assert sqlite_store.get_target_option(channel, "language") == "ja"
+
+    assert not (await run("language off", may_manage=False)).ok
+    off = await run("language off")
+    assert off.ok
+    assert "English only" in off.text
+    assert sqlite_store.get_target_option(channel, "language") is None
+    assert "/papers language <code|off>" in service.help_text()
+
+
+async def test_language_command_warns_when_no_provider_is_configured(
+    sqlite_store: SqlStore,
+) -> None:
+    """Choosing a language on a server without `[translation]` says when it will take effect."""
+    service = _language_service(sqlite_store)
+    reply = await service.handle(Invocation(Target("discord", "42"), "U1", True, "language de"))
+    assert reply.ok
+    assert "German" in reply.text
+    assert "not set up on this server" in reply.text
