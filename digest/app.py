@@ -67,6 +67,10 @@ def _channel_factories() -> list[ChannelFactory]:
     from bot.slack_channel import channel_factory as slack_channel
 
     factories.append(slack_channel)
+    from bot.discord_channel import channel_factory as discord_channel
+    from bot.discord_channel import webhook_channel_factory as discord_webhook_channel
+
+    factories += [discord_channel, discord_webhook_channel]
     return factories
 
 
@@ -223,5 +227,10 @@ async def _start_services(
 
     # HTTP mode: the web server mounts slack_app.routes() (POST /slack/events).
     await start_slack(
+        settings, store=runner.store, request_backfill=runner.request_backfill, stack=services
+    )
+    from bot.discord_app import start_discord
+
+    await start_discord(
         settings, store=runner.store, request_backfill=runner.request_backfill, stack=services
     )
