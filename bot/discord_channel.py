@@ -386,6 +386,21 @@ def validate_webhook_url(url: str) -> str:
     return cleaned
 
 
+def validate_target(target: Target) -> Target:
+    """A `discord:` / `discord_webhook:` target checked (and cleaned); ValueError when malformed.
+
+    Other kinds pass through unchanged, so the CLI can call this for every target.
+    """
+    if target.kind == "discord" and not target.address.isdigit():
+        raise ValueError(
+            f"discord:{target.address} is not a channel id: expected digits, e.g. "
+            "discord:123456789012345678 (Developer Mode > right-click the channel > Copy ID)"
+        )
+    if target.kind == "discord_webhook":
+        return Target(kind=target.kind, address=validate_webhook_url(target.address))
+    return target
+
+
 def webhook_subscriptions(settings: Settings) -> list[tuple[Target, str]]:
     """The `discord.webhooks` entries ("URL query") as (target, query) pairs; ConfigError if bad."""
     pairs: list[tuple[Target, str]] = []
@@ -531,6 +546,7 @@ __all__ = [
     "split_text",
     "subscribe_configured_webhooks",
     "use_api_url",
+    "validate_target",
     "validate_webhook_url",
     "webhook_channel_factory",
     "webhook_subscriptions",

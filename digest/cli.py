@@ -222,6 +222,9 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                 print(f"{sub.target}\t{sub.keyword}\t{state}")
         elif args.action == "add":
             target, query = Target.parse(args.target), parse_query(args.query)
+            from bot.discord_channel import validate_target
+
+            target = validate_target(target)  # discord ids and webhook URLs; others unchanged
             existing = store.list_subscriptions(target)
             limit = loaded.limits.subscriptions_per_target
             if len(existing) >= limit and all(

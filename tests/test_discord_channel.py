@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import discord.http
 import pytest
@@ -24,10 +25,12 @@ from bot.discord_channel import (
     split_text,
     subscribe_configured_webhooks,
     use_api_url,
+    validate_target,
     validate_webhook_url,
     webhook_channel_factory,
     webhook_subscriptions,
 )
+from digest.cli import main as cli_main
 from digest.config import settings_for_tests
 from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
 from digest.errors import ConfigError
@@ -535,3 +538,33 @@ async def test_channel_factories(sqlite_store: SqlStore) -> None:
         hooks = await webhook_channel_factory(settings, sqlite_store, stack)
         assert hooks.kind == "discord_webhook"
     assert [s.keyword for s in sqlite_store.list_subscriptions()] == ["llm"]
+
+
+def test_validate_target_for_the_cli() -> None:
+    """`subscriptions add` checks Discord targets and leaves other kinds alone."""
+    assert validate_target(Target("discord", CHANNEL)) == Target("discord", CHANNEL)
+    with pytest.raises(ValueError, match="not a channel id"):
+        validate_target(Target("discord", "#general"))
+    assert validate_target(Target.parse(f"discord_webhook: {HOOK_URL}")).address == HOOK_URL
+    with pytest.raises(ValueError, match="not a Discord webhook URL"):
+        validate_target(Target("discord_webhook", "https://example.org/hook"))
+    assert validate_target(Target("slack", "C0123")) == Target("slack", "C0123")
+
+
+def test_cli_subscriptions_add_discord_webhook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`daily-papers subscriptions add discord_webhook:<url> "<query>"` stores a webhook
+    target; a URL that is not a Discord webhook is refused with the reason."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAILY_PAPERS_CONFIG", raising=False)
+    monkeypatch.setenv("DAILY_PAPERS_SERVICE_DATA_DIR", str(tmp_path))
+    assert cli_main(["subscriptions", "add", f"discord_webhook:{HOOK_URL}", "llm"]) == 0
+    assert cli_main(["subscriptions", "add", "discord_webhook:https://example.org/x", "q"]) != 0
+    assert "not a Discord webhook URL" in capsys.readouterr().err
+    assert cli_main(["subscriptions", "add", "discord:#general", "q"]) != 0
+    assert cli_main(["subscriptions", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"discord_webhook:{HOOK_URL}\tllm\tactive" in listed
+    assert "example.org" not in listed
+    assert "#general" not in listed
