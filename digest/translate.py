@@ -326,11 +326,13 @@ class OpenAITranslator:
         title_source = collapse_ws(paper.title)
         abstract_source = paper.abstract.strip()
         try:
-            title, abstract = await asyncio.gather(
-                self._translate_text(title_source, language, one_line=True),
-                self._translate_text(abstract_source, language, one_line=False)
+            # One after the other: a title that fails skips the paper without a wasted abstract
+            # request; papers run side by side instead (the step's concurrency).
+            title = await self._translate_text(title_source, language, one_line=True)
+            abstract = (
+                await self._translate_text(abstract_source, language, one_line=False)
                 if abstract_source
-                else _empty(),
+                else ""
             )
         except _Refused as exc:
             logger.warning(
@@ -447,10 +449,6 @@ def _read_completion(body: Any) -> tuple[str, str | None]:
         raise _BadAnswer("answer content is not text")
     finish = choice.get("finish_reason") if isinstance(choice, dict) else None
     return content, finish if isinstance(finish, str) else None
-
-
-async def _empty() -> str:
-    return ""
 
 
 def translation_configured(settings: Settings) -> bool:

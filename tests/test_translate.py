@@ -195,7 +195,7 @@ async def test_refusals_are_not_retried(
     assert result.error is not None
     assert hint in result.error
     assert "sk-wrong" not in result.error
-    assert len(openai.requests) == 2  # title and abstract, once each
+    assert len(openai.requests) == 1  # the title, once: the abstract is not even tried
 
 
 async def test_retry_after_is_obeyed_within_the_backoff_cap(openai: FakeOpenAI) -> None:
@@ -223,7 +223,7 @@ async def test_a_hanging_provider_times_out_and_is_skipped(openai: FakeOpenAI) -
         result = await translator.translate(_paper(), "zh")
     assert time.perf_counter() - started < 3.0
     assert result.translation is None
-    assert len(openai.requests) == 4  # title and abstract, two attempts each
+    assert len(openai.requests) == 2  # the title's two attempts; the abstract is not tried
 
 
 async def test_connection_refused_is_a_skipped_result() -> None:

@@ -172,7 +172,7 @@ async def test_refused_key_stops_the_step_early(
     assert report.error is not None
     assert "TRANSLATION_API_KEY" in report.error
     assert report.translated == 0
-    assert len(openai.requests) <= 6  # at most the papers already in flight (3), 2 texts each
+    assert len(openai.requests) <= 3  # only the papers already in flight (concurrency 3)
 
 
 async def test_papers_outside_the_window_are_left_alone(
