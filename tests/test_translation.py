@@ -252,7 +252,9 @@ async def test_translate_for_readers_covers_every_language_within_one_deadline(
 REFERENCE_DAY = datetime(2025, 2, 11, 12, 0, tzinfo=UTC)
 
 
-def _cycle_settings(tmp_path: Path, arxiv: ArxivStandIn, openai: FakeOpenAI, **translation: Any):
+def _cycle_settings(
+    tmp_path: Path, arxiv: ArxivStandIn, openai: FakeOpenAI, **translation: Any
+) -> Settings:
     """Settings for a cycle against the arXiv stand-in and the fake provider."""
     return settings_for_tests(
         service={"data_dir": str(tmp_path)},
