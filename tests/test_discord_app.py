@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import discord
 import discord.http
 import pytest
 
@@ -411,3 +413,14 @@ async def test_discord_app_lifetime(
         assert fake.synced_commands["global"][0]["name"] == "papers"
         assert fake.calls_to("GET /users/@me")[0].headers["Authorization"] == "Bot bot-token"
     assert app.bot.is_closed()
+
+
+def test_docs_invite_permissions_match_discord() -> None:
+    """docs/discord.md's permission integers are what discord.py computes for those permissions."""
+    text = (Path(__file__).parent.parent / "docs" / "discord.md").read_text(encoding="utf-8")
+    needed = discord.Permissions(send_messages=True, embed_links=True).value
+    assert needed == 18432
+    assert f"permissions={needed}" in text
+    assert "scope=bot+applications.commands" in text
+    with_view = discord.Permissions(send_messages=True, embed_links=True, view_channel=True)
+    assert str(with_view.value) in text
