@@ -609,7 +609,9 @@ class _Parser:
         if not words:
             what = "empty phrase" if token.kind == "phrase" else "a term without letters or digits"
             raise self.error(f"{what}; nothing to search for", token.position)
-        return Term(search, words, quoted=token.kind == "phrase")
+        # Several words are a phrase whether or not they were quoted (ti:graph-neural), and
+        # are marked so: the tree then reads back identically from its arXiv string.
+        return Term(search, words, quoted=token.kind == "phrase" or len(words) > 1)
 
     def category(self, value: str, token: _Token) -> Term:
         value = value.strip()
