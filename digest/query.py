@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Protocol, TypeAlias
+from typing import NoReturn, Protocol, TypeAlias
 
 import snowballstemmer
 
@@ -174,6 +174,8 @@ class Term:
 
     def __post_init__(self) -> None:
         if self.field is SearchField.CAT:
+            if len(self.words) != 1:
+                raise ValueError(f"a cat: term holds exactly one category: {self.words!r}")
             stems = tuple(word.casefold() for word in self.words)
         else:
             # Re-split so a Term built by hand with "graph-neural" means what the parser's does.
@@ -564,7 +566,6 @@ class _Parser:
         token = self.peek()
         if token is None or token.kind == ")" or token.kind == "op":
             self.missing_operand(token, after)
-        assert token is not None  # noqa: S101  # missing_operand raised otherwise; for mypy
         self.index += 1
         if token.kind == "(":
             return self.group(token, default)
@@ -579,18 +580,20 @@ class _Parser:
             return self.term(search, value)
         return self.term(default, token)
 
-    def missing_operand(self, token: _Token | None, after: _Token | None) -> None:
+    def missing_operand(self, token: _Token | None, after: _Token | None) -> NoReturn:
         if after is not None:
             raise self.error(f"'{after.value}' has nothing on its right", after.position)
         if token is None:
             raise self.error("the query ends where a term was expected", len(self.text))
         if token.kind == "op":
             raise self.error(f"'{token.value}' has nothing on its left", token.position)
-        raise self.error("'()' or '(' directly followed by ')' is empty", token.position)
+        raise self.error("this ')' has no matching '('", token.position)
 
     def group(self, opening: _Token, default: SearchField) -> Node:
         inner = self.peek()
-        if inner is not None and inner.kind == ")":
+        if inner is None:
+            raise self.error("this '(' is never closed", opening.position)
+        if inner.kind == ")":
             raise self.error("empty parentheses", opening.position)
         node = self.or_expr(default)
         closing = self.peek()
