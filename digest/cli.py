@@ -172,7 +172,7 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     if disabled:
         print("failing subscriptions:")
         for sub in disabled:
-            print(f"  {sub.target}  {sub.keyword!r}: {sub.disabled_reason}")
+            print(f"  {sub.target.display}  {sub.keyword!r}: {sub.disabled_reason}")
     return EXIT_FAILED if problems or (runs and not runs[0].ok) else EXIT_OK
 
 
@@ -219,7 +219,7 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                 print("no subscriptions")
             for sub in subs:
                 state = "active" if sub.active else f"disabled: {sub.disabled_reason}"
-                print(f"{sub.target}\t{sub.keyword}\t{state}")
+                print(f"{sub.target.display}\t{sub.keyword}\t{state}")
         elif args.action == "add":
             target, query = Target.parse(args.target), parse_query(args.query)
             from bot.discord_channel import validate_target
@@ -231,16 +231,16 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                 s.keyword.casefold() != query.text.casefold() for s in existing
             ):
                 raise ConfigError(
-                    f"{target} already has {len(existing)} subscriptions, the limit "
+                    f"{target.display} already has {len(existing)} subscriptions, the limit "
                     f"(limits.subscriptions_per_target = {limit})"
                 )
             sub = store.add_subscription(target, query.text, now=utcnow())
-            print(f"{sub.target} subscribed to {sub.keyword!r}")
+            print(f"{sub.target.display} subscribed to {sub.keyword!r}")
         else:
             target, query = Target.parse(args.target), parse_query(args.query)
             removed = store.remove_subscription(target, query.text)
             print(
-                f"{target} {'unsubscribed from' if removed else 'was not subscribed to'} "
+                f"{target.display} {'unsubscribed from' if removed else 'was not subscribed to'} "
                 f"{query.text!r}"
             )
     finally:

@@ -96,6 +96,15 @@ class Target:
     def __str__(self) -> str:
         return f"{self.kind}:{self.address}"
 
+    @property
+    def display(self) -> str:
+        """The target as shown to people and logs: a URL address (a webhook) carries its
+        token in the last path segment, so that segment is masked."""
+        if "://" not in self.address:
+            return str(self)
+        head, _, secret = self.address.rstrip("/").rpartition("/")
+        return f"{self.kind}:{head}/{'*' * min(len(secret), 8)}"
+
     @classmethod
     def parse(cls, text: str) -> Target:
         """Parse `slack:C0123` / `discord:1234` / `email:a@b.org` / `discord_webhook:https://...`."""

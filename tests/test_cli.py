@@ -126,3 +126,13 @@ def test_console_script_help_explains_commands() -> None:
     )
     for command in ("init", "run", "serve", "status", "readme", "keywords", "subscriptions"):
         assert command in done.stdout
+
+
+def test_webhook_token_is_never_printed(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A webhook URL carries its token: listings show the webhook id, not the secret."""
+    url = "https://discord.com/api/webhooks/123456789012345678/s3cr3t" + "x" * 64
+    assert main(["subscriptions", "add", f"discord_webhook:{url}", "diffusion models"]) == 0
+    assert main(["subscriptions", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cr3t" not in out
+    assert "discord_webhook:https://discord.com/api/webhooks/123456789012345678/" in out
