@@ -25,16 +25,17 @@ from sqlalchemy import (
     URL,
     Connection,
     Engine,
-    bindparam,
+    Integer,
+    String,
     case,
     create_engine,
     delete,
     event,
     func,
     insert,
+    literal,
     make_url,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -65,6 +66,7 @@ from storage.models import (
     SubscriptionRow,
     TargetOptionRow,
     TranslationRow,
+    UTCDateTime,
     as_utc,
 )
 
@@ -78,9 +80,15 @@ WATERMARK_KEY = "harvest.watermark"
 # Older SQLite builds allow 999 bound variables per statement; 500 ids (or 250 id pairs)
 # leaves room for the other parameters of the query.
 CHUNK = 500
+# Bound values in one multi-row INSERT: under SQLite's limit since 3.32 (32,766) and
+# PostgreSQL's (65,535), and big enough that 5,000 papers take a handful of statements.
+MAX_BOUND_PARAMETERS = 8000
 # A cycle's biggest write (thousands of papers) takes well under a second; a slash command that
 # arrives meanwhile should wait for it rather than fail with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# SQLAlchemy reports rowcount reliably for UPDATE/DELETE only; INSERTs must ask for it.
+_ROWCOUNT = {"preserve_rowcount": True}
 
 _PAPER_COLUMNS = (
     PaperRow.arxiv_id,
@@ -150,6 +158,12 @@ def _paper(row: Any) -> Paper:
         journal_ref=m["journal_ref"],
         doi=m["doi"],
     )
+
+
+def _batch_order(deliveries: list[Delivery]) -> tuple[Delivery, ...]:
+    """Subscription ascending, then newest paper first (a stable two-pass sort)."""
+    newest = sorted(deliveries, key=lambda d: (d.paper.updated, d.paper.arxiv_id), reverse=True)
+    return tuple(sorted(newest, key=lambda d: d.subscription_id))
 
 
 def _paper_values(paper: Paper, now: datetime) -> dict[str, Any]:
@@ -366,7 +380,9 @@ class SqlStore:
                 backfilled_at=None,
             )
             .on_conflict_do_nothing(index_elements=["key"])
-        ).rowcount
+            # RETURNING, not rowcount: psycopg reports no rowcount for a RETURNING insert
+            .returning(KeywordRow.id)
+        ).scalar_one_or_none()
         row = conn.execute(
             select(KeywordRow.id, KeywordRow.query, KeywordRow.from_config).where(
                 KeywordRow.key == _keyword_key(text)
@@ -376,7 +392,7 @@ class SqlStore:
             # a keyword a user added that now also sits in the config file: config ones
             # are listed first and are not removed through chat
             conn.execute(update(KeywordRow).where(KeywordRow.id == row.id).values(from_config=True))
-        return row.id, row.query, inserted == 1
+        return row.id, row.query, inserted is not None
 
     def list_keywords(self) -> list[Keyword]:
         """Every tracked keyword: config ones first, then the others, each in insertion order."""
@@ -506,10 +522,11 @@ class SqlStore:
           version is the same or higher (never downgraded); first_seen is kept.
         - `matches` (keyword query -> arxiv ids) are added; existing pairs are left alone.
           A keyword that is not tracked (removed meanwhile) is skipped with a warning.
-        - For every matched pair whose paper is in `deliverable`, each active subscription of
-          that keyword gets a pending delivery unless it already has a row for that paper
-          (any status): committing the same harvest twice owes nothing twice, and a
-          subscription made after a paper was harvested is never owed it.
+        - A paper in `deliverable` that matches a keyword of this harvest is owed to each
+          active subscription of that keyword: a pending delivery, unless the subscription
+          already has a row for that paper (any status). Committing the same harvest twice
+          owes nothing twice, and a subscription made after a paper was harvested is never
+          owed it (that paper is no longer in `deliverable`).
         - `watermark`, when given, becomes the new harvest watermark.
         """
         started = time.monotonic()
@@ -553,6 +570,16 @@ class SqlStore:
             new_deliveries=new_deliveries,
         )
 
+    def _insert_rows(self, conn: Connection, stmt: Any, rows: list[dict[str, Any]]) -> int:
+        """Multi-row INSERTs (a few statements, not one per row); the rows inserted."""
+        if not rows:
+            return 0
+        size = max(1, MAX_BOUND_PARAMETERS // len(rows[0]))
+        inserted = 0
+        for batch in _chunks(rows, size):
+            inserted += conn.execute(stmt.values(list(batch)), execution_options=_ROWCOUNT).rowcount
+        return inserted
+
     def _upsert_papers(self, conn: Connection, papers: list[Paper], now: datetime) -> None:
         if not papers:
             return
@@ -564,8 +591,7 @@ class SqlStore:
         }
         set_["last_seen"] = stmt.excluded.last_seen
         stmt = stmt.on_conflict_do_update(index_elements=["arxiv_id"], set_=set_)
-        for batch in _chunks(papers, 1000):
-            conn.execute(stmt, [_paper_values(p, now) for p in batch])
+        self._insert_rows(conn, stmt, [_paper_values(p, now) for p in papers])
 
     def _matched_pairs(
         self, conn: Connection, matches: Mapping[str, Collection[str]]
@@ -587,81 +613,60 @@ class SqlStore:
         return sorted(pairs)
 
     def _insert_matches(self, conn: Connection, pairs: list[tuple[int, str]], now: datetime) -> int:
-        if not pairs:
-            return 0
-        existing: set[tuple[int, str]] = set()
-        for id_chunk in _chunks(sorted({arxiv_id for _, arxiv_id in pairs})):
-            existing.update(
-                (k, a)
-                for k, a in conn.execute(
-                    select(MatchRow.keyword_id, MatchRow.arxiv_id).where(
-                        MatchRow.arxiv_id.in_(id_chunk)
-                    )
-                )
-            )
-        fresh = [p for p in pairs if p not in existing]
+        """Insert the pairs not stored yet; how many were new."""
         stmt = self._insert(MatchRow).on_conflict_do_nothing(
             index_elements=["keyword_id", "arxiv_id"]
         )
-        for batch in _chunks(fresh, 1000):
-            conn.execute(
-                stmt, [{"keyword_id": k, "arxiv_id": a, "first_matched": now} for k, a in batch]
-            )
-        return len(fresh)
+        rows = [{"keyword_id": k, "arxiv_id": a, "first_matched": now} for k, a in pairs]
+        return self._insert_rows(conn, stmt, rows)
 
     def _insert_deliveries(
         self, conn: Connection, pairs: list[tuple[int, str]], now: datetime
     ) -> int:
-        if not pairs:
-            return 0
+        """Owe each deliverable matched paper to the active subscriptions of its keywords.
+
+        Set-based (INSERT ... SELECT over matches x subscriptions), so 1,000 subscriptions
+        cost no more round trips than one; ON CONFLICT keeps it exactly-once.
+        """
         keyword_ids = sorted({k for k, _ in pairs})
-        subscribers: dict[int, list[int]] = {}
+        arxiv_ids = sorted({a for _, a in pairs})
+        created = 0
         for kw_chunk in _chunks(keyword_ids):
-            for subscription_id, keyword_id in conn.execute(
-                select(SubscriptionRow.id, SubscriptionRow.keyword_id).where(
-                    SubscriptionRow.keyword_id.in_(kw_chunk), SubscriptionRow.active
-                )
-            ):
-                subscribers.setdefault(keyword_id, []).append(subscription_id)
-        owed = {
-            (subscription_id, arxiv_id)
-            for keyword_id, arxiv_id in pairs
-            for subscription_id in subscribers.get(keyword_id, ())
-        }
-        if not owed:
-            return 0
-        existing: set[tuple[int, str]] = set()
-        for id_chunk in _chunks(sorted({a for _, a in owed})):
-            existing.update(
-                (s, a)
-                for s, a in conn.execute(
-                    select(DeliveryRow.subscription_id, DeliveryRow.arxiv_id).where(
-                        DeliveryRow.arxiv_id.in_(id_chunk)
+            for id_chunk in _chunks(arxiv_ids):
+                source = (
+                    select(
+                        SubscriptionRow.id,
+                        MatchRow.arxiv_id,
+                        literal(DeliveryStatus.PENDING.value, String),
+                        literal(0, Integer),
+                        literal(now, UTCDateTime()),
+                        literal(now, UTCDateTime()),
+                    )
+                    .join(SubscriptionRow, SubscriptionRow.keyword_id == MatchRow.keyword_id)
+                    # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT (parse ambiguity)
+                    .where(
+                        SubscriptionRow.active,
+                        MatchRow.keyword_id.in_(kw_chunk),
+                        MatchRow.arxiv_id.in_(id_chunk),
                     )
                 )
-            )
-        fresh = sorted(owed - existing)
-        stmt = self._insert(DeliveryRow).on_conflict_do_nothing(
-            index_elements=["subscription_id", "arxiv_id"]
-        )
-        for batch in _chunks(fresh, 1000):
-            conn.execute(
-                stmt,
-                [
-                    {
-                        "subscription_id": s,
-                        "arxiv_id": a,
-                        "status": DeliveryStatus.PENDING.value,
-                        "attempts": 0,
-                        "last_error": None,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                        "sent_at": None,
-                    }
-                    for s, a in batch
-                ],
-            )
-        return len(fresh)
+                stmt = (
+                    self._insert(DeliveryRow)
+                    .from_select(
+                        [
+                            "subscription_id",
+                            "arxiv_id",
+                            "status",
+                            "attempts",
+                            "next_attempt_at",
+                            "created_at",
+                        ],
+                        source,
+                    )
+                    .on_conflict_do_nothing(index_elements=["subscription_id", "arxiv_id"])
+                )
+                created += conn.execute(stmt, execution_options=_ROWCOUNT).rowcount
+        return created
 
     def latest_matches(self, query: str, limit: int) -> list[Paper]:
         """The newest `limit` papers matching `query` by last-updated date (ties: id descending)."""
@@ -953,26 +958,23 @@ class SqlStore:
         ordered by subscription, then newest paper first. `options` holds the target's
         per-target settings; `language`/`translations` are left for the cycle to fill.
         """
-        stmt = (
+        due = (
             select(
-                DeliveryRow.subscription_id.label("delivery_subscription_id"),
-                DeliveryRow.attempts.label("delivery_attempts"),
-                SubscriptionRow.target_kind.label("target_kind"),
-                SubscriptionRow.target_address.label("target_address"),
-                KeywordRow.query.label("keyword_query"),
-                *_PAPER_COLUMNS,
+                DeliveryRow.subscription_id,
+                DeliveryRow.arxiv_id,
+                DeliveryRow.attempts,
+                SubscriptionRow.target_kind,
+                SubscriptionRow.target_address,
+                KeywordRow.query,
             )
             .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
             .join(KeywordRow, KeywordRow.id == SubscriptionRow.keyword_id)
-            .join(PaperRow, PaperRow.arxiv_id == DeliveryRow.arxiv_id)
             .where(
                 DeliveryRow.status == DeliveryStatus.PENDING.value,
                 DeliveryRow.next_attempt_at <= as_utc(now),
                 SubscriptionRow.active,
             )
-            .order_by(
-                DeliveryRow.subscription_id, PaperRow.updated.desc(), PaperRow.arxiv_id.desc()
-            )
+            .order_by(DeliveryRow.subscription_id)
         )
         options_stmt = select(
             TargetOptionRow.target_kind,
@@ -984,21 +986,28 @@ class SqlStore:
             kind_list = sorted(set(kinds))
             if not kind_list:
                 return []
-            stmt = stmt.where(SubscriptionRow.target_kind.in_(kind_list))
+            due = due.where(SubscriptionRow.target_kind.in_(kind_list))
             options_stmt = options_stmt.where(TargetOptionRow.target_kind.in_(kind_list))
         with self._transaction() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(due).all()
             if not rows:
                 return []
+            # each paper read once, however many subscriptions are owed it
+            papers: dict[str, Paper] = {}
+            for id_chunk in _chunks(sorted({r.arxiv_id for r in rows})):
+                for row in conn.execute(
+                    select(*_PAPER_COLUMNS).where(PaperRow.arxiv_id.in_(id_chunk))
+                ):
+                    papers[row.arxiv_id] = _paper(row)
             option_rows = conn.execute(options_stmt).all()
         grouped: dict[Target, list[Delivery]] = {}
         for r in rows:
             grouped.setdefault(Target(kind=r.target_kind, address=r.target_address), []).append(
                 Delivery(
-                    subscription_id=r.delivery_subscription_id,
-                    keyword=r.keyword_query,
-                    paper=_paper(r),
-                    attempts=r.delivery_attempts,
+                    subscription_id=r.subscription_id,
+                    keyword=r.query,
+                    paper=papers[r.arxiv_id],
+                    attempts=r.attempts,
                 )
             )
         options: dict[Target, dict[str, str]] = {}
@@ -1006,8 +1015,11 @@ class SqlStore:
             target = Target(kind=o.target_kind, address=o.target_address)
             if target in grouped:
                 options.setdefault(target, {})[o.name] = o.value
+
         return [
-            Batch(target=target, deliveries=tuple(deliveries), options=options.get(target, {}))
+            Batch(
+                target=target, deliveries=_batch_order(deliveries), options=options.get(target, {})
+            )
             for target, deliveries in grouped.items()
         ]
 
@@ -1031,10 +1043,11 @@ class SqlStore:
         """
         now = as_utc(now)
         with self._transaction(write=True) as conn:
-            pending = self._pending_attempts(conn, outcomes)
-            sent: list[dict[str, Any]] = []
-            retried: list[dict[str, Any]] = []
-            gave_up: list[dict[str, Any]] = []
+            pending = self._pending_attempts(conn, {o.subscription_id for o in outcomes})
+            # Deliveries that get identical new values are updated together: one UPDATE per
+            # (subscription, values) and chunk of ids, not one per delivery.
+            groups: dict[tuple[int, tuple[tuple[str, Any], ...]], list[str]] = {}
+            sent = retried = gave_up = 0
             reasons: dict[int, str] = {}
             for outcome in outcomes:
                 key = (outcome.subscription_id, outcome.arxiv_id)
@@ -1044,82 +1057,56 @@ class SqlStore:
                 if key not in pending:
                     continue
                 attempts = pending.pop(key) + 1
-                params: dict[str, Any] = {
-                    "s": outcome.subscription_id,
-                    "a": outcome.arxiv_id,
-                    "attempts": attempts,
-                }
+                values: dict[str, Any] = {"attempts": attempts}
                 if outcome.kind is OutcomeKind.SENT:
-                    sent.append(params | {"status": DeliveryStatus.SENT.value, "sent_at": now})
-                    continue
-                params["last_error"] = outcome.error or "transient error"
-                if attempts >= self._max_attempts:
-                    gave_up.append(params | {"status": DeliveryStatus.FAILED.value})
+                    values |= {"status": DeliveryStatus.SENT.value, "sent_at": now}
+                    sent += 1
+                elif attempts >= self._max_attempts:
+                    values |= {
+                        "status": DeliveryStatus.FAILED.value,
+                        "last_error": outcome.error or "transient error",
+                    }
+                    gave_up += 1
                 else:
-                    retried.append(
-                        params
-                        | {
-                            "status": DeliveryStatus.PENDING.value,
-                            "next_attempt_at": now + self._retry_delay(attempts),
-                        }
+                    values |= {
+                        "last_error": outcome.error or "transient error",
+                        "next_attempt_at": now + self._retry_delay(attempts),
+                    }
+                    retried += 1
+                group = (outcome.subscription_id, tuple(sorted(values.items())))
+                groups.setdefault(group, []).append(outcome.arxiv_id)
+            for (subscription_id, values_items), arxiv_ids in groups.items():
+                for id_chunk in _chunks(arxiv_ids):
+                    conn.execute(
+                        update(DeliveryRow)
+                        .where(
+                            DeliveryRow.subscription_id == subscription_id,
+                            DeliveryRow.arxiv_id.in_(id_chunk),
+                            DeliveryRow.status == DeliveryStatus.PENDING.value,
+                        )
+                        .values(dict(values_items))
                     )
-            self._update_deliveries(conn, sent, sent_at=True)
-            self._update_deliveries(conn, retried, next_attempt=True)
-            self._update_deliveries(conn, gave_up)
             disabled, failed = self._disable(conn, sorted(reasons), reasons)
-        counts = OutcomeCounts(
-            sent=len(sent), retried=len(retried), failed=len(gave_up) + failed, disabled=disabled
-        )
         if gave_up:
-            log.warning("store.deliveries_gave_up count=%d", len(gave_up))
-        return counts
+            log.warning("store.deliveries_gave_up count=%d", gave_up)
+        return OutcomeCounts(sent=sent, retried=retried, failed=gave_up + failed, disabled=disabled)
 
     def _pending_attempts(
-        self, conn: Connection, outcomes: Sequence[Outcome]
+        self, conn: Connection, subscription_ids: Collection[int]
     ) -> dict[tuple[int, str], int]:
-        keys = sorted({(o.subscription_id, o.arxiv_id) for o in outcomes})
+        """Attempts so far of every pending delivery of these subscriptions."""
         attempts: dict[tuple[int, str], int] = {}
-        for key_chunk in _chunks(keys, CHUNK // 2):
+        for sub_chunk in _chunks(sorted(subscription_ids)):
             for s, a, n in conn.execute(
                 select(
                     DeliveryRow.subscription_id, DeliveryRow.arxiv_id, DeliveryRow.attempts
                 ).where(
-                    tuple_(DeliveryRow.subscription_id, DeliveryRow.arxiv_id).in_(key_chunk),
+                    DeliveryRow.subscription_id.in_(sub_chunk),
                     DeliveryRow.status == DeliveryStatus.PENDING.value,
                 )
             ):
                 attempts[(s, a)] = n
         return attempts
-
-    def _update_deliveries(
-        self,
-        conn: Connection,
-        params: list[dict[str, Any]],
-        *,
-        sent_at: bool = False,
-        next_attempt: bool = False,
-    ) -> None:
-        if not params:
-            return
-        values: dict[str, Any] = {
-            "status": bindparam("status"),
-            "attempts": bindparam("attempts"),
-        }
-        if sent_at:
-            values["sent_at"] = bindparam("sent_at")
-        else:
-            values["last_error"] = bindparam("last_error")
-        if next_attempt:
-            values["next_attempt_at"] = bindparam("next_attempt_at")
-        stmt = (
-            update(DeliveryRow)
-            .where(
-                DeliveryRow.subscription_id == bindparam("s"),
-                DeliveryRow.arxiv_id == bindparam("a"),
-            )
-            .values(values)
-        )
-        conn.execute(stmt, params)
 
     # -- runs and state -------------------------------------------------------------------
     def _set_state(self, conn: Connection, key: str, value: str) -> None:
