@@ -20,7 +20,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from digest.config import Settings
 from digest.domain import Paper, Subscription, Target
@@ -29,6 +29,9 @@ from digest.query import parse_query, query_key
 from digest.render import get_environment
 from digest.store import PaperStore
 from digest.translate import language_name, translation_configured
+
+if TYPE_CHECKING:
+    from digest.email_subscriptions import EmailSubscriptions
 
 log = logging.getLogger(__name__)
 
@@ -518,6 +521,51 @@ LANGUAGE_COMMAND = Command(
 )
 
 
+# -- /papers email: added with `extra_commands=(email_command(signup),)` when email is on -------
+def email_command(signup: EmailSubscriptions) -> Command:
+    """`/papers email <address> [query]`: mail a confirmation link for daily email digests.
+
+    Without a query the address follows this channel's keywords. The reply is private, and
+    nothing but the confirmation is mailed until its link is clicked.
+    """
+
+    async def _email(service: CommandService, inv: Invocation, args: str) -> Reply:
+        command = service.commands["email"]
+        address, _, query = args.strip().partition(" ")
+        if not address:
+            return service.refuse(command, "Say which address should get the daily email.")
+        queries = [query.strip()] if query.strip() else []
+        if not queries:
+            subs = await service.call_store(
+                service.store.list_subscriptions, inv.target, active_only=True
+            )
+            queries = [s.keyword for s in subs]
+        if not queries:
+            return service.refuse(
+                command, "This channel follows nothing yet; add a query after the address."
+            )
+        result = await signup.request(address, queries, custom_allowed=True)
+        wanted = ", ".join(service.markup.code(q) for q in (*result.active, *result.pending))
+        return Reply(
+            text=(
+                f"A confirmation link is on its way to {service.markup.escape(result.address)} "
+                f"(at most one per hour). Daily emails with new papers for {wanted} start "
+                "once it is clicked."
+            )
+        )
+
+    return Command(
+        name="email",
+        usage="email <address> [query]",
+        summary="Get new papers by email (this channel's queries, or one query) after confirming.",
+        handler=_email,
+        arguments=(
+            Argument("address", "Your email address"),
+            Argument("query", "A query; leave out for this channel's", required=False),
+        ),
+    )
+
+
 def render_reference(
     commands: Sequence[Command] = BUILTIN_COMMANDS, *, command_name: str = "/papers"
 ) -> str:
@@ -549,6 +597,7 @@ __all__ = [
     "MarkdownMarkup",
     "PlainMarkup",
     "Reply",
+    "email_command",
     "invocation_text",
     "render_reference",
 ]

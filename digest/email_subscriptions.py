@@ -26,10 +26,10 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import ParamSpec, Protocol, TypeVar
+from typing import ParamSpec, Protocol, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 from email_validator import EmailNotValidError, validate_email
@@ -577,6 +577,86 @@ def format_subscribers(views: Sequence[SubscriberView]) -> list[str]:
     return lines
 
 
+def build_subscriptions(
+    settings: Settings,
+    *,
+    store: PaperStore,
+    channels: Mapping[str, object],
+    request_backfill: Callable[[str], None],
+) -> EmailSubscriptions | None:
+    """The sign-up service for `serve`, sending through the registered email channel.
+
+    None when email is off (no `email` channel was built).
+    """
+    sender = channels.get(EMAIL)
+    if sender is None or not settings.email.enabled:
+        return None
+    if not hasattr(sender, "send_confirmation"):
+        raise ConfigError("the registered email channel cannot send confirmation emails")
+    return EmailSubscriptions(
+        store=store,
+        settings=settings,
+        sender=cast(ConfirmationSender, sender),
+        request_backfill=request_backfill,
+    )
+
+
+async def run_admin(
+    settings: Settings,
+    store: PaperStore,
+    action: str,
+    address: str | None = None,
+    queries: Sequence[str] = (),
+) -> list[str]:
+    """`daily-papers email subscribe|list|remove`: do it and return the lines to print.
+
+    `subscribe ADDRESS QUERY...` mails a confirmation like every other way in (one flow: the
+    address is only mailed digests once its owner clicks); `remove ADDRESS [QUERY]` drops one
+    keyword or all; `list` shows every address and its keywords. Raises DailyPapersError with a
+    message for the user.
+    """
+    if action == "list":
+        service = EmailSubscriptions(store=store, settings=settings, sender=_NoSender())
+        return format_subscribers(await service.list_subscribers())
+    if not address:
+        raise SubscriptionError(f"`daily-papers email {action}` needs an email address")
+    if action == "remove":
+        service = EmailSubscriptions(store=store, settings=settings, sender=_NoSender())
+        removed = await service.remove(address, " ".join(queries) if queries else None)
+        what = f"{removed} subscription{'s' if removed != 1 else ''}"
+        return [f"Removed {what} of {normalise_address(address)}."]
+    if action != "subscribe":
+        raise SubscriptionError(f"unknown email action {action!r}: use subscribe, list or remove")
+    from digest.mailer import EmailChannel  # the channel imports this module
+
+    channel = EmailChannel.from_settings(settings, store=store)
+    if channel is None:
+        raise ConfigError("email.enabled is false: turn email on before subscribing addresses")
+    async with channel:
+        service = EmailSubscriptions(store=store, settings=settings, sender=channel)
+        result = await service.request(address, list(queries), custom_allowed=True)
+    if result.mailed:
+        state = "A confirmation link was mailed to"
+    elif result.throttled:
+        state = "A confirmation link was already mailed within the hour to"
+    else:
+        state = "Nothing to confirm for"
+    lines = [f"{state} {result.address}; digests start once it is clicked."]
+    lines += [f"  waiting: {q}" for q in result.pending]
+    lines += [f"  active: {q}" for q in result.active]
+    return lines
+
+
+class _NoSender:
+    """For admin actions that never mail (list, remove)."""
+
+    async def send_confirmation(
+        self, address: str, *, pending: Sequence[str], active: Sequence[str], now: datetime
+    ) -> bool:
+        """Never called by list/remove."""
+        return False
+
+
 __all__ = [
     "CONFIRM_INTERVAL",
     "EMAIL",
@@ -595,8 +675,10 @@ __all__ = [
     "TokenClaims",
     "TokenError",
     "TokenSigner",
+    "build_subscriptions",
     "format_subscribers",
     "normalise_address",
     "require_base_url",
     "require_secret_key",
+    "run_admin",
 ]

@@ -722,6 +722,16 @@ class EmailChannel:
         return 0
 
 
+async def channel_factory(
+    settings: Settings, store: PaperStore, stack: contextlib.AsyncExitStack
+) -> EmailChannel | None:
+    """The composition root's factory: the channel when email is on, closed with `stack`."""
+    channel = EmailChannel.from_settings(settings, store=store)
+    if channel is not None:
+        await stack.enter_async_context(channel)
+    return channel
+
+
 __all__ = [
     "FAILURE_LIMIT",
     "EmailChannel",
@@ -731,6 +741,7 @@ __all__ = [
     "SendResult",
     "SendStatus",
     "SmtpPool",
+    "channel_factory",
     "compose_message",
     "digest_message_id",
     "digest_sections",

@@ -20,6 +20,7 @@ URLs carry tokens. Other modules add routes (the Slack HTTP endpoint) with `rout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -462,10 +463,26 @@ class WebServer:
         await self.stop()
 
 
+async def start_web(
+    settings: Settings,
+    *,
+    store: PaperStore,
+    stack: contextlib.AsyncExitStack,
+    subscriptions: EmailSubscriptions | None = None,
+    routes: Iterable[web.AbstractRouteDef] = (),
+) -> WebServer:
+    """`serve`'s entry point: the web app on web.host:web.port, stopped with `stack`."""
+    app = build_web_app(settings=settings, store=store, subscriptions=subscriptions, routes=routes)
+    server = WebServer(app=app, host=settings.web.host, port=settings.web.port)
+    await stack.enter_async_context(server)
+    return server
+
+
 __all__ = [
     "SECURITY_HEADERS",
     "WebServer",
     "build_web_app",
     "message_page",
     "render_page",
+    "start_web",
 ]

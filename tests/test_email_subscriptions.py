@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from bot.commands import CommandService, Invocation, email_command
 from digest.domain import Paper, Target
 from digest.email_subscriptions import (
     OPTION_CONFIRMED,
@@ -27,6 +28,7 @@ from digest.email_subscriptions import (
     format_subscribers,
     normalise_address,
     require_secret_key,
+    run_admin,
 )
 from digest.errors import ConfigError, QueryError
 from digest.mailer import EmailChannel
@@ -363,3 +365,70 @@ async def test_admin_list_and_remove(env: Env) -> None:
         "  diffusion models",
     ]
     assert format_subscribers([]) == ["No email subscribers."]
+
+
+# -- the chat command and the admin CLI --------------------------------------------------------
+
+
+async def test_chat_email_command_mails_a_confirmation(env: Env) -> None:
+    """`/papers email <address> [query]`: private reply, confirmation mailed, nothing active."""
+    chat = CommandService(
+        store=env.store,
+        settings=env.service.settings,
+        request_backfill=env.backfills.append,
+        extra_commands=(email_command(env.service),),
+    )
+    channel = Target("slack", "C0123")
+    env.store.add_subscription(channel, "anomaly detection", now=NOW)
+
+    def said(text: str) -> Invocation:
+        return Invocation(target=channel, user_id="U1", may_manage=False, text=text)
+
+    reply = await chat.handle(said("email Alice@lab.example.org ti:transformer"))
+    assert reply.ok
+    assert not reply.public  # an address is nobody else's business
+    assert "alice@lab.example.org" in reply.text
+    assert "`ti:transformer`" in reply.text
+    assert (await env.service.view(ALICE)).pending == ("ti:transformer",)
+    assert len(env.smtp.handler.to(ALICE)) == 1
+
+    reply = await chat.handle(said("email bob@lab.example.org"))  # this channel's keywords
+    assert (await env.service.view("bob@lab.example.org")).pending == ("anomaly detection",)
+
+    refused = await chat.handle(said("email"))
+    assert not refused.ok
+    assert "Usage: `/papers email <address> [query]`" in refused.text
+    bad = await chat.handle(said("email not-an-address diffusion"))
+    assert not bad.ok
+    assert "not a usable email address" in bad.text
+    empty = Invocation(
+        target=Target("slack", "C9"), user_id="U1", may_manage=False, text="email a@lab.example.org"
+    )
+    assert "follows nothing yet" in (await chat.handle(empty)).text
+    assert "email <address> [query]" in chat.help_text()
+
+
+async def test_admin_cli_functions(env: Env) -> None:
+    """run_admin: subscribe mails a confirmation, list shows states, remove drops."""
+    settings = env.service.settings
+    lines = await run_admin(settings, env.store, "subscribe", ALICE, ["diffusion models"])
+    assert (
+        lines[0] == f"A confirmation link was mailed to {ALICE}; digests start once it is clicked."
+    )
+    assert lines[1:] == ["  waiting: diffusion models"]
+    lines = await run_admin(settings, env.store, "subscribe", ALICE, ["anomaly detection"])
+    assert lines[0].startswith("A confirmation link was already mailed within the hour")
+    assert await run_admin(settings, env.store, "list") == [
+        ALICE,
+        "  diffusion models (waiting for confirmation)",
+        "  anomaly detection (waiting for confirmation)",
+    ]
+    assert await run_admin(settings, env.store, "remove", ALICE) == [
+        f"Removed 2 subscriptions of {ALICE}."
+    ]
+    with pytest.raises(SubscriptionError, match="needs an email address"):
+        await run_admin(settings, env.store, "remove")
+    with pytest.raises(ConfigError, match=r"email\.enabled"):
+        await run_admin(
+            email_settings(None, email={"enabled": False}), env.store, "subscribe", ALICE, ["x"]
+        )
