@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import re
 import threading
 import unicodedata
@@ -688,65 +689,92 @@ _EMPTY: frozenset[int] = frozenset()
 
 
 _Positions: TypeAlias = set[int] | frozenset[int]
-_Gram: TypeAlias = tuple[str, ...]
+_Pair: TypeAlias = tuple[str, str]
 # Posting slots: the searchable fields, plus "extra" for the comment and category words, which
 # only all: searches.
 _SLOTS = ("ti", "abs", "au", "extra")
 
 
-def _grams(run: tuple[str, ...], size: int) -> Iterator[_Gram]:
-    """The runs of `size` consecutive tokens in `run` (size 1 gives 1-tuples)."""
-    return zip(*(run[offset:] for offset in range(size)))  # noqa: B905  # shorter ends it
-
-
 class PaperIndex:
-    """An inverted index over a list of papers, built for the phrases of a set of queries.
+    """An inverted index over a list of papers, built for the terms of a set of queries.
 
-    Every non-category term of the given queries is a phrase of stemmed tokens (a single word
-    is a phrase of one). The index posts exactly those phrases: for each paper and field it
-    intersects, in C, the paper's runs of n consecutive tokens with the wanted phrases of
-    length n, and records the paper under each phrase found. Answering a term is then one dict
-    lookup (a union over fields for all:), and a query touches only the papers that hold its
-    phrases, never the whole list; memory grows with the keywords, not with the papers'
-    vocabulary. Results are cached per (field, stems), since keywords share terms (`ti:"x"` and
-    `abs:"x"`). A term outside the given queries is still answered correctly, by a scan.
+    Only what the given queries ask for is posted, so memory grows with the keywords, not with
+    the papers' vocabulary: the stems of one-word terms, and the adjacent stem pairs of phrases.
+    For each paper and field the index intersects, in C, the field's tokens with the wanted
+    stems and its token pairs with the wanted pairs. A one-word term is then one posting set,
+    a two-word phrase one pair posting set (exact: a pair is a run of two); a longer phrase
+    intersects its pairs' sets, smallest first, and verifies the order on the few papers left
+    with one substring search each. A query thus only touches the papers that hold its rarest
+    pair, never the whole list. Results are cached per (field, stems), since keywords share
+    terms (`ti:"x"` and `abs:"x"`). A term outside the given queries is answered by a scan.
     """
 
     def __init__(self, papers: Sequence[Paper], *, queries: Sequence[Query] = ()) -> None:
         self.papers = list(papers)
-        wanted: dict[int, set[_Gram]] = {}
-        for query in queries:
-            for term in iter_terms(query.root):
-                if term.field is not SearchField.CAT:
-                    wanted.setdefault(len(term.stems), set()).add(term.stems)
-        self._wanted = {size: frozenset(grams) for size, grams in wanted.items()}
-        self._postings: dict[str, dict[_Gram, set[int]]] = {slot: {} for slot in _SLOTS}
+        terms = [
+            term
+            for query in queries
+            for term in iter_terms(query.root)
+            if term.field is not SearchField.CAT
+        ]
+        self._wanted_stems = frozenset(t.stems[0] for t in terms if len(t.stems) == 1)
+        self._wanted_pairs = frozenset(pair for t in terms for pair in itertools.pairwise(t.stems))
+        self._stems: dict[str, dict[str, set[int]]] = {slot: {} for slot in _SLOTS}
+        self._pairs: dict[str, dict[_Pair, set[int]]] = {slot: {} for slot in _SLOTS}
         self._categories: dict[str, set[int]] = {}
-        self._all: dict[_Gram, _Positions] = {}
-        self._terms: dict[tuple[SearchField, _Gram], _Positions] = {}
+        self._all_stems: dict[str, _Positions] = {}
+        self._all_pairs: dict[_Pair, _Positions] = {}
+        self._terms: dict[tuple[SearchField, tuple[str, ...]], _Positions] = {}
+        self._tokens: list[PaperTokens] = []
         for position, paper in enumerate(self.papers):
-            for slot, runs in zip(_SLOTS, _paper_runs(paper), strict=True):
+            slots = _paper_runs(paper)
+            for slot, runs in zip(_SLOTS, slots, strict=True):
                 self._post(slot, runs, position)
-            for category in _categories(paper):
-                self._categories.setdefault(category.casefold(), set()).add(position)
+            categories = tuple(category.casefold() for category in _categories(paper))
+            for category in categories:
+                self._categories.setdefault(category, set()).add(position)
+            # The padded strings, for verifying long phrases and for scans.
+            title, abstract, authors, extra = ("\n".join(map(_padded, runs)) for runs in slots)
+            self._tokens.append(PaperTokens(title, abstract, authors, extra, categories))
 
     def _post(self, slot: str, runs: tuple[_Run, ...], position: int) -> None:
-        postings = self._postings[slot]
+        stems, pairs = self._stems[slot], self._pairs[slot]
         for run in runs:
-            for size, wanted in self._wanted.items():
-                if size <= len(run):
-                    # The intersection runs in C over the paper's n-grams.
-                    for gram in wanted.intersection(_grams(run, size)):
-                        postings.setdefault(gram, set()).add(position)
+            # Both intersections iterate the paper's tokens in C.
+            for stem in self._wanted_stems.intersection(run):
+                stems.setdefault(stem, set()).add(position)
+            if self._wanted_pairs:
+                for pair in self._wanted_pairs.intersection(itertools.pairwise(run)):
+                    pairs.setdefault(pair, set()).add(position)
 
-    def _phrase(self, search: SearchField, stems: _Gram) -> _Positions:
+    def _stem(self, search: SearchField, stem: str) -> _Positions:
         if search is not SearchField.ALL:
-            return self._postings[search.value].get(stems, _EMPTY)
-        cached = self._all.get(stems)
+            return self._stems[search.value].get(stem, _EMPTY)
+        cached = self._all_stems.get(stem)
         if cached is None:
-            found = [postings[stems] for postings in self._postings.values() if stems in postings]
-            cached = self._all[stems] = set().union(*found) if found else _EMPTY
+            found = [postings[stem] for postings in self._stems.values() if stem in postings]
+            cached = self._all_stems[stem] = set().union(*found) if found else _EMPTY
         return cached
+
+    def _pair(self, search: SearchField, pair: _Pair) -> _Positions:
+        if search is not SearchField.ALL:
+            return self._pairs[search.value].get(pair, _EMPTY)
+        cached = self._all_pairs.get(pair)
+        if cached is None:
+            found = [postings[pair] for postings in self._pairs.values() if pair in postings]
+            cached = self._all_pairs[pair] = set().union(*found) if found else _EMPTY
+        return cached
+
+    def _phrase(self, term: Term) -> _Positions:
+        postings = sorted(
+            (self._pair(term.field, pair) for pair in set(itertools.pairwise(term.stems))),
+            key=len,
+        )
+        candidates = postings[0].intersection(*postings[1:]) if postings[0] else _EMPTY
+        if len(term.stems) == 2:
+            return candidates
+        tokens = self._tokens
+        return {position for position in candidates if term_matches(term, tokens[position])}
 
     def _category(self, term: Term) -> _Positions:
         value = term.stems[0]
@@ -759,6 +787,11 @@ class PaperIndex:
                 found |= positions
         return found
 
+    def _indexed(self, term: Term) -> bool:
+        if len(term.stems) == 1:
+            return term.stems[0] in self._wanted_stems
+        return self._wanted_pairs.issuperset(itertools.pairwise(term.stems))
+
     def term(self, term: Term) -> _Positions:
         """The positions of the papers a term matches (do not mutate the result)."""
         key = (term.field, term.stems)
@@ -767,12 +800,12 @@ class PaperIndex:
             return cached
         if term.field is SearchField.CAT:
             found = self._category(term)
-        elif term.stems in self._wanted.get(len(term.stems), _EMPTY_GRAMS):
-            found = self._phrase(term.field, term.stems)
+        elif not self._indexed(term):
+            found = {i for i, tokens in enumerate(self._tokens) if term_matches(term, tokens)}
+        elif len(term.stems) == 1:
+            found = self._stem(term.field, term.stems[0])
         else:
-            found = {
-                i for i, paper in enumerate(self.papers) if term_matches(term, paper_tokens(paper))
-            }
+            found = self._phrase(term)
         self._terms[key] = found
         return found
 
@@ -794,9 +827,6 @@ class PaperIndex:
     @functools.cached_property
     def _ids(self) -> list[str]:
         return [paper.arxiv_id for paper in self.papers]
-
-
-_EMPTY_GRAMS: frozenset[_Gram] = frozenset()
 
 
 def match_papers(queries: Sequence[Query], papers: Sequence[Paper]) -> dict[str, set[str]]:
