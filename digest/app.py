@@ -71,6 +71,9 @@ def _channel_factories() -> list[ChannelFactory]:
     from bot.discord_channel import webhook_channel_factory as discord_webhook_channel
 
     factories += [discord_channel, discord_webhook_channel]
+    from digest.mailer import channel_factory as email_channel
+
+    factories.append(email_channel)
     return factories
 
 
@@ -92,7 +95,7 @@ class CycleRunner:
     async def run(self) -> RunReport:
         """Run one full cycle unless one is already running (then wait for it and run after)."""
         async with self._lock:
-            return await run_cycle(
+            report = await run_cycle(
                 settings=self.settings,
                 store=self.store,
                 source=self.source,
@@ -100,6 +103,11 @@ class CycleRunner:
                 now=self.now,
                 progress=self.progress,
             )
+            # email.send_empty: a "nothing new" note to confirmed addresses that got no digest.
+            send_empty = getattr(self.channels.get("email"), "send_empty", None)
+            if send_empty is not None:
+                await send_empty(now=self.now())
+            return report
 
     def request_backfill(self, query: str) -> None:
         """Backfill a newly subscribed keyword in the background (slash commands never wait)."""
@@ -223,14 +231,40 @@ async def _start_services(
     settings: Settings, runner: CycleRunner, services: AsyncExitStack
 ) -> None:
     """Start the long-running adapters (chat bots, web server) that are configured."""
+    from bot.commands import email_command
     from bot.slack_app import start_slack
+    from digest.email_subscriptions import build_subscriptions
+    from digest.web import start_web
 
+    # Email sign-up (web form and `/papers email`) sends through the registered email channel.
+    signup = build_subscriptions(
+        settings,
+        store=runner.store,
+        channels=runner.channels,
+        request_backfill=runner.request_backfill,
+    )
+    extra = (email_command(signup),) if signup is not None else ()
     # HTTP mode: the web server mounts slack_app.routes() (POST /slack/events).
-    await start_slack(
-        settings, store=runner.store, request_backfill=runner.request_backfill, stack=services
+    slack = await start_slack(
+        settings,
+        store=runner.store,
+        request_backfill=runner.request_backfill,
+        stack=services,
+        extra_commands=extra,
     )
     from bot.discord_app import start_discord
 
     await start_discord(
-        settings, store=runner.store, request_backfill=runner.request_backfill, stack=services
+        settings,
+        store=runner.store,
+        request_backfill=runner.request_backfill,
+        stack=services,
+        extra_commands=extra,
+    )
+    await start_web(
+        settings,
+        store=runner.store,
+        stack=services,
+        subscriptions=signup,
+        routes=slack.routes() if slack is not None else (),
     )

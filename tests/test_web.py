@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from digest.app import serve
 from digest.domain import Paper, Target
 from digest.email_subscriptions import OPTION_CONFIRMED, RateLimiter
 from digest.web import SECURITY_HEADERS, WebServer, build_web_app
 from storage.sql_store import SqlStore
-from tests.fakes.smtp import EmailStack, email_settings, email_stack
+from tests.fakes.arxiv_server import ArxivStandIn
+from tests.fakes.smtp import EmailStack, email_settings, email_stack, smtp_server
 
 ALICE = "alice@lab.example.org"
 HOSTILE_KEYWORD = '<b>x</b> & "y"'
@@ -372,3 +377,44 @@ async def test_app_without_email_serves_health_and_mounted_routes(sqlite_store: 
             assert (await response.json()) == {"ok": True}
         async with http.get(f"{server.url}/healthz") as response:
             assert response.status == 200
+
+
+def _free_port() -> int:
+    """A port nothing listens on right now (serve needs a fixed web.port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_serve_runs_the_web_server_with_email_sign_up(tmp_path: Path) -> None:
+    """`daily-papers serve` with email on: /healthz and the sign-up form answer on web.port."""
+    port = _free_port()
+    with ArxivStandIn([]) as arxiv:
+        async with smtp_server() as smtp:
+            settings = email_settings(
+                smtp,
+                base_url=f"http://127.0.0.1:{port}",
+                service={"data_dir": str(tmp_path)},
+                arxiv={"api_url": arxiv.url, "retries": 0},
+                keywords={"queries": ["diffusion models"]},
+                readme={"enabled": False},
+                web={"port": port},
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(serve(settings, stop=stop))
+            try:
+                async with aiohttp.ClientSession() as http:
+                    for _ in range(200):  # up to ~10 s for start-up on a loaded machine
+                        try:
+                            async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                                assert response.status == 200
+                                break
+                        except aiohttp.ClientConnectionError:
+                            await asyncio.sleep(0.05)
+                    else:
+                        pytest.fail("serve did not start the web server")
+                    page = await get_page(http, f"http://127.0.0.1:{port}/subscribe")
+                    assert "diffusion models" in page.checkboxes()
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
