@@ -27,8 +27,14 @@ Advanced mode (arXiv's own syntax)
       `a ANDNOT b AND c` is `(a ANDNOT b) AND c`. arXiv does not document its precedence, which is
       why `to_arxiv` always emits explicit parentheses: arXiv evaluates exactly our tree.
     * in advanced mode, terms written next to each other with no operator are joined with `AND`
-      (`ti:graph au:smith` is `ti:graph AND au:smith`, as arXiv's search box does); the arXiv
-      string always carries the explicit `AND`.
+      (`ti:graph au:smith` is `ti:graph AND au:smith`, as in arXiv's search form); the arXiv
+      string always carries the explicit `AND`, so the API cannot read the gap differently.
+    * field names are case-insensitive (`TI:` is `ti:`) and the value follows the colon
+      directly. Any other `word:` is an unknown field, so text containing a colon is written in
+      quotes (`"Mamba: a survey"`).
+
+Every query is at most 200 characters once whitespace is collapsed, and may not contain control
+or invisible characters; `parse_query` raises `QueryError` with the column of the problem.
 
 Matching (`Query.matches`, `match_papers`) is local and case-insensitive: text is NFKC-normalised
 and case-folded, split into tokens on every non-alphanumeric character, and each token is stemmed
@@ -684,7 +690,6 @@ def to_arxiv(query: Query | Node) -> str:
 # --- matching many queries against many papers ---------------------------------------------------
 
 
-_Postings: TypeAlias = dict[str, set[int]]
 _EMPTY: frozenset[int] = frozenset()
 
 
