@@ -23,6 +23,7 @@ from digest.config import Settings
 from digest.cycle import Progress, _no_progress, backfill_keywords, run_cycle, utcnow
 from digest.domain import RunReport
 from digest.store import PaperStore
+from digest.translate import Translator, build_translator
 from storage.sql_store import SqlStore
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class CycleRunner:
     channels: dict[str, Channel]
     progress: Progress = _no_progress
     now: Callable[[], datetime] = utcnow
+    translator: Translator | None = None  # None: translation is not configured
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -102,6 +104,7 @@ class CycleRunner:
                 channels=self.channels,
                 now=self.now,
                 progress=self.progress,
+                translator=self.translator,
             )
             # email.send_empty: a "nothing new" note to confirmed addresses that got no digest.
             send_empty = getattr(self.channels.get("email"), "send_empty", None)
@@ -138,8 +141,16 @@ async def open_runner(
         source = build_source(settings)
         stack.callback(source.close)
         channels = await build_channels(settings, store=store, stack=stack)
+        translator = build_translator(settings)
+        if translator is not None:
+            await stack.enter_async_context(translator)  # closes its HTTP session
         yield CycleRunner(
-            settings=settings, store=store, source=source, channels=channels, progress=progress
+            settings=settings,
+            store=store,
+            source=source,
+            channels=channels,
+            progress=progress,
+            translator=translator,
         )
 
 
@@ -231,7 +242,7 @@ async def _start_services(
     settings: Settings, runner: CycleRunner, services: AsyncExitStack
 ) -> None:
     """Start the long-running adapters (chat bots, web server) that are configured."""
-    from bot.commands import email_command
+    from bot.commands import LANGUAGE_COMMAND, email_command
     from bot.slack_app import start_slack
     from digest.email_subscriptions import build_subscriptions
     from digest.web import start_web
@@ -244,6 +255,7 @@ async def _start_services(
         request_backfill=runner.request_backfill,
     )
     extra = (email_command(signup),) if signup is not None else ()
+    extra = (*extra, LANGUAGE_COMMAND)  # /papers language: a channel's translation language
     # HTTP mode: the web server mounts slack_app.routes() (POST /slack/events).
     slack = await start_slack(
         settings,
