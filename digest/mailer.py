@@ -326,6 +326,20 @@ def compose_message(
     return msg
 
 
+def smtp_address(address: str) -> str:
+    """The address as SMTP wants it: an internationalised domain in its ASCII (IDNA) form.
+
+    Only a non-ASCII local part then needs SMTPUTF8, which not every relay offers.
+    """
+    local, _, domain = address.rpartition("@")
+    if domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address  # let the relay judge it; SMTPUTF8 is still tried
+
+
 def message_bytes(msg: EmailMessage, *, utf8: bool = False) -> bytes:
     """The message as SMTP wants it: CRLF line ends, headers folded without mangling URLs."""
     # Header lines may be 998 characters (RFC 5322); folding a long token-bearing URL at 78
@@ -547,6 +561,9 @@ class EmailChannel:
         await asyncio.to_thread(self.store.set_target_option, target, name, value)
 
     async def _deliver(self, recipient: str, msg: EmailMessage) -> SendResult:
+        recipient = smtp_address(recipient)
+        if recipient != msg["To"]:
+            msg.replace_header("To", recipient)
         utf8 = not recipient.isascii()
         return await self.pool.send(
             self.sender, recipient, message_bytes(msg, utf8=utf8), utf8=utf8
@@ -750,4 +767,5 @@ __all__ = [
     "render_confirmation",
     "render_digest",
     "render_empty",
+    "smtp_address",
 ]

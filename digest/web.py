@@ -233,6 +233,12 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
         view, activated = await service.confirm(token)
     except TokenError as exc:
         return _token_page(exc)
+    if not view.active:  # unsubscribed since the link was sent, or removed by the operator
+        return message_page(
+            "Nothing to confirm",
+            f"{view.address} has no subscription waiting for confirmation.",
+            links=[("/subscribe", "Subscribe")],
+        )
     manage = service.manage_token(view.address)
     what = "You are subscribed" if activated else "Already confirmed"
     return message_page(

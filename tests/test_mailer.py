@@ -626,3 +626,17 @@ def test_render_digest_is_pure_and_repeatable() -> None:
     second = render_digest(batch, links=links, now=NOW, timezone="UTC", list_name="l")
     assert first == second
     assert "2025-01-11" in first.text
+
+
+async def test_internationalised_addresses(smtp: FakeSmtpServer, sqlite_store: SqlStore) -> None:
+    """A Unicode domain goes out in IDNA form; a Unicode local part uses SMTPUTF8."""
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    await channel.send(batch_for("bob@universität.example", [(1, "k", paper())]))
+    await channel.send(batch_for("zoë@lab.example.org", [(2, "k", paper())]))
+    await channel.close()
+    assert [m.rcpt_tos for m in smtp.messages] == [
+        ["bob@xn--universitt-y5a.example"],
+        ["zoë@lab.example.org"],
+    ]
+    assert smtp.messages[0].message["To"] == "bob@xn--universitt-y5a.example"
+    assert smtp.messages[1].message["To"] == "zoë@lab.example.org"

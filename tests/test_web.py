@@ -418,3 +418,16 @@ async def test_serve_runs_the_web_server_with_email_sign_up(tmp_path: Path) -> N
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 10)
+
+
+async def test_old_confirm_link_after_unsubscribing_confirms_nothing(
+    stack: EmailStack, http: aiohttp.ClientSession
+) -> None:
+    """Unsubscribed, then the old confirmation link is used: nothing is re-activated."""
+    await subscribe_and_confirm(stack, http, ["diffusion models"])
+    await stack.service.unsubscribe(stack.service.unsubscribe_token(ALICE))
+    link = link_in(stack, ALICE, "/confirm", index=0)
+    token = link.rsplit("token=", 1)[1]
+    page, _ = await post_page(http, f"{stack.url}/confirm", {"token": token})
+    assert "Nothing to confirm" in page.text
+    assert stack.store.list_subscriptions(Target("email", ALICE)) == []
