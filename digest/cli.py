@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC
+from datetime import UTC, date
 from pathlib import Path
 from typing import TextIO
 
@@ -248,6 +248,28 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     return EXIT_OK
 
 
+def cmd_digest(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """Write (or print) one day's Markdown digest from the database."""
+    from digest.app import open_store
+    from digest.archive import write_or_print_digest
+    from digest.cycle import utcnow
+
+    loaded = settings()
+    try:
+        day = date.fromisoformat(args.date) if args.date else utcnow().date()
+    except ValueError as exc:
+        raise ConfigError(f"--date {args.date!r} is not a date: expected YYYY-MM-DD") from exc
+    store = open_store(loaded)
+    try:
+        result = write_or_print_digest(loaded, store, day, args.print)
+    finally:
+        store.close()
+    if result is not None:
+        state = "written" if result.changed else "unchanged"
+        print(f"{result.path}: {state} ({result.papers} papers, {result.translated} translated)")
+    return EXIT_OK
+
+
 def _redact_url(url: str) -> str:
     """Hide a database password."""
     from sqlalchemy.engine import make_url
@@ -339,6 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     sa_rm.add_argument("target")
     sa_rm.add_argument("query")
     subs.set_defaults(func=cmd_subscriptions)
+
+    digest = sub.add_parser(
+        "digest",
+        help="write or print one day's Markdown digest (titles, authors, PDF links, abstracts)",
+        description="The day's new matching papers in the translated-digest Markdown format, "
+        "written to digest.archive_dir/YYYY-MM-DD.md (or printed with --print). Translated "
+        "lines appear when [translation] language is set and translations are stored.",
+    )
+    digest.add_argument("--date", metavar="YYYY-MM-DD", help="the day (default: today, UTC)")
+    digest.add_argument("--print", action="store_true", help="print to stdout instead of writing")
+    digest.set_defaults(func=cmd_digest)
     return parser
 
 

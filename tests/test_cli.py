@@ -136,3 +136,19 @@ def test_webhook_token_is_never_printed(workdir: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "s3cr3t" not in out
     assert "discord_webhook:https://discord.com/api/webhooks/123456789012345678/" in out
+
+
+def test_digest_prints_the_days_new_papers(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a run, `digest --print` shows today's papers in the digest format."""
+    assert main(["run"]) == 0
+    capsys.readouterr()
+    assert main(["digest", "--print"]) == 0
+    out = capsys.readouterr().out
+    assert "**Authors**: " in out
+    assert "**Link**: [PDF](https://arxiv.org/pdf/" in out
+    assert main(["digest", "--date", "2025-13-01", "--print"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+    assert main(["digest"]) == 2  # no archive folder configured: say how
+    assert "digest.archive_dir" in capsys.readouterr().err
