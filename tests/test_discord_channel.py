@@ -565,6 +565,8 @@ def test_cli_subscriptions_add_discord_webhook(
     assert cli_main(["subscriptions", "add", "discord:#general", "q"]) != 0
     assert cli_main(["subscriptions", "list"]) == 0
     listed = capsys.readouterr().out
-    assert f"discord_webhook:{HOOK_URL}\tllm\tactive" in listed
+    hook_id, token = HOOK_URL.rstrip("/").rsplit("/", 2)[-2:]
+    assert f"/webhooks/{hook_id}/********\tllm\tactive" in listed
+    assert token not in listed  # the token is the webhook's credential
     assert "example.org" not in listed
     assert "#general" not in listed
