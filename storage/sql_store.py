@@ -27,6 +27,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -522,8 +523,8 @@ class SqlStore:
           version is the same or higher (never downgraded); first_seen is kept.
         - `matches` (keyword query -> arxiv ids) are added; existing pairs are left alone.
           A keyword that is not tracked (removed meanwhile) is skipped with a warning.
-        - A paper in `deliverable` that matches a keyword of this harvest is owed to each
-          active subscription of that keyword: a pending delivery, unless the subscription
+        - A paper in `deliverable` that is matched in this harvest is owed to each active
+          subscription of every keyword it matches: a pending delivery, unless the subscription
           already has a row for that paper (any status). Committing the same harvest twice
           owes nothing twice, and a subscription made after a paper was harvested is never
           owed it (that paper is no longer in `deliverable`).
@@ -571,19 +572,22 @@ class SqlStore:
         )
 
     def _insert_rows(self, conn: Connection, stmt: Any, rows: list[dict[str, Any]]) -> int:
-        """Multi-row INSERTs (a few statements, not one per row); the rows inserted."""
+        """Execute one compiled INSERT for many rows (DB-API executemany); rows inserted.
+
+        One statement compiled once: SQLite runs it in-process, psycopg pipelines it. (Multi-row
+        VALUES would make SQLAlchemy compile thousands of bind parameters per chunk.)
+        """
         if not rows:
             return 0
-        size = max(1, MAX_BOUND_PARAMETERS // len(rows[0]))
         inserted = 0
-        for batch in _chunks(rows, size):
-            inserted += conn.execute(stmt.values(list(batch)), execution_options=_ROWCOUNT).rowcount
+        for batch in _chunks(rows, 1000):
+            inserted += conn.execute(stmt, list(batch), execution_options=_ROWCOUNT).rowcount
         return inserted
 
     def _upsert_papers(self, conn: Connection, papers: list[Paper], now: datetime) -> None:
         if not papers:
             return
-        stmt = self._insert(PaperRow)
+        stmt = self._insert(PaperRow.__table__)
         newer = stmt.excluded.version >= PaperRow.version
         set_: dict[str, Any] = {
             name: case((newer, getattr(stmt.excluded, name)), else_=getattr(PaperRow, name))
@@ -614,7 +618,7 @@ class SqlStore:
 
     def _insert_matches(self, conn: Connection, pairs: list[tuple[int, str]], now: datetime) -> int:
         """Insert the pairs not stored yet; how many were new."""
-        stmt = self._insert(MatchRow).on_conflict_do_nothing(
+        stmt = self._insert(MatchRow.__table__).on_conflict_do_nothing(
             index_elements=["keyword_id", "arxiv_id"]
         )
         rows = [{"keyword_id": k, "arxiv_id": a, "first_matched": now} for k, a in pairs]
@@ -628,44 +632,38 @@ class SqlStore:
         Set-based (INSERT ... SELECT over matches x subscriptions), so 1,000 subscriptions
         cost no more round trips than one; ON CONFLICT keeps it exactly-once.
         """
-        keyword_ids = sorted({k for k, _ in pairs})
         arxiv_ids = sorted({a for _, a in pairs})
         created = 0
-        for kw_chunk in _chunks(keyword_ids):
-            for id_chunk in _chunks(arxiv_ids):
-                source = (
-                    select(
-                        SubscriptionRow.id,
-                        MatchRow.arxiv_id,
-                        literal(DeliveryStatus.PENDING.value, String),
-                        literal(0, Integer),
-                        literal(now, UTCDateTime()),
-                        literal(now, UTCDateTime()),
-                    )
-                    .join(SubscriptionRow, SubscriptionRow.keyword_id == MatchRow.keyword_id)
-                    # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT (parse ambiguity)
-                    .where(
-                        SubscriptionRow.active,
-                        MatchRow.keyword_id.in_(kw_chunk),
-                        MatchRow.arxiv_id.in_(id_chunk),
-                    )
+        for id_chunk in _chunks(arxiv_ids):
+            source = (
+                select(
+                    SubscriptionRow.id,
+                    MatchRow.arxiv_id,
+                    literal(DeliveryStatus.PENDING.value, String),
+                    literal(0, Integer),
+                    literal(now, UTCDateTime()),
+                    literal(now, UTCDateTime()),
                 )
-                stmt = (
-                    self._insert(DeliveryRow)
-                    .from_select(
-                        [
-                            "subscription_id",
-                            "arxiv_id",
-                            "status",
-                            "attempts",
-                            "next_attempt_at",
-                            "created_at",
-                        ],
-                        source,
-                    )
-                    .on_conflict_do_nothing(index_elements=["subscription_id", "arxiv_id"])
+                .join(SubscriptionRow, SubscriptionRow.keyword_id == MatchRow.keyword_id)
+                # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT (parse ambiguity)
+                .where(SubscriptionRow.active, MatchRow.arxiv_id.in_(id_chunk))
+            )
+            stmt = (
+                self._insert(DeliveryRow)
+                .from_select(
+                    [
+                        "subscription_id",
+                        "arxiv_id",
+                        "status",
+                        "attempts",
+                        "next_attempt_at",
+                        "created_at",
+                    ],
+                    source,
                 )
-                created += conn.execute(stmt, execution_options=_ROWCOUNT).rowcount
+                .on_conflict_do_nothing(index_elements=["subscription_id", "arxiv_id"])
+            )
+            created += conn.execute(stmt, execution_options=_ROWCOUNT).rowcount
         return created
 
     def latest_matches(self, query: str, limit: int) -> list[Paper]:
@@ -1044,10 +1042,12 @@ class SqlStore:
         now = as_utc(now)
         with self._transaction(write=True) as conn:
             pending = self._pending_attempts(conn, {o.subscription_id for o in outcomes})
-            # Deliveries that get identical new values are updated together: one UPDATE per
-            # (subscription, values) and chunk of ids, not one per delivery.
-            groups: dict[tuple[int, tuple[tuple[str, Any], ...]], list[str]] = {}
-            sent = retried = gave_up = 0
+            # One compiled UPDATE per kind of change, executed for many primary keys at once
+            # (executemany): a per-subscription IN list would let the planner pick the status
+            # index and scan the whole outbox for each statement.
+            sent: list[dict[str, Any]] = []
+            retried: list[dict[str, Any]] = []
+            gave_up: list[dict[str, Any]] = []
             reasons: dict[int, str] = {}
             for outcome in outcomes:
                 key = (outcome.subscription_id, outcome.arxiv_id)
@@ -1057,39 +1057,47 @@ class SqlStore:
                 if key not in pending:
                     continue
                 attempts = pending.pop(key) + 1
-                values: dict[str, Any] = {"attempts": attempts}
+                params = {"s": key[0], "a": key[1], "attempts": attempts}
                 if outcome.kind is OutcomeKind.SENT:
-                    values |= {"status": DeliveryStatus.SENT.value, "sent_at": now}
-                    sent += 1
-                elif attempts >= self._max_attempts:
-                    values |= {
-                        "status": DeliveryStatus.FAILED.value,
-                        "last_error": outcome.error or "transient error",
-                    }
-                    gave_up += 1
+                    sent.append(params | {"status": DeliveryStatus.SENT.value, "sent_at": now})
+                    continue
+                params["last_error"] = outcome.error or "transient error"
+                if attempts >= self._max_attempts:
+                    gave_up.append(params | {"status": DeliveryStatus.FAILED.value})
                 else:
-                    values |= {
-                        "last_error": outcome.error or "transient error",
-                        "next_attempt_at": now + self._retry_delay(attempts),
-                    }
-                    retried += 1
-                group = (outcome.subscription_id, tuple(sorted(values.items())))
-                groups.setdefault(group, []).append(outcome.arxiv_id)
-            for (subscription_id, values_items), arxiv_ids in groups.items():
-                for id_chunk in _chunks(arxiv_ids):
-                    conn.execute(
-                        update(DeliveryRow)
-                        .where(
-                            DeliveryRow.subscription_id == subscription_id,
-                            DeliveryRow.arxiv_id.in_(id_chunk),
-                            DeliveryRow.status == DeliveryStatus.PENDING.value,
-                        )
-                        .values(dict(values_items))
-                    )
+                    due = now + self._retry_delay(attempts)
+                    retried.append(params | {"status": DeliveryStatus.PENDING.value, "due": due})
+            self._update_deliveries(conn, sent, ("status", "attempts", "sent_at"))
+            self._update_deliveries(conn, gave_up, ("status", "attempts", "last_error"))
+            self._update_deliveries(conn, retried, ("status", "attempts", "last_error", "due"))
             disabled, failed = self._disable(conn, sorted(reasons), reasons)
         if gave_up:
-            log.warning("store.deliveries_gave_up count=%d", gave_up)
-        return OutcomeCounts(sent=sent, retried=retried, failed=gave_up + failed, disabled=disabled)
+            log.warning("store.deliveries_gave_up count=%d", len(gave_up))
+        return OutcomeCounts(
+            sent=len(sent), retried=len(retried), failed=len(gave_up) + failed, disabled=disabled
+        )
+
+    def _update_deliveries(
+        self, conn: Connection, params: list[dict[str, Any]], columns: Sequence[str]
+    ) -> None:
+        """Set `columns` (bound by name; `due` is next_attempt_at) on pending rows by key."""
+        if not params:
+            return
+        table = DeliveryRow.metadata.tables[DeliveryRow.__tablename__]
+        values: dict[str, Any] = {
+            ("next_attempt_at" if name == "due" else name): bindparam(name) for name in columns
+        }
+        stmt = (
+            update(table)
+            .where(
+                table.c.subscription_id == bindparam("s"),
+                table.c.arxiv_id == bindparam("a"),
+                table.c.status == DeliveryStatus.PENDING.value,
+            )
+            .values(values)
+        )
+        for batch in _chunks(params, 1000):
+            conn.execute(stmt, list(batch))
 
     def _pending_attempts(
         self, conn: Connection, subscription_ids: Collection[int]
