@@ -30,6 +30,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 FOREIGN_TABLES = frozenset({"apscheduler_jobs"})
 
 
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic filter: leave tables that belong to other libraries (APScheduler) alone."""
+    return not (type_ == "table" and name in FOREIGN_TABLES)
+
+
 def as_utc(value: datetime) -> datetime:
     """The same instant in UTC; a naive datetime is taken to be UTC already."""
     if value.tzinfo is None:

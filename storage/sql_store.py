@@ -56,6 +56,7 @@ from digest.domain import (
     Target,
 )
 from digest.errors import StoreError
+from digest.query import query_key
 from digest.store import HarvestCommit, OutcomeCounts
 from storage.models import (
     DeliveryRow,
@@ -121,9 +122,9 @@ _PAPER_CONTENT = (
 )
 
 
-def _keyword_key(text: str) -> str:
-    """The lookup key of a query: whitespace collapsed and case-folded."""
-    return " ".join(text.split()).casefold()
+# A keyword's identity (whitespace collapsed, case-folded): the same rule as the query module,
+# so `LLM  Agents` and `llm agents` are one keyword everywhere.
+_keyword_key = query_key
 
 
 _T = TypeVar("_T")

@@ -6,21 +6,12 @@ Standalone use (`alembic -c ... upgrade head`) also works: the URL then comes fr
 
 from __future__ import annotations
 
-from typing import Any
-
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from storage.models import FOREIGN_TABLES, Base
+from storage.models import Base, include_object
 
 target_metadata = Base.metadata
-
-
-def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
-    """Leave tables that belong to other libraries (APScheduler's job store) alone."""
-    return not (type_ == "table" and name in FOREIGN_TABLES)
 
 
 def _run(connection: Connection) -> None:
