@@ -248,6 +248,30 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     return EXIT_OK
 
 
+def cmd_email(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """Subscribe (with a confirmation email), list or remove email digest readers."""
+    from digest.app import open_store
+    from digest.email_subscriptions import run_admin
+
+    loaded = settings()
+    store = open_store(loaded)
+    try:
+        lines = asyncio.run(
+            run_admin(
+                loaded,
+                store,
+                args.action,
+                getattr(args, "address", None),
+                getattr(args, "queries", ()),
+            )
+        )
+    finally:
+        store.close()
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
 def cmd_digest(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Write (or print) one day's Markdown digest from the database."""
     from digest.app import open_store
@@ -362,6 +386,20 @@ def build_parser() -> argparse.ArgumentParser:
     sa_rm.add_argument("query")
     subs.set_defaults(func=cmd_subscriptions)
 
+    email = sub.add_parser(
+        "email",
+        help="manage email digest readers (double opt-in: a confirmation email is sent first)",
+    )
+    ea = email.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ea_sub = ea.add_parser("subscribe", help="mail ADDRESS a confirmation link for these queries")
+    ea_sub.add_argument("address")
+    ea_sub.add_argument("queries", nargs="+", metavar="QUERY")
+    ea.add_parser("list", help="list readers, their keywords and whether they confirmed")
+    ea_rm = ea.add_parser("remove", help="remove a reader (or one of their queries)")
+    ea_rm.add_argument("address")
+    ea_rm.add_argument("queries", nargs="*", metavar="QUERY")
+    email.set_defaults(func=cmd_email)
+
     digest = sub.add_parser(
         "digest",
         help="write or print one day's Markdown digest (titles, authors, PDF links, abstracts)",
@@ -383,6 +421,8 @@ def configure_logging(*, verbose: bool, quiet: bool, level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # schema checks on every start are noise unless debugging
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -152,3 +152,14 @@ def test_digest_prints_the_days_new_papers(
     assert "YYYY-MM-DD" in capsys.readouterr().err
     assert main(["digest"]) == 2  # no archive folder configured: say how
     assert "digest.archive_dir" in capsys.readouterr().err
+
+
+def test_email_commands_explain_what_is_missing(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`email subscribe` refuses with the setting to change when email is off or unsigned."""
+    assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
+    assert "DAILY_PAPERS_SECRET_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("DAILY_PAPERS_SECRET_KEY", "k" * 32)
+    assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
+    assert "email.enabled" in capsys.readouterr().err
