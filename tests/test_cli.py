@@ -157,9 +157,13 @@ def test_digest_prints_the_days_new_papers(
 def test_email_commands_explain_what_is_missing(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`email subscribe` refuses with the setting to change when email is off or unsigned."""
+    """`email subscribe` names the setting to change: email off, no signing key, no base URL."""
+    monkeypatch.delenv("DAILY_PAPERS_SECRET_KEY", raising=False)
+    assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
+    assert "email.enabled" in capsys.readouterr().err
+    monkeypatch.setenv("DAILY_PAPERS_EMAIL_ENABLED", "true")
     assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
     assert "DAILY_PAPERS_SECRET_KEY" in capsys.readouterr().err
     monkeypatch.setenv("DAILY_PAPERS_SECRET_KEY", "k" * 32)
     assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
-    assert "email.enabled" in capsys.readouterr().err
+    assert "web.base_url" in capsys.readouterr().err
