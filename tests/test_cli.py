@@ -163,7 +163,7 @@ def test_email_commands_explain_what_is_missing(
     assert "email.enabled" in capsys.readouterr().err
     monkeypatch.setenv("DAILY_PAPERS_EMAIL_ENABLED", "true")
     assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
-    assert "DAILY_PAPERS_SECRET_KEY" in capsys.readouterr().err
-    monkeypatch.setenv("DAILY_PAPERS_SECRET_KEY", "k" * 32)
-    assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
     assert "web.base_url" in capsys.readouterr().err
+    monkeypatch.setenv("DAILY_PAPERS_WEB_BASE_URL", "https://papers.example.org")
+    assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
+    assert "DAILY_PAPERS_SECRET_KEY" in capsys.readouterr().err
