@@ -529,6 +529,9 @@ class SqlStore:
           already has a row for that paper (any status). Committing the same harvest twice
           owes nothing twice, and a subscription made after a paper was harvested is never
           owed it (that paper is no longer in `deliverable`).
+        - A paper in `deliverable` whose version went up in this harvest (the caller announces
+          revisions) re-opens its finished deliveries to active subscriptions: each is owed once
+          more, once per new version.
         - `watermark`, when given, becomes the new harvest watermark.
         """
         started = time.monotonic()
@@ -553,6 +556,12 @@ class SqlStore:
             new_deliveries = self._insert_deliveries(
                 conn, [(k, a) for k, a in pairs if a in deliverable_ids], now
             )
+            revised_ids = [
+                arxiv_id
+                for arxiv_id, p in latest.items()
+                if arxiv_id in known and p.version > known[arxiv_id] and arxiv_id in deliverable_ids
+            ]
+            new_deliveries += self._reopen_deliveries(conn, revised_ids, now)
             if watermark is not None:
                 self._set_state(conn, WATERMARK_KEY, as_utc(watermark).isoformat())
         log.info(
@@ -571,6 +580,29 @@ class SqlStore:
             new_matches=new_matches,
             new_deliveries=new_deliveries,
         )
+
+    def _reopen_deliveries(self, conn: Connection, arxiv_ids: list[str], now: datetime) -> int:
+        """Make finished deliveries of these (revised) papers pending again; rows re-opened."""
+        reopened = 0
+        active = select(SubscriptionRow.id).where(SubscriptionRow.active)
+        for id_chunk in _chunks(arxiv_ids, 500):
+            reopened += conn.execute(
+                update(DeliveryRow)
+                .where(
+                    DeliveryRow.arxiv_id.in_(id_chunk),
+                    DeliveryRow.status != DeliveryStatus.PENDING.value,
+                    DeliveryRow.subscription_id.in_(active),
+                )
+                .values(
+                    status=DeliveryStatus.PENDING.value,
+                    attempts=0,
+                    last_error=None,
+                    next_attempt_at=now,
+                    sent_at=None,
+                ),
+                execution_options=_ROWCOUNT,
+            ).rowcount
+        return reopened
 
     def _insert_rows(self, conn: Connection, stmt: Any, rows: list[dict[str, Any]]) -> int:
         """Execute one compiled INSERT for many rows (DB-API executemany); rows inserted.

@@ -204,6 +204,21 @@ def test_same_harvest_committed_twice_owes_each_paper_once(store: SqlStore) -> N
     assert sub.keyword == LLM
 
 
+def test_a_deliverable_revision_is_owed_once_more_per_version(store: SqlStore) -> None:
+    """With revisions announced, a sent paper's v2 re-opens its delivery, once per version."""
+    store.add_subscription(SLACK, LLM, now=T0)
+    harvest(store, [paper("2501.00001")])
+    (batch,) = store.pending_batches(now=T0)
+    store.record_outcomes(Outcome.for_batch(batch, OutcomeKind.SENT), now=T0)
+    assert harvest(store, [paper("2501.00001", 2)]).new_deliveries == 1
+    (again,) = store.pending_batches(now=T0)
+    assert [(d.paper.arxiv_id, d.paper.version) for d in again.deliveries] == [("2501.00001", 2)]
+    store.record_outcomes(Outcome.for_batch(again, OutcomeKind.SENT), now=T0)
+    assert harvest(store, [paper("2501.00001", 2)]).new_deliveries == 0  # same version: done
+    not_announced = harvest(store, [paper("2501.00001", 3)], deliverable=[])
+    assert not_announced.new_deliveries == 0
+
+
 def test_only_deliverable_papers_are_owed(store: SqlStore) -> None:
     """Matches outside `deliverable` (revisions, backfill) are stored but not delivered."""
     store.add_subscription(SLACK, LLM, now=T0)
