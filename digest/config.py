@@ -690,7 +690,13 @@ def settings_reference() -> str:
     """The Markdown configuration reference in README.md, generated from the field help."""
     lines: list[str] = []
     for name, cls in SECTIONS.items():
-        lines += ["", f"**[{name}]**", "", "| key | default | what it does |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            f"**[{name}]**",
+            "",
+            "| key | default | what it does |",
+            "| --- | --- | --- |",
+        ]
         for fld in dataclasses.fields(cls):
             if fld.default_factory is not dataclasses.MISSING:
                 default = fld.default_factory()
