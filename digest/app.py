@@ -228,7 +228,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
                 now=utcnow(),
             ):
                 logger.info("serve.catch_up reason=last-success-older-than-schedule")
-                asyncio.get_running_loop().create_task(runner.run())
+                catch_up = asyncio.get_running_loop().create_task(runner.run())
+                services.push_async_callback(_cancel, catch_up)
             logger.info(
                 "serve.ready schedule=%r tz=%s", settings.schedule.cron, settings.schedule.timezone
             )
@@ -236,6 +237,13 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         finally:
             _ACTIVE_RUNNER = None
     logger.info("serve.stopped")
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel a background task at shutdown and wait for it to finish unwinding."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _start_services(
@@ -278,5 +286,5 @@ async def _start_services(
         store=runner.store,
         stack=services,
         subscriptions=signup,
-        routes=slack.routes() if slack is not None else (),
+        routes=slack.routes() if slack is not None else (),  # none in Socket Mode
     )

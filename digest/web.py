@@ -37,7 +37,7 @@ from digest.email_subscriptions import (
     SubscriberView,
     TokenError,
 )
-from digest.errors import DailyPapersError
+from digest.errors import ConfigError, DailyPapersError
 from digest.render import get_environment
 from digest.store import PaperStore
 
@@ -480,7 +480,13 @@ async def start_web(
     """`serve`'s entry point: the web app on web.host:web.port, stopped with `stack`."""
     app = build_web_app(settings=settings, store=store, subscriptions=subscriptions, routes=routes)
     server = WebServer(app=app, host=settings.web.host, port=settings.web.port)
-    await stack.enter_async_context(server)
+    try:
+        await stack.enter_async_context(server)
+    except OSError as exc:  # port taken, address not on this host, no permission
+        raise ConfigError(
+            f"the web server cannot listen on {settings.web.host}:{settings.web.port} "
+            f"({exc.strerror or exc}): set web.port (or DAILY_PAPERS_WEB_PORT) to a free port"
+        ) from exc
     return server
 
 
