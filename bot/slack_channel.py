@@ -304,7 +304,9 @@ class SlackChannel:
                 return None, "rate_limited: Slack kept answering 429", False
             return None, code, False
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return None, f"{type(exc).__name__}: {exc}", False
+            # aiohttp's total timeout is a bare TimeoutError: name what happened instead.
+            detail = str(exc) or "Slack did not answer in time"
+            return None, f"{type(exc).__name__}: {detail}", False
         ts = response.get("ts")
         return (str(ts) if ts else ""), None, False
 
