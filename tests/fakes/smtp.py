@@ -7,7 +7,8 @@ naming the server's real port so links in received emails can be followed.
 
 `smtp_server()` listens on 127.0.0.1 on an ephemeral port. Each accepted message is kept as
 `Received` (envelope plus the parsed message). Tests choose answers per recipient
-(`refuse["x@y.org"] = "550 5.1.1 no such user"`, or a 4xx) or for DATA, and can count the
+(`refuse["x@y.org"] = "550 5.1.1 no such user"`, or a 4xx; `refuse_next` for the next RCPTs only)
+or for DATA, see every RCPT attempt (`rcpts`), and can count the
 sessions opened (`connections`) to prove that one connection carries many messages.
 """
 
@@ -57,6 +58,10 @@ class RecordingHandler:
 
     messages: list[Received] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)  # recipient -> "550 ..." / "451 ..."
+    # recipient -> answers for its next RCPTs, used once each in order, then `refuse` or 250
+    # (a greylisting relay: "451 ..." once, then accepted).
+    refuse_next: dict[str, list[str]] = field(default_factory=dict)
+    rcpts: list[str] = field(default_factory=list)  # every RCPT address, accepted or not
     data_reply: str | None = None  # answer DATA with this instead of 250
     delay: float = 0.0  # seconds to stall before answering DATA (timeouts)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,6 +70,9 @@ class RecordingHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         """Refuse chosen recipients, accept the rest."""
+        self.rcpts.append(address)
+        if self.refuse_next.get(address):
+            return self.refuse_next[address].pop(0)
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)
