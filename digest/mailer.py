@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import ssl
@@ -135,23 +136,39 @@ def _date(paper: Paper) -> str:
     return first
 
 
+# A paper reaches many readers in one cycle (10,000 digests drew on 720 papers in the benchmark):
+# its cleaned text is computed once, not once per digest. Papers are frozen and hashable; the
+# bound keeps a long-running service's memory flat.
+@functools.lru_cache(maxsize=4096)
+def _paper_text(paper: Paper) -> tuple[str, str, str, str, str]:
+    """(title, authors, date, comment, abstract) of a paper, whitespace collapsed."""
+    return (
+        collapse_ws(paper.title),
+        _authors(paper),
+        _date(paper),
+        collapse_ws(paper.comment),
+        collapse_ws(paper.abstract),
+    )
+
+
 def _entry(paper: Paper, batch: Batch, keywords: Sequence[str]) -> Entry:
     categories = [
         paper.primary_category,
         *(c for c in paper.categories if c != paper.primary_category),
     ]
     translation = batch.translations.get(paper.arxiv_id) if batch.language else None
+    title, authors, date, comment, abstract = _paper_text(paper)
     return Entry(
         anchor="p-" + paper.arxiv_id.replace("/", "-"),
-        title=collapse_ws(paper.title),
+        title=title,
         versioned_id=paper.versioned_id,
         abs_url=_https(paper.abs_url),
         pdf_url=_https(paper.pdf_url),
-        authors=_authors(paper),
-        date=_date(paper),
+        authors=authors,
+        date=date,
         categories=", ".join(categories),
-        comment=collapse_ws(paper.comment),
-        abstract=collapse_ws(paper.abstract),
+        comment=comment,
+        abstract=abstract,
         translation=(collapse_ws(translation[0]), collapse_ws(translation[1]))
         if translation
         else None,
@@ -183,6 +200,7 @@ def digest_sections(batch: Batch) -> list[Section]:
     return sections
 
 
+@functools.lru_cache(maxsize=4096)  # the same abstracts are folded for many readers per cycle
 def wrap_text(text: str) -> str:
     """Fold one paragraph at WRAP_WIDTH columns without breaking words or URLs."""
     return textwrap.fill(text, width=WRAP_WIDTH, break_long_words=False, break_on_hyphens=False)
