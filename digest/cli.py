@@ -19,7 +19,7 @@ from typing import TextIO
 
 from digest import __version__
 from digest.config import DEFAULT_CONFIG_FILE, Settings, load_settings, starter_file
-from digest.domain import Target
+from digest.domain import Target, TargetKind
 from digest.errors import ConfigError, DailyPapersError, QueryError
 from digest.query import parse_query
 
@@ -222,6 +222,7 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                 print(f"{sub.target.display}\t{sub.keyword}\t{state}")
         elif args.action == "add":
             target, query = Target.parse(args.target), parse_query(args.query)
+            _check_subscribable(target)
             from bot.discord_channel import validate_target
 
             target = validate_target(target)  # discord ids and webhook URLs; others unchanged
@@ -246,6 +247,20 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     finally:
         store.close()
     return EXIT_OK
+
+
+def _check_subscribable(target: Target) -> None:
+    """ConfigError unless `subscriptions add` may subscribe this target directly."""
+    if target.kind == TargetKind.EMAIL:
+        # An email subscription made here would never be confirmed, so it would never be
+        # mailed (double opt-in): send the confirmation link instead.
+        raise ConfigError(
+            f"email addresses need their owner's confirmation: use "
+            f"`daily-papers email subscribe {target.address} QUERY` to mail them the link"
+        )
+    if target.kind not in {kind.value for kind in TargetKind}:
+        kinds = ", ".join(f"{kind.value}:" for kind in TargetKind if kind != TargetKind.EMAIL)
+        raise ConfigError(f"unknown target kind {target.kind!r}: use {kinds}")
 
 
 def cmd_email(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
@@ -373,12 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     subs = sub.add_parser(
         "subscriptions",
-        help="manage subscriptions of any target (slack:, discord:, discord_webhook:, email:)",
+        help="manage subscriptions of chat targets (slack:, discord:, discord_webhook:)",
+        description="Subscribe a Slack or Discord channel, or a Discord webhook, without the "
+        "chat command. Email readers confirm their address first: see `daily-papers email`.",
     )
     sa = subs.add_subparsers(dest="action", metavar="ACTION", required=True)
     sa_add = sa.add_parser("add", help='subscribe a target: add slack:C0123 "diffusion models"')
-    sa_add.add_argument("target", help="KIND:ADDRESS, e.g. slack:C0123ABCD or discord:1234")
-    sa_add.add_argument("query")
+    sa_add.add_argument(
+        "target",
+        help="KIND:ADDRESS: slack:C0123ABCD (channel id), discord:123456789012345678 (channel "
+        "id) or discord_webhook:https://discord.com/api/webhooks/ID/TOKEN",
+    )
+    sa_add.add_argument("query", help="the keyword query, quoted if it has spaces")
     sa_list = sa.add_parser("list", help="list subscriptions, of one target or all")
     sa_list.add_argument("target", nargs="?")
     sa_rm = sa.add_parser("remove", help="remove one subscription")

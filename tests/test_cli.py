@@ -108,6 +108,18 @@ def test_subscriptions_for_any_target(workdir: Path, capsys: pytest.CaptureFixtu
     assert "KIND:ADDRESS" in capsys.readouterr().err
 
 
+def test_subscriptions_add_refuses_email_and_unknown_kinds(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Email needs the double opt-in (`email subscribe`); an unknown kind is named; no row."""
+    assert main(["subscriptions", "add", "email:me@example.org", "llm"]) == 2
+    assert "daily-papers email subscribe me@example.org" in capsys.readouterr().err
+    assert main(["subscriptions", "add", "teams:abc", "llm"]) == 2
+    assert "unknown target kind 'teams'" in capsys.readouterr().err
+    assert main(["subscriptions", "list"]) == 0
+    assert capsys.readouterr().out == "no subscriptions\n"
+
+
 def test_bad_setting_is_one_line_with_exit_2(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
