@@ -21,7 +21,7 @@ from digest import __version__
 from digest.config import DEFAULT_CONFIG_FILE, Settings, load_settings, starter_file
 from digest.domain import Target, TargetKind
 from digest.errors import ConfigError, DailyPapersError, QueryError
-from digest.query import parse_query
+from digest.query import parse_query, query_key
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -181,6 +181,7 @@ def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> 
     from digest.app import open_store
 
     loaded = settings()
+    status = EXIT_OK
     if args.action == "add":
         queries = [parse_query(text) for text in args.queries]  # validate all before storing
     store = open_store(loaded)
@@ -196,12 +197,22 @@ def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> 
                 state = "added; backfilled on the next run" if added else "already tracked"
                 print(f"{query.text}: {state}")
         else:
+            # The config file's keywords come back on the next run: say where to remove them.
+            in_config = {query_key(q) for q in loaded.keywords.queries}
             for text in args.queries:
+                if query_key(text) in in_config:
+                    print(
+                        f"error: {text!r} comes from [keywords] queries (config: "
+                        f"{loaded.source}) or DAILY_PAPERS_KEYWORDS_QUERIES; remove it there",
+                        file=sys.stderr,
+                    )
+                    status = EXIT_USAGE
+                    continue
                 removed = store.remove_keyword(text)
                 print(f"{text}: {'removed' if removed else 'not tracked'}")
     finally:
         store.close()
-    return EXIT_OK
+    return status
 
 
 def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:

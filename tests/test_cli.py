@@ -97,6 +97,19 @@ def test_invalid_query_is_refused_without_storing(
     assert "good phrase" not in capsys.readouterr().out
 
 
+def test_removing_a_config_keyword_says_where_it_is(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A keyword from [keywords] queries would return on the next run: refused, with where."""
+    monkeypatch.setenv("DAILY_PAPERS_KEYWORDS_QUERIES", '["Diffusion Models"]')
+    assert main(["keywords", "add", "graph neural networks"]) == 0
+    capsys.readouterr()
+    assert main(["keywords", "remove", "diffusion  models", "graph neural networks"]) == 2
+    captured = capsys.readouterr()
+    assert "[keywords] queries" in captured.err
+    assert "graph neural networks: removed" in captured.out
+
+
 def test_subscriptions_for_any_target(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An operator subscribes a Slack channel without the slash command, lists and removes it."""
     assert main(["subscriptions", "add", "slack:C0123", "diffusion models"]) == 0
