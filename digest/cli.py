@@ -333,6 +333,17 @@ def _redact_url(url: str) -> str:
 # -- parser ------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand and its help."""
     parser = argparse.ArgumentParser(
@@ -351,8 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    init = sub.add_parser("init", help="write a commented starter config file")
-    init.add_argument("--path", default=DEFAULT_CONFIG_FILE, help="where to write it")
+    init = sub.add_parser(
+        "init",
+        help="write a commented starter config file",
+        description="Write a config file listing every setting with its default and what it "
+        "does, with four example keywords. Edit [keywords] queries and [arxiv] contact.",
+    )
+    init.add_argument(
+        "--path",
+        default=DEFAULT_CONFIG_FILE,
+        help=f"where to write it (default: {DEFAULT_CONFIG_FILE})",
+    )
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(func=cmd_init)
 
@@ -369,17 +389,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the daily schedule, chat bots and web server until stopped",
         description="Runs the cycle on [schedule] cron (at once on start when the last "
         "successful cycle is older than the schedule), the Slack and Discord bots when their "
-        "tokens are set, and the web server for email subscriptions when enabled.",
+        "tokens are set, and the web server on web.host:web.port (/healthz; the email sign-up "
+        "pages when email is enabled). Stops cleanly on SIGINT or SIGTERM.",
     )
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser(
-        "status", help="last cycles, alerts and failing subscriptions (exit 1 on problems)"
+        "status",
+        help="last cycles, alerts and failing subscriptions (exit 1 on problems)",
+        description="Show the config in use, the last cycles with their numbers, alerts and "
+        "disabled subscriptions. Exit status 1 when the last cycle failed or an alert is on.",
     )
-    status.add_argument("--runs", type=int, default=5, help="how many cycles to show")
+    status.add_argument(
+        "--runs", type=_positive_int, default=5, help="how many cycles to show (default: 5)"
+    )
     status.set_defaults(func=cmd_status)
 
-    readme = sub.add_parser("readme", help="re-render the README snapshot from the database")
+    readme = sub.add_parser(
+        "readme",
+        help="re-render the README snapshot from the database",
+        description="Write the README snapshot (readme.path) from the stored papers, without "
+        "contacting arXiv; the file is only rewritten when it changed.",
+    )
     readme.set_defaults(func=cmd_readme)
 
     keywords = sub.add_parser("keywords", help="manage tracked keywords stored in the database")
@@ -392,9 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
         help='a phrase like "diffusion models" or arXiv syntax like '
         "'ti:\"graph neural\" AND cat:cs.LG'",
     )
-    kw.add_parser("list", help="list tracked keywords")
-    kw_rm = kw.add_parser("remove", help="stop tracking keywords")
-    kw_rm.add_argument("queries", nargs="+", metavar="QUERY")
+    kw.add_parser("list", help="list tracked keywords, where each comes from and its papers")
+    kw_rm = kw.add_parser("remove", help="stop tracking keywords added here or from chat")
+    kw_rm.add_argument(
+        "queries",
+        nargs="+",
+        metavar="QUERY",
+        help="a tracked keyword as `keywords list` shows it (case does not matter); those "
+        "from [keywords] queries are removed in the config file instead",
+    )
     keywords.set_defaults(func=cmd_keywords)
 
     subs = sub.add_parser(
@@ -412,24 +449,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sa_add.add_argument("query", help="the keyword query, quoted if it has spaces")
     sa_list = sa.add_parser("list", help="list subscriptions, of one target or all")
-    sa_list.add_argument("target", nargs="?")
+    sa_list.add_argument("target", nargs="?", help="only this KIND:ADDRESS (default: all)")
     sa_rm = sa.add_parser("remove", help="remove one subscription")
-    sa_rm.add_argument("target")
-    sa_rm.add_argument("query")
+    sa_rm.add_argument("target", help="KIND:ADDRESS as `subscriptions list` shows it")
+    sa_rm.add_argument("query", help="the subscribed query, quoted if it has spaces")
     subs.set_defaults(func=cmd_subscriptions)
 
     email = sub.add_parser(
         "email",
         help="manage email digest readers (double opt-in: a confirmation email is sent first)",
+        description="Email readers get digests only after clicking the link in a confirmation "
+        "email. `subscribe` needs email.enabled, web.base_url and DAILY_PAPERS_SECRET_KEY; "
+        "`list` and `remove` work on the database only. See docs/email.md.",
     )
     ea = email.add_subparsers(dest="action", metavar="ACTION", required=True)
     ea_sub = ea.add_parser("subscribe", help="mail ADDRESS a confirmation link for these queries")
-    ea_sub.add_argument("address")
-    ea_sub.add_argument("queries", nargs="+", metavar="QUERY")
+    ea_sub.add_argument("address", help="the reader's email address")
+    ea_sub.add_argument(
+        "queries",
+        nargs="+",
+        metavar="QUERY",
+        help="one or more queries, each quoted if it has spaces",
+    )
     ea.add_parser("list", help="list readers, their keywords and whether they confirmed")
     ea_rm = ea.add_parser("remove", help="remove a reader (or one of their queries)")
-    ea_rm.add_argument("address")
-    ea_rm.add_argument("queries", nargs="*", metavar="QUERY")
+    ea_rm.add_argument("address", help="the reader's email address")
+    ea_rm.add_argument(
+        "queries",
+        nargs="*",
+        default=[],  # without a default argparse would call this optional QUERY "required"
+        metavar="QUERY",
+        help="the one query to drop (its words may be unquoted); none: remove the reader",
+    )
     email.set_defaults(func=cmd_email)
 
     digest = sub.add_parser(
