@@ -277,9 +277,14 @@ def _check_subscribable(target: Target) -> None:
 def cmd_email(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Subscribe (with a confirmation email), list or remove email digest readers."""
     from digest.app import open_store
-    from digest.email_subscriptions import run_admin
+    from digest.email_subscriptions import SubscriptionError, normalise_address, run_admin
 
     loaded = settings()
+    if getattr(args, "address", None):
+        try:
+            normalise_address(args.address)  # bad input: exit 2 like any other bad argument
+        except SubscriptionError as exc:
+            raise ConfigError(str(exc)) from None
     store = open_store(loaded)
     try:
         lines = asyncio.run(

@@ -615,13 +615,20 @@ async def run_admin(
     keyword or all; `list` shows every address and its keywords. Raises DailyPapersError with a
     message for the user.
     """
+    # list and remove sign no links, so they work without DAILY_PAPERS_SECRET_KEY (an operator
+    # cleaning up after turning email off may no longer have it set).
+    unsigned = TokenSigner(secret_key="", list_id=settings.email.list_id)
     if action == "list":
-        service = EmailSubscriptions(store=store, settings=settings, sender=_NoSender())
+        service = EmailSubscriptions(
+            store=store, settings=settings, sender=_NoSender(), signer=unsigned
+        )
         return format_subscribers(await service.list_subscribers())
     if not address:
         raise SubscriptionError(f"`daily-papers email {action}` needs an email address")
     if action == "remove":
-        service = EmailSubscriptions(store=store, settings=settings, sender=_NoSender())
+        service = EmailSubscriptions(
+            store=store, settings=settings, sender=_NoSender(), signer=unsigned
+        )
         removed = await service.remove(address, " ".join(queries) if queries else None)
         what = f"{removed} subscription{'s' if removed != 1 else ''}"
         return [f"Removed {what} of {normalise_address(address)}."]

@@ -192,3 +192,16 @@ def test_email_commands_explain_what_is_missing(
     monkeypatch.setenv("DAILY_PAPERS_WEB_BASE_URL", "https://papers.example.org")
     assert main(["email", "subscribe", "me@example.org", "llm"]) == 2
     assert "DAILY_PAPERS_SECRET_KEY" in capsys.readouterr().err
+
+
+def test_email_list_and_remove_need_no_signing_key(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """list and remove sign no links: they work without DAILY_PAPERS_SECRET_KEY; bad address: 2."""
+    monkeypatch.delenv("DAILY_PAPERS_SECRET_KEY", raising=False)
+    assert main(["email", "list"]) == 0
+    assert "No email subscribers." in capsys.readouterr().out
+    assert main(["email", "remove", "me@example.org"]) == 0
+    assert "Removed 0 subscriptions of me@example.org." in capsys.readouterr().out
+    assert main(["email", "remove", "not-an-address"]) == 2
+    assert "is not a usable email address" in capsys.readouterr().err
