@@ -498,7 +498,37 @@ def build_parser() -> argparse.ArgumentParser:
     digest.add_argument("--date", metavar="YYYY-MM-DD", help="the day (default: today, UTC)")
     digest.add_argument("--print", action="store_true", help="print to stdout instead of writing")
     digest.set_defaults(func=cmd_digest)
+    _accept_global_options(parser)
     return parser
+
+
+def _accept_global_options(parser: argparse.ArgumentParser) -> None:
+    """Let --config, -v and -q also follow the command (`daily-papers run -q`), as people type.
+
+    SUPPRESS keeps a value given before the command when the option is not repeated after it.
+    """
+    for action in parser._actions:  # argparse has no public way to list subparsers
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+            child.add_argument(
+                "--config", metavar="PATH", default=argparse.SUPPRESS, help="settings file"
+            )
+            child.add_argument(
+                "-v",
+                "--verbose",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="log debug details",
+            )
+            child.add_argument(
+                "-q",
+                "--quiet",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="log warnings and errors only",
+            )
+            _accept_global_options(child)
 
 
 def configure_logging(*, verbose: bool, quiet: bool, level: str) -> None:

@@ -121,6 +121,15 @@ def test_subscriptions_for_any_target(workdir: Path, capsys: pytest.CaptureFixtu
     assert "KIND:ADDRESS" in capsys.readouterr().err
 
 
+def test_global_options_may_follow_the_command(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`daily-papers status -q --config FILE` works like the options before the command."""
+    assert main(["keywords", "list", "-q", "--config", "missing.toml"]) == 2
+    assert "missing.toml does not exist" in capsys.readouterr().err
+    assert main(["status", "-v", "--runs", "1"]) == 0
+
+
 def test_subscriptions_add_refuses_email_and_unknown_kinds(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
