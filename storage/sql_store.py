@@ -213,6 +213,12 @@ class SqlStore:
                 "database.url for SQLite in the data folder, 'sqlite:///path/to/file.sqlite3', "
                 "or 'postgresql+psycopg://user@host:5432/dbname'."
             ) from exc
+        except ImportError as exc:  # mysql://, postgresql+psycopg2://: a driver not installed
+            raise StoreError(
+                f"database URL {self._redacted!r} needs the driver {exc.name!r}, which is not "
+                "installed; daily-papers supports SQLite ('sqlite:///...') and PostgreSQL "
+                "through psycopg 3 ('postgresql+psycopg://user@host:5432/dbname')."
+            ) from exc
         self._dialect = self._engine.dialect.name
         if self._dialect not in {"sqlite", "postgresql"}:
             self._engine.dispose()

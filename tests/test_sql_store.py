@@ -550,6 +550,8 @@ def test_bad_url_is_a_store_error_without_the_password() -> None:
     assert "hunter2" not in str(info.value)
     with pytest.raises(StoreError, match="not usable"):
         SqlStore(url="not a url")
+    with pytest.raises(StoreError, match=r"needs the driver 'MySQLdb'"):  # not ImportError
+        SqlStore(url="mysql://u:hunter2@db/x")
     assert redact_url("postgresql+psycopg://u:s3cret@h/db") == "postgresql+psycopg://u:***@h/db"
 
 
