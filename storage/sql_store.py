@@ -440,7 +440,10 @@ class SqlStore:
                 .order_by(SubscriptionRow.id)
             ).all()
             if users:
-                targets = ", ".join(f"{r.target_kind}:{r.target_address}" for r in users[:5])
+                # display: a webhook address carries its token, which is never printed
+                targets = ", ".join(
+                    Target(kind=r.target_kind, address=r.target_address).display for r in users[:5]
+                )
                 more = f" and {len(users) - 5} more" if len(users) > 5 else ""
                 raise StoreError(
                     f"keyword {query!r} still has {len(users)} active subscription(s) "

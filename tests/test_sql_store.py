@@ -116,6 +116,15 @@ def test_remove_keyword_refuses_while_an_active_subscription_uses_it(store: SqlS
     assert store.known_versions(["2501.00001"]) == {"2501.00001": 1}  # papers stay
 
 
+def test_remove_keyword_refusal_masks_a_webhook_token(store: SqlStore) -> None:
+    """The subscriber named in the refusal is shown as Target.display: no webhook token."""
+    webhook = Target("discord_webhook", "https://discord.com/api/webhooks/123/s3cr3t")
+    store.add_subscription(webhook, LLM, now=T0)
+    with pytest.raises(StoreError, match=r"webhooks/123/\*+") as info:
+        store.remove_keyword(LLM)
+    assert "s3cr3t" not in str(info.value)
+
+
 def test_remove_keyword_drops_its_disabled_subscriptions(store: SqlStore) -> None:
     """A keyword whose only subscription is disabled can be removed, taking the subscription."""
     sub = store.add_subscription(SLACK, LLM, now=T0)
