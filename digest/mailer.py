@@ -340,7 +340,11 @@ def compose_message(
         msg["List-Unsubscribe"] = f"<{https}>, <{mailto}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(rendered.text, subtype="plain", charset="utf-8")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
+    # base64 for the HTML: its inlined-CSS lines exceed 998 characters, so it needs an
+    # encoding, and the email package's quoted-printable is pure Python (the largest single cost
+    # of a digest in the 10,000-digest benchmark); base64 is encoded in C. The text part stays
+    # quoted-printable, readable in the raw message.
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="base64")
     return msg
 
 
