@@ -233,6 +233,18 @@ def arxiv_error_message(body: bytes) -> str | None:
     return None
 
 
+# urllib3 prefixes its reasons with the connection object: "HTTPSConnection(host=..., port=443): "
+_CONNECTION_PREFIX = re.compile(r"^\w*Connection\(host=[^)]*\):\s*")
+
+
+def _connection_reason(exc: requests.ConnectionError) -> str:
+    """Why the connection failed, as a person can act on it ("Failed to resolve 'host'...")."""
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", None) or inner  # urllib3's MaxRetryError wraps the cause
+    text = _CONNECTION_PREFIX.sub("", _collapse(str(reason))) if reason is not None else ""
+    return text[:200] or type(exc).__name__
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     """`Retry-After` as seconds: either a number or an HTTP date."""
     if not value:
@@ -500,7 +512,7 @@ class ArxivSource:
                 raise _Transient(f"timeout after {self._timeout:g} s") from exc
             except requests.ConnectionError as exc:
                 self._log_request(url, "connection-error", started)
-                raise _Transient(f"connection error: {type(exc).__name__}") from exc
+                raise _Transient(f"connection error: {_connection_reason(exc)}") from exc
             finally:
                 self._last_request = self._clock()
         status = response.status_code

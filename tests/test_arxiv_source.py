@@ -421,6 +421,16 @@ def test_connection_reset_is_retried(server: ArxivStandIn, clock: FakeClock):
     assert len(fetch.papers) == 5
 
 
+def test_connection_refused_says_why(server: ArxivStandIn, clock: FakeClock):
+    """A refused connection is reported with its cause, not just 'ConnectionError'."""
+    with make_source(server, clock, retries=0) as source:
+        server.stop()  # nothing listens on the port any more
+        with pytest.raises(ArxivError) as caught:
+            harvest(source)
+    assert "connection error: Failed to establish a new connection" in str(caught.value)
+    assert "Connection refused" in str(caught.value)
+
+
 def test_empty_page_in_the_middle_is_retried(server: ArxivStandIn, clock: FakeClock):
     """An empty second page is fetched again rather than ending the result set early."""
     server.script(EmptyPage(), when={"start": "2"})
