@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import (
     URL,
@@ -304,13 +305,23 @@ class SqlStore:
         try:
             with self._transaction(write=True) as conn:
                 config.attributes["connection"] = conn
+                before = MigrationContext.configure(conn).get_current_revision()
                 command.upgrade(config, "head")
+                after = MigrationContext.configure(conn).get_current_revision()
         except CommandError as exc:
             raise StoreError(
                 f"cannot migrate the database {self._redacted!r}: {exc}. If it was created by "
                 "a newer daily-papers, upgrade daily-papers."
             ) from exc
-        log.info("store.migrated url=%s seconds=%.2f", self._redacted, time.monotonic() - started)
+        # Every command opens the store: an up-to-date schema is news only when debugging.
+        log.log(
+            logging.INFO if before != after else logging.DEBUG,
+            "store.migrated url=%s from=%s to=%s seconds=%.2f",
+            self._redacted,
+            before,
+            after,
+            time.monotonic() - started,
+        )
 
     def close(self) -> None:
         """Close every pooled connection."""

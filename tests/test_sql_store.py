@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -582,6 +583,20 @@ def test_unwritable_data_folder_is_a_store_error(tmp_path: Path) -> None:
     store = SqlStore(url=f"sqlite:///{blocker / 'data' / 'db.sqlite3'}")
     with store, pytest.raises(StoreError, match=r"data_dir"):
         store.migrate()
+
+
+def test_migrate_logs_at_info_only_when_the_schema_changed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first migrate is an INFO event; re-opening an up-to-date database is DEBUG only."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    caplog.set_level(logging.DEBUG, logger="storage.sql_store")
+    for expected in (logging.INFO, logging.DEBUG):
+        caplog.clear()
+        with SqlStore(url=url) as store:
+            store.migrate()
+        levels = [r.levelno for r in caplog.records if "store.migrated" in r.getMessage()]
+        assert levels == [expected]
 
 
 def test_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
