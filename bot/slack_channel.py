@@ -41,6 +41,9 @@ MAX_HEADER_CHARS = 150  # Slack's limit of a header block's plain text
 MAX_FALLBACK_CHARS = 3000  # the notification text; Slack truncates past 40k, phones far sooner
 MAX_AUTHORS = 3  # then "et al.", like the other channels
 MAX_COMMENT_CHARS = 500  # a comment is context, not the paper; longer ones are shortened
+# Slack's chat.postMessage allows about one message per second per channel; a batch that
+# continues in a thread posts its replies this far apart instead of collecting 429s.
+POST_INTERVAL = 1.0
 
 # The Slack errors after which posting to this channel can never succeed without a person
 # acting (re-inviting the bot, unarchiving, reinstalling the app): disable, with a hint.
@@ -278,17 +281,35 @@ class SlackChannel:
 
     kind = "slack"
 
-    def __init__(self, *, client: AsyncWebClient) -> None:
+    def __init__(self, *, client: AsyncWebClient, post_interval: float = POST_INTERVAL) -> None:
         self._client = client
+        self._post_interval = post_interval
+        self._next_post: dict[str, float] = {}  # channel -> loop time its next post may go
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SlackChannel | None:
         """The channel for these settings, or None when Slack is not configured."""
         client = client_from_settings(settings)
-        return cls(client=client) if client is not None else None
+        if client is None:
+            return None
+        return cls(
+            client=client, post_interval=0.0 if settings.service.test_mode else POST_INTERVAL
+        )
+
+    async def _await_turn(self, channel: str) -> None:
+        """Keep posts to one channel `post_interval` apart (a thread continues its channel)."""
+        if self._post_interval <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next_post.get(channel, now))
+        self._next_post[channel] = slot + self._post_interval  # reserved before awaiting
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     async def _post(self, channel: str, **payload: Any) -> tuple[str | None, str | None, bool]:
         """Post one message: (ts, error, permanent). Never raises."""
+        await self._await_turn(channel)
         try:
             response = await self._client.chat_postMessage(
                 channel=channel,
