@@ -168,7 +168,14 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     if zero_days >= loaded.alerts.zero_paper_days:
         print(f"ALERT: zero new papers on {zero_days} announcement days in a row")
         problems += 1
-    disabled = [s for s in subscriptions if not s.active]
+    from digest.email_subscriptions import UNCONFIRMED
+
+    # An email sign-up waits, disabled, for its link to be clicked: pending, not failing.
+    waiting = [s for s in subscriptions if not s.active and s.disabled_reason == UNCONFIRMED]
+    disabled = [s for s in subscriptions if not s.active and s not in waiting]
+    if waiting:
+        addresses = len({s.target.address for s in waiting})
+        print(f"email sign-ups waiting for confirmation: {addresses} address(es)")
     if disabled:
         print("failing subscriptions:")
         for sub in disabled:

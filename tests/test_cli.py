@@ -121,6 +121,29 @@ def test_subscriptions_for_any_target(workdir: Path, capsys: pytest.CaptureFixtu
     assert "KIND:ADDRESS" in capsys.readouterr().err
 
 
+def test_status_counts_email_sign_ups_apart_from_failing_subscriptions(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unconfirmed sign-up is pending, not failing; a disabled Slack channel is failing."""
+    from datetime import UTC, datetime
+
+    from digest.app import open_store
+    from digest.config import load_settings
+    from digest.domain import Target
+
+    now = datetime.now(UTC)
+    with open_store(load_settings()) as store:
+        pending = store.add_subscription(Target("email", "me@example.org"), "llm", now=now)
+        store.disable_subscription(pending.id, "unconfirmed")
+        gone = store.add_subscription(Target("slack", "C0123"), "llm", now=now)
+        store.disable_subscription(gone.id, "channel_not_found")
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "email sign-ups waiting for confirmation: 1 address(es)" in out
+    assert "slack:C0123  'llm': channel_not_found" in out
+    assert "unconfirmed" not in out
+
+
 def test_global_options_may_follow_the_command(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
