@@ -43,6 +43,10 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else "a number greater than 0"
 
 
+def _port(value: Any) -> str | None:
+    return None if 1 <= value <= 65535 else "a TCP port from 1 to 65535"
+
+
 def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else "a number of 0 or more"
 
@@ -330,7 +334,7 @@ class EmailSettings:
 
     enabled: bool = _opt(False, "Send email digests.")
     smtp_host: str = _opt("localhost", "SMTP relay host.")
-    smtp_port: int = _opt(587, "SMTP relay port.", _positive)
+    smtp_port: int = _opt(587, "SMTP relay port.", _port)
     smtp_username: str = _opt("", "SMTP user (password: env SMTP_PASSWORD).")
     security: str = _opt(
         "starttls", "'starttls', 'tls' (implicit) or 'none'.", _one_of("starttls", "tls", "none")
@@ -347,7 +351,7 @@ class WebSettings:
     """[web]"""
 
     host: str = _opt("127.0.0.1", "Address the web server listens on.")
-    port: int = _opt(8080, "Port of the web server.", _positive)
+    port: int = _opt(8080, "Port of the web server.", _port)
     base_url: str = _opt(
         "", "Public URL for links in emails (e.g. https://papers.lab.org).", _optional_http_url
     )

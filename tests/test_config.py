@@ -65,6 +65,8 @@ def test_file_then_environment_override(tmp_path: Path) -> None:
         ('[schedule]\ntimezone = "Mars/Base"\n', {}, "an IANA timezone name"),
         ('[schedule]\ncron = "daily"\n', {}, "five-field cron expression"),
         ("[readme\n", {}, "is not valid TOML"),
+        ("[email]\nsmtp_port = 70000\n", {}, "expected a TCP port from 1 to 65535"),
+        ("", {"DAILY_PAPERS_WEB_PORT": "0"}, "web.port = 0 is not valid"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(
