@@ -73,7 +73,10 @@ def cmd_init(args: argparse.Namespace, _settings: Callable[[], Settings]) -> int
         print(f"error: {path} already exists (use --force to overwrite)", file=sys.stderr)
         return EXIT_USAGE
     path.write_text(starter_file(), encoding="utf-8")
-    print(f"wrote {path}: edit [keywords] queries, then run `daily-papers run`")
+    print(
+        f"wrote {path}: edit [keywords] queries and [arxiv] contact (your email, sent to arXiv), "
+        "then run `daily-papers run`"
+    )
     return EXIT_OK
 
 
