@@ -189,24 +189,42 @@ def fit_readme(
     fits or no rows are left.
     """
     built = readme_sections(sections, link=link, max_papers=max_papers, tz=tz)
-    text = _render(built, today=today, max_papers=max_papers)
-    if _size(text) <= max_bytes:
-        return text, 0
     order = _trim_order(built)
-    # Dropping more rows never makes the text longer, so the smallest count that fits can be
-    # found by bisection: about 14 renders for 100 keywords x 100 papers.
-    low, high = 1, len(order)
-    best = _render(_without(built, set(order)), today=today, max_papers=max_papers)
+    total = len(order)
+
+    def keeping(count: int) -> str:
+        """The README with only the last `count` rows of the drop order kept."""
+        return _render(
+            _without(built, set(order[: total - count])), today=today, max_papers=max_papers
+        )
+
+    # Keeping more rows never makes the text shorter, so the most rows that fit are found by
+    # galloping up from a single row (1, 2, 4, ... rows) and then bisecting: no render is much
+    # larger than max_bytes. (Rendering everything first and bisecting down from there made
+    # 500 keywords x 100 papers render ~100 MB of text to keep 500 KB.)
+    kept, text = 0, keeping(0)
+    if _size(text) > max_bytes or total == 0:
+        return text, total  # not even the headings fit (or there are no rows to drop)
+    too_many = total + 1  # the fewest rows known not to fit
+    count = 1
+    while count <= total:
+        candidate = keeping(count)
+        if _size(candidate) > max_bytes:
+            too_many = count
+            break
+        kept, text = count, candidate
+        if count == total:
+            return text, 0
+        count = min(2 * count, total)
+    low, high = kept + 1, too_many - 1
     while low <= high:
         middle = (low + high) // 2
-        candidate = _render(
-            _without(built, set(order[:middle])), today=today, max_papers=max_papers
-        )
+        candidate = keeping(middle)
         if _size(candidate) <= max_bytes:
-            best, high = candidate, middle - 1
+            kept, text, low = middle, candidate, middle + 1
         else:
-            low = middle + 1
-    return best, min(low, len(order))
+            high = middle - 1
+    return text, total - kept
 
 
 def build_readme(
