@@ -25,6 +25,7 @@ and backoff are zero; timeouts still apply).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
@@ -284,6 +285,15 @@ class _Run:
     promised: int = 0  # totalResults over all queries so far
     query_promised: int = 0  # totalResults of the current query's first page
 
+    @contextlib.contextmanager
+    def counted_on_failure(self) -> Iterator[None]:
+        """An ArxivError leaving this block carries the requests made so far."""
+        try:
+            yield
+        except ArxivError as exc:
+            exc.requests = self.requests
+            raise
+
 
 class _PoliteClient(arxiv.Client):  # type: ignore[misc]  # arxiv ships no type information
     """`arxiv.Client` whose page fetch goes through `ArxivSource` (delay, retries, errors)."""
@@ -404,12 +414,13 @@ class ArxivSource:
                 sort_by=arxiv.SortCriterion.SubmittedDate,
                 sort_order=arxiv.SortOrder.Ascending,
             )
-            distinct = self._collect(search, run=run, page_size=self._page_size, into=papers)
-            if distinct < run.query_promised:
-                raise HarvestIncomplete(
-                    f"arXiv promised {run.query_promised} entries for {query!r} but "
-                    f"{distinct} distinct entries arrived; the same window will be read again"
-                )
+            with run.counted_on_failure():
+                distinct = self._collect(search, run=run, page_size=self._page_size, into=papers)
+                if distinct < run.query_promised:
+                    raise HarvestIncomplete(
+                        f"arXiv promised {run.query_promised} entries for {query!r} but "
+                        f"{distinct} distinct entries arrived; the same window will be read again"
+                    )
         log.info(
             "arxiv.harvest queries=%d papers=%d promised=%d requests=%d throttled=%d seconds=%.1f",
             len(queries),
@@ -435,9 +446,10 @@ class ArxivSource:
             sort_by=arxiv.SortCriterion.LastUpdatedDate,
             sort_order=arxiv.SortOrder.Descending,
         )
-        distinct = self._collect(
-            search, run=run, page_size=min(self._page_size, limit), into=papers
-        )
+        with run.counted_on_failure():
+            distinct = self._collect(
+                search, run=run, page_size=min(self._page_size, limit), into=papers
+            )
         expected = min(run.query_promised, limit)
         if distinct < expected:
             # A backfill is "the latest N": a short answer is logged, not fatal.
@@ -486,10 +498,10 @@ class ArxivSource:
             if exc.empty:
                 raise HarvestIncomplete(
                     f"arXiv kept answering an empty page after {attempts} attempts while "
-                    f"{run.query_promised} entries were promised ({url})"
+                    f"{run.query_promised} entries were promised ({_describe(url)})"
                 ) from exc
             raise ArxivError(
-                f"arXiv request failed after {attempts} attempts: {exc.reason} ({url})"
+                f"arXiv request failed after {attempts} attempts: {exc.reason} ({_describe(url)})"
             ) from exc
         if first_page:
             run.query_promised = feed.header.total_results
@@ -521,7 +533,9 @@ class ArxivSource:
         message = arxiv_error_message(body)
         if message is not None:
             # A bad query: asking again gives the same answer.
-            raise ArxivError(f"arXiv rejected the request: {message} (HTTP {status}, {url})")
+            raise ArxivError(
+                f"arXiv rejected the request: {message} (HTTP {status}, {_describe(url)})"
+            )
         retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
         if retry_after is not None and retry_after > self._backoff_max:
             if status == 429:
@@ -536,7 +550,7 @@ class ArxivSource:
         if status >= 500:
             raise _Transient(f"HTTP {status}", retry_after=retry_after)
         if status != 200:
-            raise ArxivError(f"arXiv answered HTTP {status} for {url}")
+            raise ArxivError(f"arXiv answered HTTP {status} for {_describe(url)}")
         if _ATOM_NS not in body:
             # A proxy's or captive portal's HTML page would otherwise parse as "0 results".
             raise _Transient("answer is not an Atom feed")
@@ -582,6 +596,15 @@ class ArxivSource:
         log.info(
             "arxiv.request url=%s status=%s seconds=%.2f", url, status, self._clock() - started
         )
+
+
+def _describe(url: str) -> str:
+    """A query URL short enough for an error line: the endpoint and the page's offset.
+
+    The full URL (hundreds of characters of categories and dates) is in the request log.
+    """
+    endpoint = url.split("?", 1)[0]
+    return f"{endpoint}, results from {_start_of(url)}"
 
 
 def _start_of(url: str) -> int:

@@ -145,13 +145,17 @@ async def harvest(
         end.isoformat(timespec="minutes"),
         len(settings.arxiv.categories),
     )
-    fetch = await asyncio.to_thread(
-        source.harvest,
-        start=start,
-        end=end,
-        categories=settings.arxiv.categories,
-        progress=lambda done, total: progress("harvest", done, total),
-    )
+    try:
+        fetch = await asyncio.to_thread(
+            source.harvest,
+            start=start,
+            end=end,
+            categories=settings.arxiv.categories,
+            progress=lambda done, total: progress("harvest", done, total),
+        )
+    except ArxivError as exc:
+        tally.requests += exc.requests
+        raise
     tally.add_fetch(fetch)
     await _commit(
         settings=settings,
@@ -239,6 +243,7 @@ async def backfill_keywords(
                 source.search, to_arxiv(query), limit=settings.arxiv.backfill_limit
             )
         except ArxivError as exc:
+            tally.requests += exc.requests
             logger.warning("backfill.failed keyword=%r error=%s", text, exc)
             tally.warnings.append(f"backfill of {text!r} failed: {exc}")
             continue
@@ -431,6 +436,7 @@ async def run_cycle(
     started_at = now()
     tally = _Tally()
     error: str | None = None
+    arxiv_failed = False
     try:
         await sync_config_keywords(store, settings.keywords.queries)
         keywords = await asyncio.to_thread(store.list_keywords)
@@ -446,13 +452,28 @@ async def run_cycle(
         )
     except DailyPapersError as exc:
         error = str(exc)
+        arxiv_failed = isinstance(exc, ArxivError)
         logger.error("harvest.failed error=%s", exc)
-    try:
-        await backfill_keywords(
-            settings=settings, store=store, source=source, now=now, progress=progress, tally=tally
-        )
-    except DailyPapersError as exc:
-        tally.warnings.append(f"backfill: {exc}")
+    if arxiv_failed:
+        # arXiv is down or refusing us: every backfill would wait out its own retries against
+        # the same failure. New keywords stay due and are backfilled by the next cycle.
+        due = await asyncio.to_thread(store.keywords_to_backfill)
+        if due:
+            tally.warnings.append(
+                f"{len(due)} keyword backfill(s) postponed to the next cycle (arXiv failed)"
+            )
+    else:
+        try:
+            await backfill_keywords(
+                settings=settings,
+                store=store,
+                source=source,
+                now=now,
+                progress=progress,
+                tally=tally,
+            )
+        except DailyPapersError as exc:
+            tally.warnings.append(f"backfill: {exc}")
     if translator is not None:
         # Bounded by translation.deadline_seconds and never raising: a slow or broken provider
         # delays delivery by at most that; what is missing is translated next cycle.

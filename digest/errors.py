@@ -26,7 +26,12 @@ class QueryError(DailyPapersError):
 
 
 class ArxivError(DailyPapersError):
-    """arXiv answered with an error, refused us, or kept failing after the retries."""
+    """arXiv answered with an error, refused us, or kept failing after the retries.
+
+    `requests` is how many HTTP requests the failed fetch had made (the run report counts them).
+    """
+
+    requests: int = 0
 
 
 class HarvestIncomplete(ArxivError):

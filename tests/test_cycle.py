@@ -164,6 +164,33 @@ async def test_failed_harvest_keeps_the_watermark_and_is_retried(
     assert ok.new_papers > 0
 
 
+async def test_arxiv_down_postpones_backfills_and_counts_the_failed_requests(
+    tmp_path: Path, server: ArxivStandIn
+) -> None:
+    """When the harvest cannot reach arXiv, new keywords are not backfilled against the outage.
+
+    Each backfill would wait out its own retries; they stay due and run on the next cycle.
+    The report counts the requests that were made, and its error line stays short.
+    """
+    settings = make_settings(tmp_path, server, keywords={"queries": KEYWORDS[:2]})
+    server.always(ServerError(503))
+    failed = await cycle(settings, Clock(REFERENCE_DAY))
+    assert not failed.ok
+    attempts = settings.arxiv.retries + 1
+    assert len(server.requests) == attempts  # the harvest's first page only, no backfill query
+    assert failed.requests == attempts
+    assert any("2 keyword backfill(s) postponed" in w for w in failed.warnings)
+    assert failed.error is not None
+    assert len(failed.error) < 250, failed.error
+    assert "search_query" not in failed.error
+    server.clear_rules()
+    server.clear_requests()
+    ok = await cycle(settings, Clock(REFERENCE_DAY + timedelta(hours=2)))
+    assert ok.ok
+    backfills = [r for r in server.requests if "submittedDate" not in r.search_query]
+    assert len(backfills) == 2
+
+
 async def test_catch_up_after_missed_days_reaches_back_to_the_watermark(
     tmp_path: Path, server: ArxivStandIn
 ) -> None:
