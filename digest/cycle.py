@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 CHANNEL_TIMEOUT = 600.0  # seconds one channel may take for one target before it counts as failed
 DELIVERY_CONCURRENCY = 8  # targets sent to at once; each channel still obeys its own rate limits
 STATE_ZERO_DAYS = "alerts.zero_paper_days"
+STATE_ZERO_LAST_DAY = "alerts.zero_paper_days.last_day"
 STATE_FAILED_CYCLES = "alerts.failed_cycles"
 STATE_LAST_SUCCESS = "cycle.last_success"
 
@@ -370,9 +371,14 @@ async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetim
     return changed
 
 
+def _announcement_date(moment: datetime) -> date:
+    """The day in New York, where arXiv's announcement schedule is kept."""
+    return moment.astimezone(ZoneInfo("America/New_York")).date()
+
+
 def _is_announcement_day(moment: datetime) -> bool:
     """arXiv mails new submissions Monday to Friday (announced the evening before, ET)."""
-    return moment.astimezone(ZoneInfo("America/New_York")).weekday() < 5
+    return _announcement_date(moment).weekday() < 5
 
 
 async def _check_alerts(
@@ -386,10 +392,18 @@ async def _check_alerts(
     if failed >= settings.alerts.failed_cycles:
         alerts.append(f"{failed} daily cycles in a row have failed; last error: {report.error}")
     if report.ok and _is_announcement_day(report.started_at):
+        # Counted per announcement day, not per run: several runs on one empty day are one day.
+        day = _announcement_date(report.started_at).isoformat()
         zero = int(await asyncio.to_thread(store.get_state, STATE_ZERO_DAYS) or 0)
-        zero = zero + 1 if report.new_papers == 0 else 0
+        last_day = await asyncio.to_thread(store.get_state, STATE_ZERO_LAST_DAY)
+        counted = report.new_papers == 0 and day != last_day
+        if report.new_papers:
+            zero = 0
+        elif counted:
+            zero += 1
         await asyncio.to_thread(store.set_state, STATE_ZERO_DAYS, str(zero))
-        if zero >= settings.alerts.zero_paper_days:
+        await asyncio.to_thread(store.set_state, STATE_ZERO_LAST_DAY, day)
+        if counted and zero >= settings.alerts.zero_paper_days:
             alerts.append(
                 f"arXiv returned zero new papers on {zero} announcement days in a row: "
                 "check arxiv.categories, arxiv.api_url and the arXiv status page"

@@ -383,6 +383,23 @@ async def test_zero_new_papers_on_two_announcement_days_alerts(
     assert "zero new papers" in slack.notices[0][1]
 
 
+async def test_zero_paper_alert_counts_days_not_runs(tmp_path: Path, server: ArxivStandIn) -> None:
+    """Three empty runs on one announcement day are one empty day: no alert until the next day."""
+    settings = make_settings(
+        tmp_path, server, keywords={"queries": []}, alerts={"target": "slack:CADMIN"}
+    )
+    slack = RecordingChannel(kind="slack")
+    server.set_papers([])
+    monday = datetime(2025, 2, 10, 14, 0, tzinfo=UTC)
+    for hours in (0, 3, 6):
+        await cycle(settings, Clock(monday + timedelta(hours=hours)), {"slack": slack})
+    assert slack.notices == []
+    await cycle(settings, Clock(monday + timedelta(days=1)), {"slack": slack})
+    assert len(slack.notices) == 1
+    await cycle(settings, Clock(monday + timedelta(days=1, hours=2)), {"slack": slack})
+    assert len(slack.notices) == 1  # the same day is not reported twice
+
+
 def test_harvest_queries_group_long_category_lists(tmp_path: Path, server: ArxivStandIn) -> None:
     """Many categories are split into a few OR-groups, each with the submittedDate filter."""
     settings = make_settings(
