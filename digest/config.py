@@ -10,6 +10,7 @@ key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -85,9 +86,56 @@ def _optional_http_url(value: Any) -> str | None:
 
 
 def _cron(value: Any) -> str | None:
-    if len(str(value).split()) == 5:
+    allowed = "a five-field cron expression 'minute hour day month day_of_week', e.g. '0 21 * * *'"
+    if len(str(value).split()) != 5:
+        return allowed
+    from apscheduler.triggers.cron import CronTrigger  # the scheduler that will run it
+
+    try:
+        CronTrigger.from_crontab(str(value), timezone="UTC")
+    except ValueError as exc:
+        return f"{allowed} ({exc})"
+    return None
+
+
+def _queries(value: Any) -> str | None:
+    """Each tracked keyword must parse; the error names the entry and what is wrong with it."""
+    from digest.errors import QueryError
+    from digest.query import parse_query
+
+    for index, text in enumerate(value):
+        try:
+            parse_query(str(text))
+        except QueryError as exc:
+            return f"valid queries, but entry {index + 1} ({text!r}) is not: {exc}"
+    return None
+
+
+_CATEGORY = re.compile(r"[a-z][a-z-]*(\.[A-Za-z][A-Za-z-]*)?")
+
+
+def _categories(value: Any) -> str | None:
+    if not value:
+        return "at least one arXiv category such as 'cs.CV', or ['all']"
+    for text in value:
+        if str(text).strip().lower() != "all" and not _CATEGORY.fullmatch(str(text)):
+            return (
+                f"arXiv category names such as 'cs.CV', 'stat.ML', 'hep-th' or 'all' "
+                f"({text!r} is not one)"
+            )
+    return None
+
+
+TARGET_KINDS = ("slack", "discord", "discord_webhook", "email")
+
+
+def _optional_target(value: Any) -> str | None:
+    if value == "":
         return None
-    return "a five-field cron expression 'minute hour day month day_of_week', e.g. '0 21 * * *'"
+    kind, sep, address = str(value).partition(":")
+    if sep and kind.strip().lower() in TARGET_KINDS and address.strip():
+        return None
+    return "'' (none) or KIND:ADDRESS with KIND one of " + ", ".join(TARGET_KINDS)
 
 
 def _language(value: Any) -> str | None:
@@ -181,6 +229,7 @@ class KeywordSettings:
         [],
         "Tracked keyword queries. A plain phrase works like DailyArXiv; arXiv syntax "
         "(ti: abs: au: cat: all:, quotes, AND OR ANDNOT, parentheses) is accepted too.",
+        _queries,
     )
 
 
@@ -200,6 +249,7 @@ class ArxivSettings:
         DEFAULT_CATEGORIES,
         "Categories harvested daily. ['all'] means every arXiv category. Default: all cs.* "
         "and stat.*.",
+        _categories,
     )
     lookback_days: int = _opt(
         7, "Days of submissions re-read each day (arXiv announces late).", _positive
@@ -290,6 +340,7 @@ class AlertSettings:
     target: str = _opt(
         "",
         "Optional admin target for loud alerts, e.g. 'slack:C0123' or 'email:admin@lab.org'.",
+        _optional_target,
     )
     zero_paper_days: int = _opt(
         2, "Alert after this many announcement days in a row with zero new papers.", _positive
@@ -581,6 +632,26 @@ def _build_section(name: str, cls: type, table: Mapping[str, Any], env: Mapping[
     return cls(**values)
 
 
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """A `DAILY_PAPERS_<SECTION>_<KEY>` variable naming no key is a typo, not something to skip."""
+    known = {
+        env_name(f"{name}.{fld.name}")
+        for name, cls in SECTIONS.items()
+        for fld in dataclasses.fields(cls)
+    }
+    known |= {ENV_PREFIX + "CONFIG", *Secrets.ENV_NAMES.values()}
+    prefixes = tuple(ENV_PREFIX + name.upper() + "_" for name in SECTIONS)
+    for variable in sorted(env):
+        if variable.startswith(prefixes) and variable not in known:
+            close = difflib.get_close_matches(variable, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(
+                f"environment variable {variable} names no setting{hint} "
+                "(`daily-papers init` writes every key; "
+                "the variable for [section] key is DAILY_PAPERS_SECTION_KEY)"
+            )
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -616,6 +687,7 @@ def load_settings(
         raise ConfigError(
             f"unknown section [{unknown[0]}] in {source}; known sections: " + ", ".join(SECTIONS)
         )
+    _check_env_names(env)
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
         table = data.get(name, {})

@@ -67,6 +67,22 @@ def test_file_then_environment_override(tmp_path: Path) -> None:
         ("[readme\n", {}, "is not valid TOML"),
         ("[email]\nsmtp_port = 70000\n", {}, "expected a TCP port from 1 to 65535"),
         ("", {"DAILY_PAPERS_WEB_PORT": "0"}, "web.port = 0 is not valid"),
+        ('[schedule]\ncron = "0 25 * * *"\n', {}, "higher than the maximum value (23)"),
+        (
+            '[keywords]\nqueries = ["fine", "ti:(open"]\n',
+            {},
+            "entry 2 ('ti:(open') is not: this '(' is never closed",
+        ),
+        ('[keywords]\nqueries = ["x\\u0007y"]\n', {}, "entry 1"),
+        ('[arxiv]\ncategories = ["cs.CV", "computer vision"]\n', {}, "'computer vision' is not"),
+        ("[arxiv]\ncategories = []\n", {}, "at least one arXiv category"),
+        ('[alerts]\ntarget = "slak:C1"\n', {}, "KIND one of slack, discord"),
+        ('[alerts]\ntarget = "C0123"\n', {}, "KIND:ADDRESS"),
+        (
+            "",
+            {"DAILY_PAPERS_ARXIV_CONTCT": "me@lab.org"},
+            "DAILY_PAPERS_ARXIV_CONTCT names no setting; did you mean DAILY_PAPERS_ARXIV_CONTACT?",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(
@@ -78,6 +94,23 @@ def test_bad_values_name_key_value_and_what_is_allowed(
     with pytest.raises(ConfigError) as caught:
         load_settings(path, env=env)
     assert expected in str(caught.value)
+
+
+def test_good_values_of_the_checked_keys_load(tmp_path: Path) -> None:
+    """The new checks accept what is valid: every category form, targets, crontab ranges."""
+    path = tmp_path / "daily-papers.toml"
+    path.write_text(
+        '[arxiv]\ncategories = ["all", "hep-th", "math.AG", "q-bio.NC", "cs.CV"]\n'
+        '[alerts]\ntarget = "discord_webhook:https://discord.com/api/webhooks/1/abc"\n'
+        '[schedule]\ncron = "30 21 * * mon-fri"\n'
+        '[keywords]\nqueries = ["ti:\\"diffusion\\" ANDNOT cat:cs.CR", "Video Understanding"]\n',
+        encoding="utf-8",
+    )
+    env = {"DAILY_PAPERS_TEST_SKIP_POSTGRES": "1", "DAILY_PAPERS_CONFIG": str(path)}
+    settings = load_settings(env=env)
+    assert settings.arxiv.categories[1] == "hep-th"
+    assert settings.alerts.target.startswith("discord_webhook:")
+    assert len(settings.keywords.queries) == 2
 
 
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
