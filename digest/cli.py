@@ -549,8 +549,12 @@ def configure_logging(*, verbose: bool, quiet: bool, level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    if not verbose:  # schema checks on every start are noise unless debugging
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    if not verbose:
+        # Libraries narrate at INFO what our own event lines already say: alembic's schema
+        # check on every start, arxiv's "Requesting page"/"Got first page", APScheduler's
+        # "Adding job tentatively", discord.py's gateway chatter. Their warnings still show.
+        for noisy in ("alembic", "arxiv", "apscheduler", "discord", "slack_bolt", "aiosmtpd"):
+            logging.getLogger(noisy).setLevel(max(chosen, logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -614,7 +614,7 @@ class EmailChannel:
             if not confirmed:
                 # Never mail an address that did not click its confirmation link; parking the
                 # subscriptions as unconfirmed lets that link activate them later.
-                log.warning("email.unconfirmed_target deliveries=%d", len(deliveries))
+                log.info("email.unconfirmed_target deliveries=%d", len(deliveries))
                 return for_deliveries(deliveries, OutcomeKind.PERMANENT, UNCONFIRMED)
             await self._set_option(target, OPTION_LAST_MAIL_DAY, self._today(now))
             rendered = render_digest(
