@@ -177,6 +177,13 @@ def write_or_print_digest(
         logger.info(
             "archive.printed day=%s papers=%d translated=%d", day.isoformat(), count, translated
         )
+        if count == 0:
+            # An empty stdout would look like a failure: say what the day holds and why.
+            sys.stderr.write(
+                f"no matched paper was first stored on {day.isoformat()} "
+                f"({settings.service.timezone}): a day's digest lists the papers that the daily "
+                "cycle stored that day. `daily-papers status` shows when cycles ran.\n"
+            )
         return None
     if not settings.digest.archive_dir:
         raise ConfigError(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date
 from pathlib import Path
 from typing import TextIO
+from zoneinfo import ZoneInfo
 
 from digest import __version__
 from digest.config import DEFAULT_CONFIG_FILE, Settings, load_settings, starter_file
@@ -321,7 +322,8 @@ def cmd_digest(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
 
     loaded = settings()
     try:
-        day = date.fromisoformat(args.date) if args.date else utcnow().date()
+        today = utcnow().astimezone(ZoneInfo(loaded.service.timezone)).date()
+        day = date.fromisoformat(args.date) if args.date else today
     except ValueError as exc:
         raise ConfigError(f"--date {args.date!r} is not a date: expected YYYY-MM-DD") from exc
     store = open_store(loaded)
@@ -505,7 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
         "written to digest.archive_dir/YYYY-MM-DD.md (or printed with --print). Translated "
         "lines appear when [translation] language is set and translations are stored.",
     )
-    digest.add_argument("--date", metavar="YYYY-MM-DD", help="the day (default: today, UTC)")
+    digest.add_argument(
+        "--date",
+        metavar="YYYY-MM-DD",
+        help="the day the papers were first stored by a cycle, in service.timezone "
+        "(default: today)",
+    )
     digest.add_argument("--print", action="store_true", help="print to stdout instead of writing")
     digest.set_defaults(func=cmd_digest)
     _accept_global_options(parser)

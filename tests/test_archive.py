@@ -225,3 +225,13 @@ def test_digest_command_prints_or_writes_one_day(store: PaperStore, tmp_path: Pa
     unset = settings_for_tests(translation={"language": "zh"})
     with pytest.raises(ConfigError, match=r"digest\.archive_dir.*--print"):
         write_or_print_digest(unset, store, DAY, False)
+
+
+def test_printing_an_empty_day_says_why_on_stderr(
+    store: PaperStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A day without stored papers prints an empty digest and explains it, not silence."""
+    settings = settings_for_tests()
+    out = io.StringIO()
+    write_or_print_digest(settings, store, DAY, True, out=out)
+    assert "no matched paper was first stored on " + DAY.isoformat() in capsys.readouterr().err
