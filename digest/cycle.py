@@ -41,7 +41,10 @@ from digest.translation import translate_for_readers
 logger = logging.getLogger(__name__)
 
 CHANNEL_TIMEOUT = 600.0  # seconds one channel may take for one target before it counts as failed
-DELIVERY_CONCURRENCY = 8  # targets sent to at once; each channel still obeys its own rate limits
+# Targets of one channel kind sent to at once. Per kind, so a platform that makes us wait
+# (Discord allows 5 messages per 5 s per channel) never holds up another kind's targets; each
+# channel still obeys its platform's limits, and email has its own SMTP connection pool.
+DELIVERY_CONCURRENCY = 16
 STATE_ZERO_DAYS = "alerts.zero_paper_days"
 STATE_ZERO_LAST_DAY = "alerts.zero_paper_days.last_day"
 STATE_FAILED_CYCLES = "alerts.failed_cycles"
@@ -317,12 +320,12 @@ async def deliver(
     batches = await asyncio.to_thread(lambda: store.pending_batches(now=now, kinds=set(channels)))
     if not batches:
         return
-    limit = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+    limits = {kind: asyncio.Semaphore(DELIVERY_CONCURRENCY) for kind in channels}
     finished = 0
 
     async def one(batch: Batch) -> None:
         nonlocal finished
-        async with limit:
+        async with limits[batch.target.kind]:
             batch = await _with_translations(store, settings, batch)
             started = time.perf_counter()
             outcomes = await _send_guarded(channels, batch)

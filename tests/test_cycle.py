@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from digest.arxiv_source import ArxivSource
 from digest.config import DEFAULT_CATEGORIES, Settings, settings_for_tests
 from digest.cycle import harvest_window, run_cycle
-from digest.domain import Batch, OutcomeKind, Paper, Target
+from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn, ServerError
 from tests.fakes.recording_channel import RecordingChannel
@@ -415,3 +416,49 @@ def test_harvest_queries_group_long_category_lists(tmp_path: Path, server: Arxiv
     assert len(server.requests) == 3  # 46 categories in groups of at most 20
     for request in server.requests:
         assert "submittedDate:[" in request.search_query
+
+
+class _StalledChannel(RecordingChannel):
+    """A platform that makes every send wait (rate limits) until the test lets it go."""
+
+    def __init__(self, kind: str, release: asyncio.Event) -> None:
+        super().__init__(kind=kind)
+        self.release = release
+
+    async def send(self, batch: Batch) -> Sequence[Outcome]:
+        """Wait for the release, then answer as RecordingChannel does."""
+        await self.release.wait()
+        return await super().send(batch)
+
+
+async def test_a_stalled_platform_does_not_hold_up_other_kinds(
+    tmp_path: Path, server: ArxivStandIn
+) -> None:
+    """Forty Discord channels stuck behind rate limits do not keep Slack's posts waiting."""
+    settings = make_settings(tmp_path, server)
+    store = SqlStore.from_settings(settings)
+    store.migrate()
+    for n in range(40):
+        store.add_subscription(
+            Target("discord", str(1000 + n)), "Video Understanding", now=REFERENCE_DAY
+        )
+    store.add_subscription(Target("slack", "C1"), "Video Understanding", now=REFERENCE_DAY)
+    store.close()
+    release = asyncio.Event()
+    slack_posted = asyncio.Event()
+    slack = RecordingChannel(kind="slack", after_send=lambda _batch: slack_posted.set())
+    discord = _StalledChannel("discord", release)
+
+    async def let_discord_go_once_slack_posted() -> None:
+        try:
+            async with asyncio.timeout(20):
+                await slack_posted.wait()
+        finally:
+            release.set()
+
+    watcher = asyncio.create_task(let_discord_go_once_slack_posted())
+    report = await cycle(settings, Clock(REFERENCE_DAY), {"slack": slack, "discord": discord})
+    await watcher  # raises TimeoutError when Slack only got its turn after Discord's
+    assert report.ok
+    assert slack.sent_ids()
+    assert len(discord.batches) == 40
