@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,23 @@ PERMANENT_ERRORS: dict[str, str] = {
     "token_revoked": "the bot token was revoked; reinstall the Slack app",
     "invalid_auth": "the bot token is invalid; check SLACK_BOT_TOKEN",
 }
+
+
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
+
+
+def validate_target(target: Target) -> Target:
+    """A `slack:` target checked to name a channel id; ValueError when it does not.
+
+    Other kinds pass through unchanged. Names (`#general`) are refused: Slack's API wants ids,
+    and a renamed channel keeps its id.
+    """
+    if target.kind == "slack" and not _CHANNEL_ID.fullmatch(target.address):
+        raise ValueError(
+            f"slack:{target.address} is not a channel id: expected an id such as "
+            "slack:C0123ABCD (open the channel's details; the id is at the bottom of 'About')"
+        )
+    return target
 
 
 def escape_mrkdwn(text: str) -> str:

@@ -180,6 +180,10 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     if waiting:
         addresses = len({s.target.address for s in waiting})
         print(f"email sign-ups waiting for confirmation: {addresses} address(es)")
+    for kind, variable in _unconfigured_platforms(loaded).items():
+        idle = [s for s in subscriptions if s.active and s.target.kind == kind]
+        if idle:
+            print(f"{kind} subscriptions waiting for {variable} to be set: {len(idle)}")
     if disabled:
         print("failing subscriptions:")
         for sub in disabled:
@@ -245,9 +249,11 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
         elif args.action == "add":
             target, query = Target.parse(args.target), parse_query(args.query)
             _check_subscribable(target)
-            from bot.discord_channel import validate_target
+            from bot.discord_channel import validate_target as valid_discord
+            from bot.slack_channel import validate_target as valid_slack
 
-            target = validate_target(target)  # discord ids and webhook URLs; others unchanged
+            target = valid_slack(valid_discord(target))  # ids and webhook URLs checked
+            _warn_if_undeliverable(target, loaded)
             existing = store.list_subscriptions(target)
             limit = loaded.limits.subscriptions_per_target
             if len(existing) >= limit and all(
@@ -269,6 +275,26 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     finally:
         store.close()
     return EXIT_OK
+
+
+def _unconfigured_platforms(settings: Settings) -> dict[str, str]:
+    """Chat platforms whose token is missing: kind -> the environment variable to set."""
+    tokens = {
+        TargetKind.SLACK.value: ("SLACK_BOT_TOKEN", settings.secrets.slack_bot_token),
+        TargetKind.DISCORD.value: ("DISCORD_BOT_TOKEN", settings.secrets.discord_bot_token),
+    }
+    return {kind: variable for kind, (variable, token) in tokens.items() if not token}
+
+
+def _warn_if_undeliverable(target: Target, settings: Settings) -> None:
+    """Say so when a subscription cannot be delivered until a token is set (it is still kept)."""
+    variable = _unconfigured_platforms(settings).get(target.kind)
+    if variable is not None:
+        print(
+            f"note: {variable} is not set, so nothing is posted to {target.kind} channels; "
+            "the papers wait in the outbox until it is",
+            file=sys.stderr,
+        )
 
 
 def _check_subscribable(target: Target) -> None:

@@ -121,6 +121,24 @@ def test_subscriptions_for_any_target(workdir: Path, capsys: pytest.CaptureFixtu
     assert "KIND:ADDRESS" in capsys.readouterr().err
 
 
+def test_subscriptions_add_checks_slack_ids_and_says_when_nothing_will_post(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel name instead of an id is refused; a platform without a token is pointed out."""
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    assert main(["subscriptions", "add", "slack:#general", "llm"]) == 2
+    assert "is not a channel id" in capsys.readouterr().err
+    assert main(["subscriptions", "add", "slack:C0123ABCD", "llm"]) == 0
+    assert "SLACK_BOT_TOKEN is not set" in capsys.readouterr().err
+    main(["status"])
+    assert "slack subscriptions waiting for SLACK_BOT_TOKEN to be set: 1" in capsys.readouterr().out
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-set")
+    assert main(["subscriptions", "add", "slack:C0123ABCD", "diffusion"]) == 0
+    assert capsys.readouterr().err == ""
+    main(["status"])
+    assert "waiting for SLACK_BOT_TOKEN" not in capsys.readouterr().out
+
+
 def test_status_counts_email_sign_ups_apart_from_failing_subscriptions(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
