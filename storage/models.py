@@ -179,6 +179,8 @@ class DeliveryRow(Base):
         Index("ix_deliveries_status_next_attempt", "status", "next_attempt_at"),
         # "is this paper already owed to anyone" during a harvest
         Index("ix_deliveries_arxiv_id", "arxiv_id"),
+        # a target's pending deliveries when its outcomes are recorded
+        Index("ix_deliveries_subscription_status", "subscription_id", "status"),
     )
 
 
