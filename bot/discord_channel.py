@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +53,11 @@ MAX_AUTHORS = 3  # then "et al.", like the Slack post and the command replies
 EMBED_COLOUR = 0xB31B1B  # arXiv's red
 MAX_RATELIMIT_WAIT = 60.0  # seconds; a longer 429 wait fails the batch, retried next cycle
 REQUEST_TIMEOUT = 30.0  # seconds for one message, including discord.py's own retries
+# Discord allows a bot 50 requests per second over all routes. discord.py paces each route's
+# bucket from the response headers but learns of the global limit only from a 429; when many
+# channels are posted to at once, their first messages alone can exceed it. 45 leaves room for
+# the clock skew between us and Discord.
+GLOBAL_REQUESTS_PER_SECOND = 45
 
 # discord.py's own pattern for webhook URLs (Webhook.from_url); canary/ptb hosts work too.
 WEBHOOK_URL = re.compile(
@@ -270,6 +277,37 @@ def describe_target(target: Target) -> str:
 # -- the bot channel ----------------------------------------------------------------------------
 
 
+class SlidingWindowLimit:
+    """At most `limit` requests start in any `window` seconds; `acquire` waits for a slot."""
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._sleep = sleep
+        self._starts: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait until one more request fits in the window, and count it."""
+        async with self._lock:  # one waiter at a time, so slots are handed out in order
+            while True:
+                now = self._clock()
+                while self._starts and self._starts[0] <= now - self._window:
+                    self._starts.popleft()
+                if len(self._starts) < self._limit:
+                    self._starts.append(now)
+                    return
+                await self._sleep(self._starts[0] + self._window - now)
+
+
 class DiscordChannel:
     """Posts the daily digest to Discord channels as the bot (`discord:<channel id>` targets)."""
 
@@ -292,6 +330,7 @@ class DiscordChannel:
         self._max_ratelimit_wait = max_ratelimit_wait
         self._abstract_chars = abstract_chars
         self._login_lock = asyncio.Lock()
+        self._global_limit = SlidingWindowLimit(GLOBAL_REQUESTS_PER_SECOND)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DiscordChannel | None:
@@ -318,12 +357,28 @@ class DiscordChannel:
         async with self._login_lock:
             if self._http is None:
                 self._http = HTTPClient(
-                    asyncio.get_running_loop(), max_ratelimit_timeout=self._max_ratelimit_wait
+                    asyncio.get_running_loop(),
+                    max_ratelimit_timeout=self._max_ratelimit_wait,
+                    http_trace=self._paced_requests(),
                 )
             if not self._logged_in:
                 await self._http.static_login(self._token)
                 self._logged_in = True
             return self._http
+
+    def _paced_requests(self) -> aiohttp.TraceConfig:
+        """aiohttp's hook right before each request goes out: the global limit is taken there.
+
+        Not in `_post`: discord.py may still hold a request back afterwards for its channel's
+        bucket, and a slot taken then would be counted seconds before the request is made.
+        """
+
+        async def on_request_start(*_: Any) -> None:
+            await self._global_limit.acquire()
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(on_request_start)
+        return trace
 
     async def _post(self, channel_id: str, payload: dict[str, Any]) -> None:
         http = await self._client()
