@@ -18,7 +18,6 @@ import asyncio
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -55,9 +54,10 @@ MAX_RATELIMIT_WAIT = 60.0  # seconds; a longer 429 wait fails the batch, retried
 REQUEST_TIMEOUT = 30.0  # seconds for one message, including discord.py's own retries
 # Discord allows a bot 50 requests per second over all routes. discord.py paces each route's
 # bucket from the response headers but learns of the global limit only from a 429; when many
-# channels are posted to at once, their first messages alone can exceed it. 45 leaves room for
-# the clock skew between us and Discord.
-GLOBAL_REQUESTS_PER_SECOND = 45
+# channels are posted to at once, their first messages alone can exceed it. 40 per second in
+# bursts of at most 5 stays under 50 in any second, with room for arrivals bunched in transit.
+GLOBAL_REQUESTS_PER_SECOND = 40
+GLOBAL_BURST = 5
 
 # discord.py's own pattern for webhook URLs (Webhook.from_url); canary/ptb hosts work too.
 WEBHOOK_URL = re.compile(
@@ -277,35 +277,47 @@ def describe_target(target: Target) -> str:
 # -- the bot channel ----------------------------------------------------------------------------
 
 
-class SlidingWindowLimit:
-    """At most `limit` requests start in any `window` seconds; `acquire` waits for a slot."""
+class TokenBucket:
+    """Requests paced to `rate` per second with bursts of at most `burst`; `acquire` waits.
+
+    In any one second at most `rate + burst` requests start, spread out rather than in one
+    burst, so arrivals bunched by the network or a busy server still stay under the limit.
+    """
 
     def __init__(
         self,
-        limit: int,
-        window: float = 1.0,
+        rate: float,
+        burst: int,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._limit = limit
-        self._window = window
+        self._rate = rate
+        self._burst = burst
         self._clock = clock
         self._sleep = sleep
-        self._starts: deque[float] = deque()
+        self._tokens = float(burst)
+        self._updated: float | None = None
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
-        """Wait until one more request fits in the window, and count it."""
-        async with self._lock:  # one waiter at a time, so slots are handed out in order
-            while True:
-                now = self._clock()
-                while self._starts and self._starts[0] <= now - self._window:
-                    self._starts.popleft()
-                if len(self._starts) < self._limit:
-                    self._starts.append(now)
-                    return
-                await self._sleep(self._starts[0] + self._window - now)
+        """Wait for a token and take it."""
+        async with self._lock:  # one waiter at a time, so tokens are handed out in order
+            now = self._clock()
+            if self._updated is not None:
+                elapsed = max(0.0, now - self._updated)
+                self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+            self._updated = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            # Wait exactly until the next token is due and take it. (Not a loop that re-reads
+            # the clock: rounding could leave 0.99999 of a token and a wait too small to move
+            # the clock.) Refilling resumes from the moment the token became due.
+            wait = (1 - self._tokens) / self._rate
+            await self._sleep(wait)
+            self._tokens = 0.0
+            self._updated = now + wait
 
 
 class DiscordChannel:
@@ -330,7 +342,7 @@ class DiscordChannel:
         self._max_ratelimit_wait = max_ratelimit_wait
         self._abstract_chars = abstract_chars
         self._login_lock = asyncio.Lock()
-        self._global_limit = SlidingWindowLimit(GLOBAL_REQUESTS_PER_SECOND)
+        self._global_limit = TokenBucket(GLOBAL_REQUESTS_PER_SECOND, GLOBAL_BURST)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DiscordChannel | None:

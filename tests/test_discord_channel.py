@@ -17,7 +17,7 @@ from bot.discord_channel import (
     MAX_EMBEDS,
     DiscordChannel,
     DiscordWebhookChannel,
-    SlidingWindowLimit,
+    TokenBucket,
     channel_factory,
     escape_text,
     fit,
@@ -573,24 +573,24 @@ def test_cli_subscriptions_add_discord_webhook(
     assert "#general" not in listed
 
 
-async def test_global_limit_never_lets_more_than_limit_requests_into_one_window() -> None:
-    """Discord's per-bot global limit: 120 requests through a 45-per-second window, on a
-    fake clock, start in at least three seconds and never 46 within any one second."""
+async def test_global_pacing_stays_under_the_limit_in_every_second() -> None:
+    """Discord's per-bot global limit: 200 requests through a 40/s bucket with bursts of 5, on
+    a fake clock, never start more than 45 in any one second, and the first 5 go at once."""
     clock = [1000.0]
 
     async def sleep(seconds: float) -> None:
         clock[0] += seconds
 
-    limit = SlidingWindowLimit(45, 1.0, clock=lambda: clock[0], sleep=sleep)
+    bucket = TokenBucket(40, 5, clock=lambda: clock[0], sleep=sleep)
     starts = []
-    for _ in range(120):
-        await limit.acquire()
+    for _ in range(200):
+        await bucket.acquire()
         starts.append(clock[0])
-    assert starts[-1] - starts[0] >= 2.0
-    for i, start in enumerate(starts):
-        in_window = [s for s in starts[i:] if s < start + 1.0]
-        assert len(in_window) <= 45
-    assert starts[:45] == [1000.0] * 45  # a burst up to the limit is not delayed
+    assert starts[:5] == [1000.0] * 5
+    assert starts[5] > 1000.0
+    busiest = max(sum(1 for s in starts[i:] if s < start + 1.0) for i, start in enumerate(starts))
+    assert busiest <= 45
+    assert starts[-1] - starts[0] == pytest.approx((200 - 5) / 40)  # paced, never slower
 
 
 async def test_every_request_goes_through_the_global_limit(
@@ -599,12 +599,12 @@ async def test_every_request_goes_through_the_global_limit(
     """The login and each message take a slot of the per-bot limit, at the moment they go out."""
     taken: list[int] = []
 
-    class Counting(SlidingWindowLimit):
+    class Counting(TokenBucket):
         async def acquire(self) -> None:
             taken.append(len(fake.calls))  # requests the fake had seen when this one left
             await super().acquire()
 
-    channel._global_limit = Counting(45)
+    channel._global_limit = Counting(40, 5)
     await channel.send(make_batch([make_paper(i) for i in range(1, 26)]))
     assert len(fake.channel_messages[CHANNEL]) == 3
     assert len(taken) == len(fake.calls)  # login included: one slot per request made
