@@ -295,7 +295,7 @@ async def _run_service(spec: Spec) -> Result:
             if spec.mode in {"baseline", "ours-fetch"}:
                 await _fetch_only(spec, settings, timed_source, result)
                 return result
-            channels = await _channels(settings, store, stack, build_channels, result)
+            channels = dict(await build_channels(settings, store=store, stack=stack))
             tally = _Tally()
             if spec.mode == "readme":
                 started = time.perf_counter()
@@ -393,24 +393,6 @@ async def _run_service(spec: Spec) -> Result:
         result.cpu_seconds = usage.ru_utime + usage.ru_stime
         result.db_mb = _db_megabytes(data_dir)
     return result
-
-
-async def _channels(
-    settings: Any, store: Any, stack: AsyncExitStack, build: Callable[..., Any], result: Result
-) -> dict[str, Any]:
-    """The composition root's channels; email built directly while its factory is missing."""
-    channels: dict[str, Any] = dict(await build(settings, store=store, stack=stack))
-    if "email" not in channels:
-        try:
-            from digest.mailer import EmailChannel
-        except ImportError:  # the email channel has not landed: its phase is not measured
-            result.notes.append("email channel not available: not measured")
-        else:
-            email = EmailChannel.from_settings(settings, store=store)
-            if email is not None:
-                channels["email"] = await stack.enter_async_context(email)
-                result.notes.append("email channel built directly (no factory in digest.app)")
-    return channels
 
 
 def _readme_size(settings: Any, result: Result) -> None:
