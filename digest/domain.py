@@ -220,6 +220,22 @@ def for_deliveries(
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """Who holds a named lease (the daily cycle's), and until when unless it is renewed."""
+
+    name: str
+    owner: str  # a random token per holder: two holders never share it
+    host: str
+    pid: int
+    acquired_at: datetime
+    expires_at: datetime
+
+    def describe(self) -> str:
+        """`host pid 1234 since 2026-12-06 18:00:05 UTC` for messages to people."""
+        return f"{self.host} pid {self.pid} since {self.acquired_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+@dataclass(frozen=True, slots=True)
 class RunReport:
     """What one daily cycle did: logged as one line, stored in the runs table, shown by status."""
 

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from digest.domain import Batch, Keyword, Outcome, Paper, RunReport, Subscription, Target
+from digest.domain import (
+    Batch,
+    Keyword,
+    LeaseHolder,
+    Outcome,
+    Paper,
+    RunReport,
+    Subscription,
+    Target,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +44,15 @@ class OutcomeCounts:
     retried: int = 0
     failed: int = 0  # gave up on the delivery (too many attempts, or its subscription disabled)
     disabled: int = 0  # subscriptions disabled by a permanent error
+
+    def __add__(self, other: OutcomeCounts) -> OutcomeCounts:
+        """Both counts together (a target's messages are recorded one by one)."""
+        return OutcomeCounts(
+            sent=self.sent + other.sent,
+            retried=self.retried + other.retried,
+            failed=self.failed + other.failed,
+            disabled=self.disabled + other.disabled,
+        )
 
 
 class PaperStore(Protocol):
@@ -155,6 +173,36 @@ class PaperStore(Protocol):
 
     def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> OutcomeCounts:
         """Mark deliveries sent, schedule retries with backoff, disable on permanent errors."""
+        ...
+
+    def check_writable(self) -> None:
+        """Write one small row and commit it; StoreError when the database cannot be written.
+
+        The cycle calls it before its first send: nothing is sent that could not be recorded.
+        """
+        ...
+
+    # -- leases ---------------------------------------------------------------------------
+    def acquire_lease(
+        self, name: str, *, owner: str, host: str, pid: int, ttl: timedelta
+    ) -> LeaseHolder:
+        """Take lease `name` for `ttl` when it is free, expired or already `owner`'s.
+
+        Returns the holder after the attempt: `owner`'s own when it was taken, else whoever
+        holds it. Atomic across processes and machines sharing the database.
+        """
+        ...
+
+    def renew_lease(self, name: str, *, owner: str, ttl: timedelta) -> bool:
+        """Extend `owner`'s lease to `ttl` from now; False when `owner` no longer holds it."""
+        ...
+
+    def release_lease(self, name: str, *, owner: str) -> None:
+        """Free the lease if `owner` still holds it (a no-op otherwise)."""
+        ...
+
+    def lease_holder(self, name: str) -> LeaseHolder | None:
+        """The current holder of lease `name`, or None when it is free or expired."""
         ...
 
     # -- runs and state -------------------------------------------------------------------

@@ -232,6 +232,24 @@ class RunRow(Base):
     __table_args__ = (Index("ix_runs_started_at", "started_at"),)
 
 
+class LeaseRow(Base):
+    """A named lease (the daily cycle's): who holds it and until when.
+
+    `owner` is NULL when the lease is free; `host`, `pid` and `acquired_at` then describe the
+    last holder. Times are the database's clock where it has one (PostgreSQL), so processes on
+    machines whose clocks disagree still agree on when a lease expires.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class StateRow(Base):
     """A small named value kept between runs (the harvest watermark, alert bookkeeping)."""
 

@@ -50,6 +50,7 @@ from digest.domain import (
     Delivery,
     DeliveryStatus,
     Keyword,
+    LeaseHolder,
     Outcome,
     OutcomeKind,
     Paper,
@@ -63,6 +64,7 @@ from digest.store import HarvestCommit, OutcomeCounts
 from storage.models import (
     DeliveryRow,
     KeywordRow,
+    LeaseRow,
     MatchRow,
     PaperRow,
     RunRow,
@@ -81,6 +83,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 WATERMARK_KEY = "harvest.watermark"
+WRITE_CHECK_KEY = "store.write_checked_at"  # written by check_writable before each delivery
 # Older SQLite builds allow 999 bound variables per statement; 500 ids (or 250 id pairs)
 # leaves room for the other parameters of the query.
 CHUNK = 500
@@ -1177,6 +1180,113 @@ class SqlStore:
             ):
                 attempts[(s, a)] = n
         return attempts
+
+    def check_writable(self) -> None:
+        """Write (and commit) one small row; StoreError when the database cannot be written.
+
+        A read-only file, a read-only PostgreSQL session or a full disk all fail here, before
+        the cycle sends anything it could not record.
+        """
+        with self._transaction(write=True) as conn:
+            self._set_state(conn, WRITE_CHECK_KEY, _utcnow().isoformat())
+
+    # -- leases ---------------------------------------------------------------------------
+    def _clock(self, conn: Connection) -> datetime:
+        """Now, by the database's clock where it has one.
+
+        Replicas on several machines share one PostgreSQL: its clock is the one they all agree
+        on, whatever their own clocks say. SQLite lives on this machine, whose clock it is.
+        """
+        if self._dialect == "postgresql":
+            value = conn.execute(select(func.clock_timestamp())).scalar_one()
+            return as_utc(value)
+        return _utcnow()
+
+    @staticmethod
+    def _holder(row: Any) -> LeaseHolder:
+        return LeaseHolder(
+            name=row.name,
+            owner=row.owner,
+            host=row.host,
+            pid=row.pid,
+            acquired_at=row.acquired_at,
+            expires_at=row.expires_at,
+        )
+
+    def acquire_lease(
+        self, name: str, *, owner: str, host: str, pid: int, ttl: timedelta
+    ) -> LeaseHolder:
+        """Take lease `name` for `ttl` when free, expired or already `owner`'s; the holder after.
+
+        One conditional UPDATE decides: on SQLite the write transaction (BEGIN IMMEDIATE) runs
+        alone; on PostgreSQL a concurrent UPDATE of the same row waits for the first to commit
+        and re-checks the condition, so exactly one of two contenders gets the row. The first
+        lease of a name is an INSERT that a concurrent one cannot duplicate (primary key).
+        """
+        table = LeaseRow.metadata.tables[LeaseRow.__tablename__]
+        with self._transaction(write=True) as conn:
+            now = self._clock(conn)
+            values = {
+                "owner": owner,
+                "host": host,
+                "pid": pid,
+                "acquired_at": now,
+                "expires_at": now + ttl,
+            }
+            taken = conn.execute(
+                update(table)
+                .where(
+                    table.c.name == name,
+                    (table.c.owner.is_(None))
+                    | (table.c.owner == owner)
+                    | (table.c.expires_at <= now),
+                )
+                .values(values)
+            ).rowcount
+            if not taken:
+                conn.execute(
+                    self._insert(LeaseRow)
+                    .values(name=name, **values)
+                    .on_conflict_do_nothing(index_elements=["name"]),
+                    execution_options=_ROWCOUNT,
+                )
+            row = conn.execute(select(table).where(table.c.name == name)).one()
+        return self._holder(row)
+
+    def renew_lease(self, name: str, *, owner: str, ttl: timedelta) -> bool:
+        """Extend `owner`'s lease to `ttl` from now; False when it is no longer `owner`'s."""
+        table = LeaseRow.metadata.tables[LeaseRow.__tablename__]
+        with self._transaction(write=True) as conn:
+            now = self._clock(conn)
+            renewed = conn.execute(
+                update(table)
+                .where(table.c.name == name, table.c.owner == owner)
+                .values(expires_at=now + ttl)
+            ).rowcount
+        return bool(renewed)
+
+    def release_lease(self, name: str, *, owner: str) -> None:
+        """Free the lease if `owner` still holds it; host, pid and times stay as history."""
+        table = LeaseRow.metadata.tables[LeaseRow.__tablename__]
+        with self._transaction(write=True) as conn:
+            now = self._clock(conn)
+            conn.execute(
+                update(table)
+                .where(table.c.name == name, table.c.owner == owner)
+                .values(owner=None, expires_at=now)
+            )
+
+    def lease_holder(self, name: str) -> LeaseHolder | None:
+        """Who holds lease `name` now; None when it is free or has expired."""
+        table = LeaseRow.metadata.tables[LeaseRow.__tablename__]
+        with self._transaction() as conn:
+            now = self._clock(conn)
+            row = conn.execute(
+                select(table).where(
+                    table.c.name == name, table.c.owner.is_not(None), table.c.expires_at > now
+                )
+            ).one_or_none()
+        return None if row is None else self._holder(row)
 
     # -- runs and state -------------------------------------------------------------------
     def _set_state(self, conn: Connection, key: str, value: str) -> None:
