@@ -15,10 +15,11 @@ share it: there is one Discord API per process).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ MAX_FIELD_VALUE = 1024
 MAX_FOOTER = 2048
 MAX_AUTHOR_NAME = 256
 MAX_CONTENT = 2000  # plain message content
+MAX_NONCE = 25  # characters of a message nonce
 # Our own choices.
 ABSTRACT_CHARS = 600  # enough to judge a paper; keeps 5-8 papers per message instead of 3
 MAX_AUTHORS = 3  # then "et al.", like the Slack post and the command replies
@@ -152,13 +154,28 @@ class DiscordMessage:
     embeds: tuple[discord.Embed, ...]
     deliveries: tuple[Delivery, ...]
 
-    def payload(self) -> dict[str, Any]:
-        """The JSON body of POST /channels/{id}/messages."""
-        return {
+    def payload(self, target: Target | None = None) -> dict[str, Any]:
+        """The JSON body of POST /channels/{id}/messages (with its nonce when `target` is given).
+
+        The nonce makes a re-send after a lost answer harmless: with `enforce_nonce`, Discord
+        returns the message it already created from the same nonce (in the last few minutes)
+        instead of posting it again.
+        """
+        body: dict[str, Any] = {
             "content": self.content,
             "embeds": [e.to_dict() for e in self.embeds],
             "allowed_mentions": {"parse": []},  # nobody is ever pinged by a paper post
         }
+        if target is not None:
+            body["nonce"] = self.nonce(target)
+            body["enforce_nonce"] = True
+        return body
+
+    def nonce(self, target: Target) -> str:
+        """A nonce fixed by the target and the deliveries this message carries."""
+        keys = sorted(f"{d.subscription_id}:{d.paper.arxiv_id}" for d in self.deliveries)
+        digest = hashlib.sha256("\n".join([str(target), *keys]).encode()).hexdigest()
+        return digest[:MAX_NONCE]
 
 
 def render_messages(batch: Batch, *, abstract_chars: int = ABSTRACT_CHARS) -> list[DiscordMessage]:
@@ -253,17 +270,38 @@ def classify_error(exc: BaseException, *, webhook: bool = False) -> tuple[Outcom
     return OutcomeKind.RETRY, f"unexpected error: {type(exc).__name__}"
 
 
-def _outcomes(
-    messages: Sequence[DiscordMessage], posted: int, kind: OutcomeKind, error: str | None
-) -> list[Outcome]:
-    """Posted messages are SENT; the failed one and all after it get `kind` (never re-posted)."""
-    result: list[Outcome] = []
+async def post_messages(
+    messages: Sequence[DiscordMessage],
+    post: Callable[[DiscordMessage], Awaitable[None]],
+    *,
+    webhook: bool,
+    shown: str,
+    papers: int,
+) -> AsyncIterator[Sequence[Outcome]]:
+    """Post messages in order, yielding each one's SENT outcomes once Discord confirmed it.
+
+    The first failure yields RETRY or PERMANENT for its message and every later one (which are
+    never posted this cycle) and ends the post.
+    """
+    name = "discord_webhook" if webhook else "discord"
     for index, message in enumerate(messages):
-        if index < posted:
-            result += for_deliveries(message.deliveries, OutcomeKind.SENT)
-        else:
-            result += for_deliveries(message.deliveries, kind, error)
-    return result
+        try:
+            await post(message)
+        except Exception as exc:
+            kind, reason = classify_error(exc, webhook=webhook)
+            log.warning(
+                "%s.send_failed target=%s message=%d/%d outcome=%s reason=%r",
+                name,
+                shown,
+                index + 1,
+                len(messages),
+                kind,
+                reason,
+            )
+            yield [o for m in messages[index:] for o in for_deliveries(m.deliveries, kind, reason)]
+            return
+        yield for_deliveries(message.deliveries, OutcomeKind.SENT)
+    log.info("%s.sent target=%s papers=%d messages=%d", name, shown, papers, len(messages))
 
 
 def describe_target(target: Target) -> str:
@@ -398,33 +436,21 @@ class DiscordChannel:
         async with asyncio.timeout(self._timeout):
             await http.request(route, json=payload)
 
-    async def send(self, batch: Batch) -> Sequence[Outcome]:
-        """Post `batch` as embed messages; posted ones SENT, the rest RETRY or PERMANENT."""
+    async def send(self, batch: Batch) -> AsyncIterator[Sequence[Outcome]]:
+        """Post `batch` as embed messages, yielding each message's outcomes as Discord answers."""
         messages = render_messages(batch, abstract_chars=self._abstract_chars)
         if not batch.target.address.isdigit():
             reason = f"not a Discord channel id: {batch.target.address!r}"
-            return _outcomes(messages, 0, OutcomeKind.PERMANENT, reason)
-        for index, message in enumerate(messages):
-            try:
-                await self._post(batch.target.address, message.payload())
-            except Exception as exc:
-                kind, reason = classify_error(exc)
-                log.warning(
-                    "discord.send_failed target=%s message=%d/%d outcome=%s reason=%r",
-                    batch.target,
-                    index + 1,
-                    len(messages),
-                    kind,
-                    reason,
-                )
-                return _outcomes(messages, index, kind, reason)
-        log.info(
-            "discord.sent target=%s papers=%d messages=%d",
-            batch.target,
-            len(batch.papers),
-            len(messages),
-        )
-        return _outcomes(messages, len(messages), OutcomeKind.SENT, None)
+            yield for_deliveries(batch.deliveries, OutcomeKind.PERMANENT, reason)
+            return
+
+        async def post(message: DiscordMessage) -> None:
+            await self._post(batch.target.address, message.payload(batch.target))
+
+        async for outcomes in post_messages(
+            messages, post, webhook=False, shown=str(batch.target), papers=len(batch.papers)
+        ):
+            yield outcomes
 
     async def notify(self, target: Target, text: str) -> bool:
         """Post an operator alert as plain text (mentions disabled); True when delivered."""
@@ -552,35 +578,27 @@ class DiscordWebhookChannel:
                     wait=True,  # makes Discord confirm the message (and report errors) before SENT
                 )
 
-    async def send(self, batch: Batch) -> Sequence[Outcome]:
-        """Post `batch` through the webhook; posted ones SENT, the rest RETRY or PERMANENT."""
+    async def send(self, batch: Batch) -> AsyncIterator[Sequence[Outcome]]:
+        """Post `batch` through the webhook, yielding each message's outcomes as Discord answers.
+
+        Webhook execution takes no nonce: a message whose answer was lost is posted again by
+        the next cycle (docs/delivery.md).
+        """
         messages = render_messages(batch, abstract_chars=self._abstract_chars)
         shown = describe_target(batch.target)
         try:
             webhook = self._webhook(batch.target.address)
         except ValueError as exc:
-            return _outcomes(messages, 0, OutcomeKind.PERMANENT, str(exc))
-        for index, message in enumerate(messages):
-            try:
-                await self._post(webhook, message)
-            except Exception as exc:
-                kind, reason = classify_error(exc, webhook=True)
-                log.warning(
-                    "discord_webhook.send_failed target=%s message=%d/%d outcome=%s reason=%r",
-                    shown,
-                    index + 1,
-                    len(messages),
-                    kind,
-                    reason,
-                )
-                return _outcomes(messages, index, kind, reason)
-        log.info(
-            "discord_webhook.sent target=%s papers=%d messages=%d",
-            shown,
-            len(batch.papers),
-            len(messages),
-        )
-        return _outcomes(messages, len(messages), OutcomeKind.SENT, None)
+            yield for_deliveries(batch.deliveries, OutcomeKind.PERMANENT, str(exc))
+            return
+
+        async def post(message: DiscordMessage) -> None:
+            await self._post(webhook, message)
+
+        async for outcomes in post_messages(
+            messages, post, webhook=True, shown=shown, papers=len(batch.papers)
+        ):
+            yield outcomes
 
     async def notify(self, target: Target, text: str) -> bool:
         """Post an operator alert through the webhook as plain text; True when delivered."""
@@ -608,6 +626,7 @@ __all__ = [
     "describe_target",
     "escape_text",
     "fit",
+    "post_messages",
     "render_embed",
     "render_messages",
     "split_text",

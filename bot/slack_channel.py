@@ -8,8 +8,12 @@ disables the subscription with the reason), everything else is RETRY (next cycle
 
 The post never loses a paper to Slack's limits: papers are packed into sections of at most
 3000 characters and messages of at most 50 blocks, and whatever does not fit in the first
-message continues as replies in its thread. When a later message fails, the papers already
-posted are reported SENT and only the rest are retried, so no paper reaches a channel twice.
+message continues as replies in its thread. Each message's papers are reported SENT (and recorded by
+the cycle) as soon as Slack accepted it; when a later message fails only the rest are retried.
+
+Slack has no idempotency key for chat.postMessage: when Slack accepted a post but its answer
+was lost (a timeout), the next cycle posts that one message again. Everything sent before it
+was recorded already (see docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,10 +353,10 @@ class SlackChannel:
         ts = response.get("ts")
         return (str(ts) if ts else ""), None, False
 
-    async def send(self, batch: Batch) -> Sequence[Outcome]:
-        """Post the batch as one message (plus thread replies); one outcome per delivery."""
+    async def send(self, batch: Batch) -> AsyncIterator[Sequence[Outcome]]:
+        """Post the batch as one message (plus thread replies), yielding each message's outcomes."""
         if not batch.deliveries:
-            return []
+            return
         channel = batch.target.address
         by_pair: dict[tuple[str, str], list[Delivery]] = {}
         for delivery in batch.deliveries:
@@ -361,9 +365,9 @@ class SlackChannel:
             fallback, messages = build_messages(batch)
         except Exception as exc:  # a rendering bug must not stop the cycle's other targets
             log.exception("slack.render_failed target=%s", batch.target)
-            return Outcome.for_batch(batch, OutcomeKind.RETRY, f"render failed: {exc}")
+            yield Outcome.for_batch(batch, OutcomeKind.RETRY, f"render failed: {exc}")
+            return
 
-        outcomes: list[Outcome] = []
         thread_ts: str | None = None
         for index, message in enumerate(messages):
             payload: dict[str, Any] = {"blocks": message.blocks}
@@ -375,12 +379,11 @@ class SlackChannel:
             ts, error, permanent = await self._post(channel, **payload)
             carried = [d for pair in message.papers for d in by_pair.pop(pair, [])]
             if error is None:
-                outcomes += for_deliveries(carried, OutcomeKind.SENT)
                 thread_ts = thread_ts or ts
+                yield for_deliveries(carried, OutcomeKind.SENT)
                 continue
             rest = carried + [d for group in by_pair.values() for d in group]
             kind = OutcomeKind.PERMANENT if permanent else OutcomeKind.RETRY
-            outcomes += for_deliveries(rest, kind, error)
             log.warning(
                 "slack.send_failed target=%s message=%d/%d error=%r permanent=%s held=%d",
                 batch.target,
@@ -390,20 +393,20 @@ class SlackChannel:
                 permanent,
                 len(rest),
             )
-            return outcomes
+            yield for_deliveries(rest, kind, error)
+            return
         # Nothing is left unless the layout lost a paper, which would be a bug: retry it
         # rather than mark it sent.
         leftovers = [d for group in by_pair.values() for d in group]
         if leftovers:
             log.error("slack.layout_lost_papers target=%s count=%d", batch.target, len(leftovers))
-            outcomes += for_deliveries(leftovers, OutcomeKind.RETRY, "not laid out")
+            yield for_deliveries(leftovers, OutcomeKind.RETRY, "not laid out")
         log.info(
             "slack.sent target=%s papers=%d messages=%d",
             batch.target,
             len(batch.papers),
             len(messages),
         )
-        return outcomes
 
     async def notify(self, target: Target, text: str) -> bool:
         """Post an operator alert as plain text; True when Slack accepted it."""

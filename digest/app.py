@@ -13,15 +13,25 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from digest import __version__
 from digest.arxiv_source import ArxivSource
 from digest.channels import Channel
 from digest.config import Settings
-from digest.cycle import Progress, _no_progress, backfill_keywords, run_cycle, utcnow
-from digest.domain import RunReport
+from digest.cycle import (
+    STATE_LAST_STARTED,
+    STATE_LAST_SUCCESS,
+    Progress,
+    _no_progress,
+    backfill_keywords,
+    run_cycle,
+    utcnow,
+)
+from digest.domain import LeaseHolder, RunReport
+from digest.errors import CycleStopped
+from digest.lease import Lease, hold_lease
 from digest.store import PaperStore
 from digest.translate import Translator, build_translator
 from storage.sql_store import SqlStore
@@ -29,6 +39,8 @@ from storage.sql_store import SqlStore
 logger = logging.getLogger(__name__)
 
 JOB_ID = "daily-cycle"
+LEASE_POLL = 2.0  # seconds between looks at a lease another process holds
+LEASE_POLL_TEST = 0.05  # service.test_mode
 
 
 def open_store(settings: Settings) -> SqlStore:
@@ -80,7 +92,9 @@ def _channel_factories() -> list[ChannelFactory]:
 
 @dataclass
 class CycleRunner:
-    """Runs cycles one at a time (scheduler, start-up catch-up and manual triggers share it)."""
+    """Runs cycles one at a time: in this process (a lock shared by the scheduler, the start-up
+    catch-up, manual triggers and backfills) and across processes and machines (the cycle
+    lease in the database, `digest.lease`)."""
 
     settings: Settings
     store: PaperStore
@@ -89,41 +103,111 @@ class CycleRunner:
     progress: Progress = _no_progress
     now: Callable[[], datetime] = utcnow
     translator: Translator | None = None  # None: translation is not configured
+    on_busy: Callable[[LeaseHolder], None] | None = None  # hears who holds the lease we wait for
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
         self._backfills: set[asyncio.Task[int]] = set()
 
-    async def run(self) -> RunReport:
-        """Run one full cycle unless one is already running (then wait for it and run after)."""
+    def request_stop(self) -> None:
+        """Stop the cycle in flight at its next safe point; start no other."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stopping.is_set()
+
+    async def idle(self) -> None:
+        """Wait until no cycle or backfill of this process runs."""
         async with self._lock:
-            report = await run_cycle(
-                settings=self.settings,
-                store=self.store,
-                source=self.source,
-                channels=self.channels,
-                now=self.now,
-                progress=self.progress,
-                translator=self.translator,
-            )
-            # email.send_empty: a "nothing new" note to confirmed addresses that got no digest.
-            send_empty = getattr(self.channels.get("email"), "send_empty", None)
-            if send_empty is not None:
-                await send_empty(now=self.now())
-            return report
+            pass
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, *, wait: bool) -> AsyncIterator[Lease]:
+        """The cycle lease, waiting for another holder unless `wait` is False."""
+        async with hold_lease(
+            self.store,
+            ttl=self.settings.service.lease_seconds,
+            wait=wait,
+            poll=LEASE_POLL_TEST if self.settings.service.test_mode else LEASE_POLL,
+            on_busy=self.on_busy,
+            stop=self._stopping,
+        ) as lease:
+            yield lease
+
+    def _stop_reason(self, lease: Lease) -> Callable[[], str | None]:
+        def reason() -> str | None:
+            if self._stopping.is_set():
+                return "stop requested"
+            if not lease.held():
+                return "the cycle lease could not be renewed; another process may take over"
+            return None
+
+        return reason
+
+    async def run(
+        self, *, wait: bool = True, unless_started_since: datetime | None = None
+    ) -> RunReport | None:
+        """Run one full cycle holding the cycle lease; None when it did not run.
+
+        With `wait` (the default) a cycle running elsewhere is waited for; without, LeaseBusy.
+        `unless_started_since`: a scheduled slot; once the lease is ours, the cycle is skipped
+        when one started at or after it (another replica ran this slot). A stop requested
+        before the cycle started also returns None.
+        """
+        async with self._lock:
+            if self.stopping:
+                return None
+            try:
+                async with self._lease(wait=wait) as lease:
+                    if unless_started_since is not None:
+                        last = await asyncio.to_thread(self.store.get_state, STATE_LAST_STARTED)
+                        if last and datetime.fromisoformat(last) >= unless_started_since:
+                            logger.info(
+                                "cycle.skipped reason=already-started slot=%s last_started=%s",
+                                unless_started_since.isoformat(),
+                                last,
+                            )
+                            return None
+                    report = await run_cycle(
+                        settings=self.settings,
+                        store=self.store,
+                        source=self.source,
+                        channels=self.channels,
+                        now=self.now,
+                        progress=self.progress,
+                        translator=self.translator,
+                        stop_reason=self._stop_reason(lease),
+                    )
+                    # email.send_empty: a "nothing new" note to confirmed addresses that got
+                    # no digest.
+                    send_empty = getattr(self.channels.get("email"), "send_empty", None)
+                    if send_empty is not None and report.ok:
+                        await send_empty(now=self.now())
+                    return report
+            except CycleStopped:
+                return None  # stopped while waiting for the lease: nothing ran
 
     def request_backfill(self, query: str) -> None:
         """Backfill a newly subscribed keyword in the background (slash commands never wait)."""
 
         async def job() -> int:
             async with self._lock:
-                return await backfill_keywords(
-                    settings=self.settings,
-                    store=self.store,
-                    source=self.source,
-                    now=self.now,
-                    only=[query],
-                )
+                if self.stopping:
+                    return 0
+                try:
+                    async with self._lease(wait=True):
+                        return await backfill_keywords(
+                            settings=self.settings,
+                            store=self.store,
+                            source=self.source,
+                            now=self.now,
+                            only=[query],
+                        )
+                except CycleStopped:
+                    return 0
 
         task = asyncio.get_running_loop().create_task(job())
         self._backfills.add(task)  # keep a reference so the task is not garbage-collected
@@ -154,62 +238,138 @@ async def open_runner(
         )
 
 
-async def run_once(settings: Settings, *, progress: Progress = _no_progress) -> RunReport:
-    """`daily-papers run`: one full cycle now."""
+async def run_once(
+    settings: Settings,
+    *,
+    progress: Progress = _no_progress,
+    wait: bool = True,
+    on_busy: Callable[[LeaseHolder], None] | None = None,
+    on_runner: Callable[[CycleRunner], None] | None = None,
+) -> RunReport | None:
+    """`daily-papers run`: one full cycle now, after any cycle running elsewhere (LeaseBusy
+    without `wait`); None when a stop was requested before it started.
+
+    `on_runner` receives the runner before it runs (the CLI's signal handlers stop it).
+    """
     async with open_runner(settings, progress=progress) as runner:
-        return await runner.run()
+        runner.on_busy = on_busy
+        if on_runner is not None:
+            on_runner(runner)
+        return await runner.run(wait=wait)
 
 
-# APScheduler persists jobs in the database by a textual reference to a module-level function,
-# so the running service is reached through this one slot, set by `serve` for its lifetime.
+# APScheduler calls the job by a textual reference to a module-level function, so the running
+# service is reached through this one slot, set by `serve` for its lifetime.
 _ACTIVE_RUNNER: CycleRunner | None = None
 
 
 async def scheduled_cycle() -> None:
-    """The scheduler's job: one cycle on the running service."""
-    if _ACTIVE_RUNNER is None:
+    """The scheduler's job: this slot's cycle, unless another replica already ran it."""
+    runner = _ACTIVE_RUNNER
+    if runner is None:
         logger.error("scheduler.no_runner")
         return
-    await _ACTIVE_RUNNER.run()
+    schedule = runner.settings.schedule
+    slot = latest_fire_time(cron=schedule.cron, timezone=schedule.timezone, now=utcnow())
+    await runner.run(unless_started_since=slot)
 
 
 def _build_scheduler(settings: Settings) -> Any:
-    """AsyncIOScheduler with the cycle job persisted in the same database."""
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    """AsyncIOScheduler with the cycle job, kept in memory.
+
+    Not in the database: replicas would share one APScheduler job store, which APScheduler 3
+    does not support (each scheduler runs and reschedules the shared job). Restarts are
+    covered by the catch-up on start (`catch_up_slot`), replicas by the cycle lease.
+    """
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
     from apscheduler.triggers.cron import CronTrigger
 
     scheduler = AsyncIOScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=settings.database_url)},
         job_defaults={
-            "coalesce": True,  # after downtime, one catch-up run, not one per missed day
+            "coalesce": True,  # a loop too busy to fire on time runs the job once, not twice
             "max_instances": 1,
             "misfire_grace_time": int(settings.schedule.misfire_grace_hours * 3600),
         },
         timezone=settings.schedule.timezone,
     )
     trigger = CronTrigger.from_crontab(settings.schedule.cron, timezone=settings.schedule.timezone)
-    scheduler.add_job(
-        "digest.app:scheduled_cycle", trigger=trigger, id=JOB_ID, replace_existing=True
-    )
+    scheduler.add_job(scheduled_cycle, trigger=trigger, id=JOB_ID, replace_existing=True)
     return scheduler
 
 
-def cycle_is_overdue(
-    *, cron: str, timezone: str, last_success: datetime | None, now: datetime
-) -> bool:
-    """True when the schedule fired since the last successful cycle (or there never was one)."""
+def latest_fire_time(*, cron: str, timezone: str, now: datetime) -> datetime | None:
+    """The last time at or before `now` the schedule fired (None within two years)."""
     from apscheduler.triggers.cron import CronTrigger
 
+    trigger = CronTrigger.from_crontab(cron, timezone=timezone)
+    window = timedelta(hours=1)
+    while window <= timedelta(days=800):
+        fire = trigger.get_next_fire_time(None, now - window)
+        if fire is not None and fire <= now:
+            # Walk forward: the window is the smallest (doubling) one holding a fire time.
+            while (following := trigger.get_next_fire_time(fire, fire + _TICK)) is not None:
+                if following > now:
+                    break
+                fire = following
+            return fire  # type: ignore[no-any-return]  # APScheduler is untyped
+        window *= 2
+    return None
+
+
+_TICK = timedelta(microseconds=1)
+
+
+def cycle_is_overdue(
+    *,
+    cron: str,
+    timezone: str,
+    last_success: datetime | None,
+    now: datetime,
+    grace: timedelta | None = None,
+) -> bool:
+    """True when the schedule fired since the last successful cycle (or there never was one).
+
+    With `grace`, a fire time longer ago than that no longer counts: the service waits for
+    the next one (`schedule.misfire_grace_hours`).
+    """
     if last_success is None:
         return True
-    trigger = CronTrigger.from_crontab(cron, timezone=timezone)
-    next_after_success = trigger.get_next_fire_time(None, last_success)
-    return next_after_success is not None and next_after_success <= now
+    fired = latest_fire_time(cron=cron, timezone=timezone, now=now)
+    if fired is None or fired <= last_success:
+        return False
+    return grace is None or now - fired <= grace
+
+
+def catch_up_slot(
+    settings: Settings, *, last_success: datetime | None, now: datetime
+) -> datetime | None:
+    """The slot a start-up catch-up cycle stands for, or None when none is due.
+
+    The first start ever catches up at once (slot: the epoch, so one replica of several runs
+    it); later starts only when a scheduled run was missed within `misfire_grace_hours`.
+    """
+    schedule = settings.schedule
+    if last_success is None:
+        return datetime.fromtimestamp(0, UTC)
+    if not cycle_is_overdue(
+        cron=schedule.cron,
+        timezone=schedule.timezone,
+        last_success=last_success,
+        now=now,
+        grace=timedelta(hours=schedule.misfire_grace_hours),
+    ):
+        return None
+    return latest_fire_time(cron=schedule.cron, timezone=schedule.timezone, now=now)
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """`daily-papers serve`: the scheduler, chat bots and web server until stopped."""
+    """`daily-papers serve`: the scheduler, chat bots and web server until stopped.
+
+    Stopping (the event is set: SIGINT or SIGTERM) is orderly: no new cycle starts, a cycle in
+    flight ends after each target's message in flight is sent and recorded, then the services
+    close. Several replicas may serve one PostgreSQL database: all serve the web pages and
+    chat commands, and the cycle lease lets exactly one run each scheduled cycle.
+    """
     global _ACTIVE_RUNNER
     stop = stop or asyncio.Event()
     logger.info("serve.starting version=%s config=%s", __version__, settings.source)
@@ -220,29 +380,32 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             scheduler = _build_scheduler(settings)
             scheduler.start()
             services.callback(scheduler.shutdown, wait=False)
-            last = await asyncio.to_thread(runner.store.get_state, "cycle.last_success")
-            if cycle_is_overdue(
-                cron=settings.schedule.cron,
-                timezone=settings.schedule.timezone,
-                last_success=datetime.fromisoformat(last) if last else None,
-                now=utcnow(),
-            ):
-                logger.info("serve.catch_up reason=last-success-older-than-schedule")
-                catch_up = asyncio.get_running_loop().create_task(runner.run())
-                services.push_async_callback(_cancel, catch_up)
+            last = await asyncio.to_thread(runner.store.get_state, STATE_LAST_SUCCESS)
+            slot = catch_up_slot(
+                settings, last_success=datetime.fromisoformat(last) if last else None, now=utcnow()
+            )
+            if slot is not None:
+                logger.info("serve.catch_up reason=missed-schedule slot=%s", slot.isoformat())
+                catch_up = asyncio.get_running_loop().create_task(
+                    runner.run(unless_started_since=slot)
+                )
+                services.push_async_callback(_finish, catch_up)
             logger.info(
                 "serve.ready schedule=%r tz=%s", settings.schedule.cron, settings.schedule.timezone
             )
             await stop.wait()
+            logger.info("serve.stopping")
+            runner.request_stop()
+            scheduler.pause()
+            await runner.idle()  # the cycle in flight ends after its messages in flight
         finally:
             _ACTIVE_RUNNER = None
     logger.info("serve.stopped")
 
 
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel a background task at shutdown and wait for it to finish unwinding."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+async def _finish(task: asyncio.Task[Any]) -> None:
+    """Wait for a background cycle at shutdown (it was asked to stop); never raise."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
         await task
 
 

@@ -2,7 +2,8 @@
 
 Every command reads the settings once (`--config`, else ./daily-papers.toml, else defaults, each
 key overridable by DAILY_PAPERS_<SECTION>_<KEY>) and reports problems as one `error:` line with
-what to do, never a traceback. Exit status: 0 ok, 1 the work failed, 2 bad usage or settings.
+what to do, never a traceback. Exit status: 0 ok, 1 the work failed, 2 bad usage or settings,
+3 `run --no-wait` found a cycle running elsewhere, 128+N stopped by signal N (130 Ctrl-C).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from zoneinfo import ZoneInfo
 
 from digest import __version__
 from digest.config import DEFAULT_CONFIG_FILE, Settings, load_settings, starter_file
-from digest.domain import Target, TargetKind
+from digest.domain import RunReport, Target, TargetKind
 from digest.errors import ConfigError, DailyPapersError, QueryError
+from digest.lease import LeaseBusy
 from digest.query import parse_query, query_key
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
 DESCRIPTION = """\
 Watch arXiv for your keywords and deliver what is new: a DailyArXiv-style README
@@ -81,26 +83,85 @@ def cmd_init(args: argparse.Namespace, _settings: Callable[[], Settings]) -> int
     return EXIT_OK
 
 
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[int], None]) -> None:
+    """First SIGINT/SIGTERM: `stop(signum)`, an orderly stop. A second one: the system's
+    default action, which ends the process at once."""
+
+    def first(signum: int) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_DFL)  # SIGINT too: no KeyboardInterrupt unwinding
+        stop(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, first, int(sig))
+
+
 def cmd_run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """One full cycle now."""
-    from digest.app import run_once
+    from digest.app import CycleRunner, run_once
+    from digest.domain import LeaseHolder
 
     loaded = settings()
     progress = TerminalProgress(sys.stderr)
-    report = asyncio.run(run_once(loaded, progress=progress))
+    received: list[int] = []
+
+    def waiting(holder: LeaseHolder) -> None:
+        progress.finish()
+        print(
+            f"waiting: a cycle is already running on {holder.describe()}; this run starts "
+            "when it has finished (Ctrl-C to give up, --no-wait to exit instead)",
+            file=sys.stderr,
+        )
+
+    async def main() -> RunReport | None:
+        loop = asyncio.get_running_loop()
+
+        def stop_runner(runner: CycleRunner) -> None:
+            def stop(signum: int) -> None:
+                received.append(signum)
+                progress.finish()
+                print(
+                    f"{signal.Signals(signum).name}: stopping after the messages in flight "
+                    "(send it again to stop at once)",
+                    file=sys.stderr,
+                )
+                runner.request_stop()
+
+            _stop_on_signals(loop, stop)
+
+        return await run_once(
+            loaded,
+            progress=progress,
+            wait=not args.no_wait,
+            on_busy=waiting,
+            on_runner=stop_runner,
+        )
+
+    try:
+        report = asyncio.run(main())
+    except LeaseBusy as exc:
+        progress.finish()
+        print(f"busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     progress.finish()
+    if report is None:  # a signal arrived while it waited for the lease
+        print("stopped before the cycle started", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
     print(
         f"{'ok' if report.ok else 'FAILED'}: {report.harvested} papers fetched in "
         f"{report.requests} arXiv requests, {report.new_papers} new, {report.new_matches} new "
         f"matches, {report.sent} delivered, {report.failed} failed, "
         f"{report.disabled} subscriptions disabled ({report.seconds:.1f} s)"
     )
-    if loaded.readme.enabled:
+    if loaded.readme.enabled and not received:
         print(f"README snapshot: {loaded.readme_path}")
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if report.error:
         print(f"error: {report.error}", file=sys.stderr)
+    if received:
+        return 128 + received[0]  # the shell's convention for "ended by this signal"
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -112,9 +173,7 @@ def cmd_serve(args: argparse.Namespace, settings: Callable[[], Settings]) -> int
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        _stop_on_signals(asyncio.get_running_loop(), lambda _signum: stop.set())
         await serve(loaded, stop=stop)
 
     asyncio.run(main())
@@ -423,7 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run one full cycle now (exit status 1 when it failed)",
         description="Fetch the look-back window from arXiv, match every keyword, deliver new "
-        "papers to every subscribed channel, and re-render the README snapshot.",
+        "papers to every subscribed channel, and re-render the README snapshot. One cycle runs "
+        "at a time per database: when another process (a `serve` replica, another `run`) is "
+        "running one, this run waits for it and says who holds it. Ctrl-C or SIGTERM stops "
+        "after the messages in flight are sent and recorded (exit 130/143); a second one stops "
+        "at once.",
+    )
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit with status 3 instead of waiting when a cycle is already running elsewhere",
     )
     run.set_defaults(func=cmd_run)
 

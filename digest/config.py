@@ -44,6 +44,13 @@ def _positive(value: Any) -> str | None:
     return None if value > 0 else "a number greater than 0"
 
 
+def _at_least(minimum: float) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value >= minimum else f"a number of at least {minimum:g}"
+
+    return check
+
+
 def _port(value: Any) -> str | None:
     return None if 1 <= value <= 65535 else "a TCP port from 1 to 65535"
 
@@ -207,6 +214,12 @@ class ServiceSettings:
     test_mode: bool = _opt(
         False,
         "Explicit test switch: zero delays and backoff. Refused against the real arXiv API.",
+    )
+    lease_seconds: float = _opt(
+        60.0,
+        "One cycle at a time: a running cycle renews its database lease every third of this; "
+        "a killed one's lease is taken over this long after its last renewal.",
+        _at_least(3),
     )
 
 

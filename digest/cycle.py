@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -28,19 +28,21 @@ from zoneinfo import ZoneInfo
 
 from digest.archive import refresh_archive
 from digest.arxiv_source import Fetch, PaperSource
-from digest.channels import ChannelRegistry
+from digest.channels import Channel, ChannelRegistry
 from digest.config import Settings
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, RunReport, Target, for_deliveries
-from digest.errors import ArxivError, DailyPapersError, QueryError
+from digest.errors import ArxivError, CycleStopped, DailyPapersError, QueryError, StoreError
 from digest.query import Query, match_papers, parse_query, to_arxiv
 from digest.readme import build_readme, commit_readme, write_readme
-from digest.store import PaperStore
+from digest.store import OutcomeCounts, PaperStore
 from digest.translate import Translator
 from digest.translation import translate_for_readers
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_TIMEOUT = 600.0  # seconds one channel may take for one target before it counts as failed
+# Seconds one message may take, the platform's rate-limit waits included, before its target
+# counts as failed for this cycle.
+MESSAGE_TIMEOUT = 600.0
 # Targets of one channel kind sent to at once. Per kind, so a platform that makes us wait
 # (Discord allows 5 messages per 5 s per channel) never holds up another kind's targets; each
 # channel still obeys its platform's limits, and email has its own SMTP connection pool.
@@ -49,6 +51,7 @@ STATE_ZERO_DAYS = "alerts.zero_paper_days"
 STATE_ZERO_LAST_DAY = "alerts.zero_paper_days.last_day"
 STATE_FAILED_CYCLES = "alerts.failed_cycles"
 STATE_LAST_SUCCESS = "cycle.last_success"
+STATE_LAST_STARTED = "cycle.last_started"  # a scheduled slot another replica ran is not run again
 
 
 class Progress(Protocol):
@@ -291,20 +294,58 @@ async def _with_translations(store: PaperStore, settings: Settings, batch: Batch
     return replace(batch, language=language, translations=found)
 
 
-async def _send_guarded(channels: ChannelRegistry, batch: Batch) -> list[Outcome]:
-    """One channel call for one target; an exception or a hang becomes RETRY outcomes."""
-    channel = channels[batch.target.kind]
+class DeliveryHalted(StoreError):
+    """Delivery stopped because an outcome could not be recorded; nothing more was sent."""
+
+
+StopReason = Callable[[], str | None]  # why delivery must stop now (None: go on)
+
+
+def _never_stop() -> str | None:
+    """The default: delivery goes on until everything owed was sent."""
+    return None
+
+
+async def _send_recorded(
+    channel: Channel,
+    batch: Batch,
+    *,
+    record: Callable[[Sequence[Outcome]], Awaitable[None]],
+    stop_reason: StopReason,
+) -> None:
+    """Deliver one target's batch, recording each message's outcomes before the next message.
+
+    A channel that raises, hangs past MESSAGE_TIMEOUT or forgets a delivery gets RETRY for
+    what it did not answer (one broken adapter never stops the others). When `stop_reason`
+    gives a reason, the post ends after the message in flight: the generator is closed, so
+    nothing more is sent, and the deliveries not yet sent stay pending with no attempt
+    counted. A failure to record (DeliveryHalted) propagates: nothing more may be sent.
+    """
+    remaining = {(d.subscription_id, d.paper.arxiv_id): d for d in batch.deliveries}
+    messages = channel.send(batch)
     try:
-        async with asyncio.timeout(CHANNEL_TIMEOUT):
-            outcomes = list(await channel.send(batch))
-    except Exception as exc:  # the guard: any adapter bug is a transient failure of this target
-        logger.exception("deliver.crashed target=%s", batch.target.kind)
-        return for_deliveries(batch.deliveries, OutcomeKind.RETRY, f"{type(exc).__name__}: {exc}")
-    answered = {(o.subscription_id, o.arxiv_id) for o in outcomes}
-    missing = [d for d in batch.deliveries if (d.subscription_id, d.paper.arxiv_id) not in answered]
-    if missing:  # a channel that forgets a paper must not lose it: try again next cycle
-        outcomes += for_deliveries(missing, OutcomeKind.RETRY, "channel gave no outcome")
-    return outcomes
+        while remaining:
+            try:
+                async with asyncio.timeout(MESSAGE_TIMEOUT):
+                    answered = await anext(messages)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # the guard: an adapter bug or hang fails this target only
+                logger.exception("deliver.crashed target=%s", batch.target.kind)
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                await record(for_deliveries(remaining.values(), OutcomeKind.RETRY, reason))
+                return
+            outcomes = [o for o in answered if remaining.pop((o.subscription_id, o.arxiv_id), None)]
+            await record(outcomes)  # right after the platform answered this message
+            if stop_reason() is not None:
+                return
+    finally:
+        if isinstance(messages, AsyncGenerator):
+            await messages.aclose()  # a generator stopped early sends nothing more
+    if remaining:  # a channel that forgets a paper must not lose it: try again next cycle
+        await record(
+            for_deliveries(remaining.values(), OutcomeKind.RETRY, "channel gave no outcome")
+        )
 
 
 async def deliver(
@@ -315,25 +356,58 @@ async def deliver(
     now: datetime,
     tally: _Tally,
     progress: Progress = _no_progress,
-) -> None:
-    """Send every due outbox batch through its channel and record each outcome at once."""
+    stop_reason: StopReason = _never_stop,
+) -> str | None:
+    """Send every due outbox batch, recording each message's outcomes as the platform answers.
+
+    Nothing is sent that cannot be recorded: the database must take a write before the first
+    send (StoreError otherwise), and the first outcome that cannot be recorded stops every
+    target after its message in flight (DeliveryHalted). `stop_reason` is asked before each
+    message; once it gives a reason (a stop was requested, the cycle lease may be lost), each
+    target stops after its message in flight and that reason is returned. What was not sent
+    stays pending for the next cycle.
+    """
     batches = await asyncio.to_thread(lambda: store.pending_batches(now=now, kinds=set(channels)))
     if not batches:
-        return
+        return None
+    await asyncio.to_thread(store.check_writable)
     limits = {kind: asyncio.Semaphore(DELIVERY_CONCURRENCY) for kind in channels}
     finished = 0
+    halted: str | None = None
+
+    def must_stop() -> str | None:
+        return halted or stop_reason()
 
     async def one(batch: Batch) -> None:
-        nonlocal finished
+        nonlocal finished, halted
         async with limits[batch.target.kind]:
+            if must_stop() is not None:
+                return  # not started: its deliveries stay pending, no attempt counted
             batch = await _with_translations(store, settings, batch)
             started = time.perf_counter()
-            outcomes = await _send_guarded(channels, batch)
-            # Recorded right after this target answered: a crash later re-sends nothing sent.
-            counts = await asyncio.to_thread(lambda: store.record_outcomes(outcomes, now=now))
-        tally.sent += counts.sent
-        tally.failed += counts.failed + counts.retried
-        tally.disabled += counts.disabled
+            counts = OutcomeCounts()
+
+            async def record(outcomes: Sequence[Outcome]) -> None:
+                nonlocal counts, halted
+                if not outcomes:
+                    return
+                try:
+                    done = await asyncio.to_thread(store.record_outcomes, outcomes, now=now)
+                except DailyPapersError as exc:
+                    halted = halted or f"cannot record deliveries, stopped sending: {exc}"
+                    raise DeliveryHalted(halted) from exc
+                counts = counts + done
+
+            try:
+                await _send_recorded(
+                    channels[batch.target.kind], batch, record=record, stop_reason=must_stop
+                )
+            except DeliveryHalted:
+                logger.error("deliver.halted target=%s error=%s", batch.target.kind, halted)
+            finally:
+                tally.sent += counts.sent
+                tally.failed += counts.failed + counts.retried
+                tally.disabled += counts.disabled
         finished += 1
         progress("deliver", finished, len(batches))
         logger.info(
@@ -348,6 +422,9 @@ async def deliver(
         )
 
     await asyncio.gather(*(one(batch) for batch in batches))
+    if halted is not None:
+        raise DeliveryHalted(halted)
+    return stop_reason()
 
 
 async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetime) -> bool:
@@ -444,16 +521,30 @@ async def run_cycle(
     now: Callable[[], datetime] = utcnow,
     progress: Progress = _no_progress,
     translator: Translator | None = None,
+    stop_reason: StopReason = _never_stop,
 ) -> RunReport:
     """Run one full daily cycle and return (and record) its report; never raises for arXiv.
 
     A harvest failure marks the cycle failed but still delivers what is owed from earlier
     cycles and re-renders the README, so one bad night at arXiv does not silence the channels.
+    Once `stop_reason` gives a reason (SIGTERM, `serve` stopping, a lost cycle lease), the
+    cycle ends at the next safe point (between arXiv pages, between keyword backfills, after
+    each target's message in flight) and is recorded as stopped; the next cycle goes on.
+    Callers hold the cycle lease (`digest.lease`): one cycle at a time per database.
     """
     started_at = now()
     tally = _Tally()
     error: str | None = None
     arxiv_failed = False
+    await asyncio.to_thread(store.set_state, STATE_LAST_STARTED, started_at.isoformat())
+
+    def stoppable(phase: str, done: int, total: int) -> None:
+        """Progress that also ends a blocking phase (run in a thread) once a stop is due."""
+        reason = stop_reason()
+        if reason is not None:
+            raise CycleStopped(reason)
+        progress(phase, done, total)
+
     try:
         await sync_config_keywords(store, settings.keywords.queries)
         keywords = await asyncio.to_thread(store.list_keywords)
@@ -465,13 +556,16 @@ async def run_cycle(
             queries=queries,
             now=started_at,
             tally=tally,
-            progress=progress,
+            progress=stoppable,
         )
+    except CycleStopped:
+        pass  # recorded below as stopped
     except DailyPapersError as exc:
         error = str(exc)
         arxiv_failed = isinstance(exc, ArxivError)
         logger.error("harvest.failed error=%s", exc)
-    if arxiv_failed:
+    stopped = stop_reason()
+    if stopped is None and arxiv_failed:
         # arXiv is down or refusing us: every backfill would wait out its own retries against
         # the same failure. New keywords stay due and are backfilled by the next cycle.
         due = await asyncio.to_thread(store.keywords_to_backfill)
@@ -479,19 +573,22 @@ async def run_cycle(
             tally.warnings.append(
                 f"{len(due)} keyword backfill(s) postponed to the next cycle (arXiv failed)"
             )
-    else:
+    elif stopped is None:
         try:
             await backfill_keywords(
                 settings=settings,
                 store=store,
                 source=source,
                 now=now,
-                progress=progress,
+                progress=stoppable,
                 tally=tally,
             )
+        except CycleStopped:
+            pass
         except DailyPapersError as exc:
             tally.warnings.append(f"backfill: {exc}")
-    if translator is not None:
+    stopped = stop_reason()
+    if translator is not None and stopped is None:
         # Bounded by translation.deadline_seconds and never raising: a slow or broken provider
         # delays delivery by at most that; what is missing is translated next cycle.
         for step in await translate_for_readers(
@@ -499,25 +596,39 @@ async def run_cycle(
         ):
             if step.error:
                 tally.warnings.append(f"translation ({step.language}): {step.error}")
-    await deliver(
-        settings=settings,
-        store=store,
-        channels=channels,
-        now=now(),
-        tally=tally,
-        progress=progress,
-    )
-    if settings.readme.enabled:
+    stopped = stop_reason()
+    if stopped is None:
+        try:
+            stopped = await deliver(
+                settings=settings,
+                store=store,
+                channels=channels,
+                now=now(),
+                tally=tally,
+                progress=progress,
+                stop_reason=stop_reason,
+            )
+        except DailyPapersError as exc:
+            # The database cannot record outcomes: nothing (more) was sent.
+            logger.error("deliver.failed error=%s", exc)
+            if error is None:
+                error = str(exc)
+            else:
+                tally.warnings.append(f"delivery: {exc}")
+    if settings.readme.enabled and stopped is None:
         try:
             await render_snapshot(settings=settings, store=store, now=started_at)
         except DailyPapersError as exc:
             tally.warnings.append(f"readme: {exc}")
             logger.error("readme.failed error=%s", exc)
-    try:
-        await refresh_archive(settings=settings, store=store, now=started_at)
-    except DailyPapersError as exc:
-        tally.warnings.append(f"archive: {exc}")
-        logger.error("archive.failed error=%s", exc)
+    if stopped is None:
+        try:
+            await refresh_archive(settings=settings, store=store, now=started_at)
+        except DailyPapersError as exc:
+            tally.warnings.append(f"archive: {exc}")
+            logger.error("archive.failed error=%s", exc)
+    if stopped is not None and error is None:
+        error = f"stopped before it finished ({stopped}); what was not sent stays pending"
     report = RunReport(
         started_at=started_at,
         finished_at=now(),
@@ -533,9 +644,13 @@ async def run_cycle(
         error=error,
         warnings=tuple(tally.warnings),
     )
-    alerts = await _check_alerts(settings=settings, store=store, channels=channels, report=report)
-    if alerts:
-        report = replace(report, warnings=(*report.warnings, *alerts))
+    if stopped is None:
+        # A stopped cycle says nothing about arXiv or the channels: it counts toward no alert.
+        alerts = await _check_alerts(
+            settings=settings, store=store, channels=channels, report=report
+        )
+        if alerts:
+            report = replace(report, warnings=(*report.warnings, *alerts))
     await asyncio.to_thread(store.record_run, report)
     if report.ok:
         await asyncio.to_thread(store.set_state, STATE_LAST_SUCCESS, report.started_at.isoformat())

@@ -44,3 +44,7 @@ class StoreError(DailyPapersError):
 
 class DeliveryError(DailyPapersError):
     """A channel could not deliver; adapters turn these into per-paper outcomes."""
+
+
+class CycleStopped(DailyPapersError):
+    """The cycle was asked to stop (a signal, `serve` stopping, a lost lease) and did."""

@@ -38,7 +38,7 @@ import secrets
 import ssl
 import textwrap
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -663,12 +663,15 @@ class EmailChannel:
         )
         return failures
 
-    async def send(self, batch: Batch) -> Sequence[Outcome]:
-        """Mail one digest with every paper of `batch`; one outcome per delivery, never raises."""
+    async def send(self, batch: Batch) -> AsyncIterator[Sequence[Outcome]]:
+        """Mail one digest with every paper of `batch`: one message, so one yield of outcomes."""
+        if batch.deliveries:
+            yield await self._send_digest(batch)
+
+    async def _send_digest(self, batch: Batch) -> Sequence[Outcome]:
+        """The outcome of mailing `batch` as one digest, one per delivery; never raises."""
         target = batch.target
         deliveries = batch.deliveries
-        if not deliveries:
-            return []
         now = self._clock()
         try:
             confirmed = batch.options.get(OPTION_CONFIRMED) or await self._option(

@@ -32,7 +32,7 @@ import pytest
 
 from bot.discord_channel import DiscordChannel, DiscordWebhookChannel, use_api_url
 from bot.slack_channel import SlackChannel, build_web_client
-from digest.channels import Channel
+from digest.channels import Channel, send_all
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target
 from digest.email_subscriptions import OPTION_CONFIRMED, OPTION_FAILURES, EmailLinks
 from digest.mailer import EmailChannel, SmtpPool
@@ -471,7 +471,7 @@ async def test_failure_table(mode: str, kind: str, sqlite_store: SqlStore) -> No
         started = time.monotonic()
         for cycle, expected in enumerate(cell.cycles, start=1):
             batch = rig.batch()
-            outcomes = await rig.channel.send(batch)
+            outcomes = await send_all(rig.channel, batch)
             try:
                 _check_outcomes(batch, outcomes, expected, cell.reason)
             except AssertionError as exc:

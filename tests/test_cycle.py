@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -307,8 +307,9 @@ async def test_a_crashing_channel_does_not_stop_the_others(
     settings = make_settings(tmp_path, server)
 
     class Broken(RecordingChannel):
-        async def send(self, batch: Batch) -> Any:
+        async def send(self, batch: Batch) -> AsyncIterator[Sequence[Outcome]]:
             raise RuntimeError("adapter bug")
+            yield []  # an async generator, as the Channel protocol asks
 
     store = SqlStore.from_settings(settings)
     store.migrate()
@@ -425,10 +426,11 @@ class _StalledChannel(RecordingChannel):
         super().__init__(kind=kind)
         self.release = release
 
-    async def send(self, batch: Batch) -> Sequence[Outcome]:
+    async def send(self, batch: Batch) -> AsyncIterator[Sequence[Outcome]]:
         """Wait for the release, then answer as RecordingChannel does."""
         await self.release.wait()
-        return await super().send(batch)
+        async for outcomes in super().send(batch):
+            yield outcomes
 
 
 async def test_a_stalled_platform_does_not_hold_up_other_kinds(

@@ -31,6 +31,7 @@ from bot.discord_channel import (
     webhook_channel_factory,
     webhook_subscriptions,
 )
+from digest.channels import send_all
 from digest.cli import main as cli_main
 from digest.config import settings_for_tests
 from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
@@ -248,7 +249,7 @@ async def test_send_posts_exact_embeds_with_mentions_off(
 ) -> None:
     """A batch becomes one message with one embed per paper, allowed_mentions empty."""
     papers = [make_paper(1), make_paper(2)]
-    outcomes = await channel.send(make_batch(papers, keyword="diffusion"))
+    outcomes = await send_all(channel, make_batch(papers, keyword="diffusion"))
     assert {(o.arxiv_id, o.kind) for o in outcomes} == {
         ("2501.00001", OutcomeKind.SENT),
         ("2501.00002", OutcomeKind.SENT),
@@ -267,7 +268,7 @@ async def test_many_papers_go_out_in_several_messages(
 ) -> None:
     """25 papers: three messages, 10 + 10 + 5 embeds, every paper SENT."""
     papers = [make_paper(i) for i in range(1, 26)]
-    outcomes = await channel.send(make_batch(papers))
+    outcomes = await send_all(channel, make_batch(papers))
     assert [len(m["embeds"]) for m in fake.channel_messages[CHANNEL]] == [10, 10, 5]
     assert sorted(o.arxiv_id for o in outcomes if o.kind is OutcomeKind.SENT) == sorted(
         p.arxiv_id for p in papers
@@ -277,7 +278,7 @@ async def test_many_papers_go_out_in_several_messages(
 async def test_429_is_waited_out_and_retried(fake: FakeDiscord, channel: DiscordChannel) -> None:
     """A 429 with retry_after 0 is retried by discord.py; the paper is posted once."""
     fake.script(ROUTE, fake.rate_limited(retry_after=0))
-    outcomes = await channel.send(make_batch([make_paper(1)]))
+    outcomes = await send_all(channel, make_batch([make_paper(1)]))
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
     assert len(fake.calls_to(ROUTE)) == 2
     assert len(fake.channel_messages[CHANNEL]) == 1
@@ -286,7 +287,7 @@ async def test_429_is_waited_out_and_retried(fake: FakeDiscord, channel: Discord
 async def test_global_429_is_waited_out(fake: FakeDiscord, channel: DiscordChannel) -> None:
     """A global 429 holds every request, then the post goes through."""
     fake.script(ROUTE, fake.rate_limited(retry_after=0, is_global=True))
-    outcomes = await channel.send(make_batch([make_paper(1)]))
+    outcomes = await send_all(channel, make_batch([make_paper(1)]))
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
     assert len(fake.calls_to(ROUTE)) == 2
 
@@ -303,7 +304,7 @@ async def test_exhausted_bucket_delays_the_next_message(
     }
     fake.script(ROUTE, Scripted(200, {"id": "1"}, exhausted), Scripted(200, {"id": "2"}, exhausted))
     papers = [make_paper(i) for i in range(1, 16)]  # two messages
-    outcomes = await channel.send(make_batch(papers))
+    outcomes = await send_all(channel, make_batch(papers))
     assert all(o.kind is OutcomeKind.SENT for o in outcomes)
     first, second = fake.calls_to(ROUTE)
     assert second.at - first.at >= 0.25
@@ -312,7 +313,7 @@ async def test_exhausted_bucket_delays_the_next_message(
 async def test_very_long_429_gives_up_as_retry(fake: FakeDiscord, channel: DiscordChannel) -> None:
     """A 429 asking for an hour is not slept through: the papers are retried next cycle."""
     fake.script(ROUTE, fake.rate_limited(retry_after=3600))
-    outcomes = await channel.send(make_batch([make_paper(1)]))
+    outcomes = await send_all(channel, make_batch([make_paper(1)]))
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
     assert "rate limit" in (outcomes[0].error or "")
 
@@ -345,7 +346,7 @@ async def test_failure_table(
 ) -> None:
     """Each failure maps to the right outcome and a reason a person can act on."""
     fake.script(ROUTE, answer)
-    outcomes = await channel.send(make_batch([make_paper(1), make_paper(2)]))
+    outcomes = await send_all(channel, make_batch([make_paper(1), make_paper(2)]))
     assert {o.kind for o in outcomes} == {kind}
     assert all(reason in (o.error or "") for o in outcomes)
 
@@ -356,7 +357,7 @@ async def test_connection_refused_is_retry(channel: DiscordChannel) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     use_api_url(f"http://127.0.0.1:{port}/api/v10")
-    outcomes = await channel.send(make_batch([make_paper(1)]))
+    outcomes = await send_all(channel, make_batch([make_paper(1)]))
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
     assert "cannot reach Discord" in (outcomes[0].error or "")
 
@@ -367,7 +368,7 @@ async def test_partial_failure_reports_posted_papers_sent_and_never_reposts(
     """Second message fails: first message SENT, the rest RETRY, nothing posted twice."""
     papers = [make_paper(i) for i in range(1, 16)]  # 10 + 5 embeds
     fake.script(ROUTE, FakeDiscord.normal(), FakeDiscord.error(503, 0, "down"))
-    outcomes = await channel.send(make_batch(papers))
+    outcomes = await send_all(channel, make_batch(papers))
     first = render_messages(make_batch(papers))[0]
     first_ids = {d.paper.arxiv_id for d in first.deliveries}
     sent = {o.arxiv_id for o in outcomes if o.kind is OutcomeKind.SENT}
@@ -378,7 +379,7 @@ async def test_partial_failure_reports_posted_papers_sent_and_never_reposts(
     assert len(fake.calls_to(ROUTE)) == 2
 
     # Next cycle the outbox owes only the RETRY ones: they are posted, the others are not again.
-    again = await channel.send(make_batch([p for p in papers if p.arxiv_id in retry]))
+    again = await send_all(channel, make_batch([p for p in papers if p.arxiv_id in retry]))
     assert {o.kind for o in again} == {OutcomeKind.SENT}
     posted = [e["url"] for m in fake.channel_messages[CHANNEL] for e in m["embeds"]]
     assert sorted(posted) == sorted(p.abs_url for p in papers)
@@ -417,8 +418,9 @@ async def test_webhook_posts_the_same_embeds(
 ) -> None:
     """A webhook target gets the same embeds, mentions off, confirmed with wait=true."""
     papers = [make_paper(1), make_paper(2)]
-    outcomes = await webhook_channel.send(
-        make_batch(papers, target=Target("discord_webhook", HOOK_URL), keyword="kw")
+    outcomes = await send_all(
+        webhook_channel,
+        make_batch(papers, target=Target("discord_webhook", HOOK_URL), keyword="kw"),
     )
     assert {o.kind for o in outcomes} == {OutcomeKind.SENT}
     (call,) = fake.calls_to(HOOK_ROUTE)
@@ -433,8 +435,8 @@ async def test_webhook_429_then_success(
 ) -> None:
     """The webhook path honours 429 retry_after too."""
     fake.script(HOOK_ROUTE, fake.rate_limited(retry_after=0))
-    outcomes = await webhook_channel.send(
-        make_batch([make_paper(1)], target=Target("discord_webhook", HOOK_URL))
+    outcomes = await send_all(
+        webhook_channel, make_batch([make_paper(1)], target=Target("discord_webhook", HOOK_URL))
     )
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
     assert len(fake.calls_to(HOOK_ROUTE)) == 2
@@ -445,8 +447,8 @@ async def test_deleted_webhook_disables(
 ) -> None:
     """404 Unknown Webhook (deleted in Discord) is PERMANENT with that reason."""
     fake.deleted_webhooks.add(HOOK_ID)
-    outcomes = await webhook_channel.send(
-        make_batch([make_paper(1)], target=Target("discord_webhook", HOOK_URL))
+    outcomes = await send_all(
+        webhook_channel, make_batch([make_paper(1)], target=Target("discord_webhook", HOOK_URL))
     )
     assert [(o.kind, o.error) for o in outcomes] == [
         (OutcomeKind.PERMANENT, "Discord 404 Unknown Webhook (code 10015)")
@@ -458,16 +460,17 @@ async def test_webhook_server_error_times_out_as_retry(
 ) -> None:
     """A 500 (which discord.py retries with multi-second sleeps) ends as RETRY at our timeout."""
     fake.script(HOOK_ROUTE, FakeDiscord.error(500, 0, "boom"))
-    outcomes = await webhook_channel.send(
-        make_batch([make_paper(1)], target=Target("discord_webhook", HOOK_URL))
+    outcomes = await send_all(
+        webhook_channel, make_batch([make_paper(1)], target=Target("discord_webhook", HOOK_URL))
     )
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
 
 
 async def test_invalid_webhook_url_is_permanent(webhook_channel: DiscordWebhookChannel) -> None:
     """A stored address that is not a webhook URL disables the subscription, no request made."""
-    outcomes = await webhook_channel.send(
-        make_batch([make_paper(1)], target=Target("discord_webhook", "https://example.org/x"))
+    outcomes = await send_all(
+        webhook_channel,
+        make_batch([make_paper(1)], target=Target("discord_webhook", "https://example.org/x")),
     )
     assert [o.kind for o in outcomes] == [OutcomeKind.PERMANENT]
     assert "not a Discord webhook URL" in (outcomes[0].error or "")
@@ -605,7 +608,7 @@ async def test_every_request_goes_through_the_global_limit(
             await super().acquire()
 
     channel._global_limit = Counting(40, 5)
-    await channel.send(make_batch([make_paper(i) for i in range(1, 26)]))
+    await send_all(channel, make_batch([make_paper(i) for i in range(1, 26)]))
     assert len(fake.channel_messages[CHANNEL]) == 3
     assert len(taken) == len(fake.calls)  # login included: one slot per request made
     assert taken == sorted(set(taken))  # each taken just before its own request

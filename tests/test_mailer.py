@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.channels import Channel
+from digest.channels import Channel, send_all
 from digest.config import Settings
 from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
 from digest.email_subscriptions import (
@@ -216,7 +216,7 @@ async def test_digest_parts_headers_and_fields(
             (2, "anomaly detection", papers[2]),
         ],
     )
-    outcomes = await channel.send(batch)
+    outcomes = await send_all(channel, batch)
     await channel.close()
 
     assert {o.kind for o in outcomes} == {OutcomeKind.SENT}
@@ -267,7 +267,7 @@ async def test_html_is_inlined_dark_mode_ready_and_self_contained(
 ) -> None:
     """Styles inlined, dark-mode and phone rules kept in <style>, no images/scripts/remote CSS."""
     channel = make_channel(email_settings(smtp), sqlite_store)
-    await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
     await channel.close()
     _, html = parts(smtp.messages[0].message)
     assert re.search(r'<h3 style="[^"]*font-size', html)
@@ -294,7 +294,7 @@ async def test_hostile_paper_text_is_escaped_and_intact(
     comment = "Accepted at <NeurIPS> & ICML | 12 pages"
     hostile = paper(title=title, abstract=abstract, authors=authors, comment=comment)
     channel = make_channel(email_settings(smtp), sqlite_store)
-    outcomes = await channel.send(batch_for(ALICE, [(1, "x <y> & z", hostile)]))
+    outcomes = await send_all(channel, batch_for(ALICE, [(1, "x <y> & z", hostile)]))
     await channel.close()
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
 
@@ -326,7 +326,7 @@ async def test_translations_are_rendered_when_the_batch_has_them(
         translations={e.paper.arxiv_id: (e.title_zh, e.abstract_zh) for e in entries},
     )
     channel = make_channel(email_settings(smtp), sqlite_store)
-    await channel.send(batch)
+    await send_all(channel, batch)
     await channel.close()
     text, html = parts(smtp.messages[0].message)
     page = parse_html(html)
@@ -346,12 +346,12 @@ async def test_one_connection_carries_many_digests_within_the_concurrency_bound(
     channel = make_channel(settings, sqlite_store)
     addresses = [f"reader{i}@lab.example.org" for i in range(12)]
     batches = [batch_for(a, [(i, "k", paper())]) for i, a in enumerate(addresses)]
-    results = await asyncio.gather(*(channel.send(b) for b in batches))
+    results = await asyncio.gather(*(send_all(channel, b) for b in batches))
     assert all(o.kind is OutcomeKind.SENT for outcomes in results for o in outcomes)
     assert sorted(m.rcpt_tos[0] for m in smtp.messages) == sorted(addresses)
     assert smtp.connections <= 2
     opened = smtp.connections
-    await channel.send(batch_for("late@lab.example.org", [(99, "k", paper())]))
+    await send_all(channel, batch_for("late@lab.example.org", [(99, "k", paper())]))
     assert smtp.connections == opened  # the idle session was reused
     await channel.close()
 
@@ -361,10 +361,10 @@ async def test_a_dropped_idle_connection_is_replaced_without_a_duplicate(
 ) -> None:
     """The relay closed the pooled session: the next digest goes out once on a new one."""
     channel = make_channel(email_settings(smtp), sqlite_store)
-    await channel.send(batch_for(ALICE, [(1, "k", paper("2501.00001"))]))
+    await send_all(channel, batch_for(ALICE, [(1, "k", paper("2501.00001"))]))
     smtp.drop_connections()
     await asyncio.sleep(0)  # let the client notice the close
-    outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper("2501.00002"))]))
+    outcomes = await send_all(channel, batch_for(ALICE, [(1, "k", paper("2501.00002"))]))
     await channel.close()
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
     assert len(smtp.messages) == 2
@@ -377,7 +377,7 @@ async def test_temporary_refusal_is_retried_later(
     """4xx for the recipient: RETRY, nothing delivered, no refusal counted."""
     smtp.handler.refuse[ALICE] = "451 4.3.0 try again later"
     channel = make_channel(email_settings(smtp), sqlite_store)
-    outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    outcomes = await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
     await channel.close()
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
     assert "451" in (outcomes[0].error or "")
@@ -389,9 +389,9 @@ async def test_data_4xx_and_5xx(smtp: FakeSmtpServer, sqlite_store: SqlStore) ->
     """DATA refused with 4xx retries; with 5xx it counts as a refusal of the address."""
     channel = make_channel(email_settings(smtp), sqlite_store)
     smtp.handler.data_reply = "452 4.3.1 insufficient storage"
-    first = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    first = await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
     smtp.handler.data_reply = "554 5.6.0 message content rejected"
-    second = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    second = await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
     await channel.close()
     assert [o.kind for o in first] == [OutcomeKind.RETRY]
     assert [o.kind for o in second] == [OutcomeKind.RETRY]
@@ -415,7 +415,7 @@ async def test_three_permanent_refusals_in_a_row_disable_the_subscription(
         if failures:
             options[OPTION_FAILURES] = failures
         batch = Batch(target, (Delivery(sub.id, "diffusion", paper()),), options=options)
-        outcomes = await channel.send(batch)
+        outcomes = await send_all(channel, batch)
         kinds.append(outcomes[0].kind)
     await channel.close()
     assert kinds == [OutcomeKind.RETRY, OutcomeKind.RETRY, OutcomeKind.PERMANENT]
@@ -433,11 +433,11 @@ async def test_success_resets_the_refusal_count(
     target = Target("email", ALICE)
     channel = make_channel(email_settings(smtp), sqlite_store)
     smtp.handler.refuse[ALICE] = "550 5.1.1 mailbox unavailable"
-    await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+    await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
     assert sqlite_store.get_target_option(target, OPTION_FAILURES) == "1"
     del smtp.handler.refuse[ALICE]
     options = {OPTION_CONFIRMED: "y", OPTION_FAILURES: "1"}  # as pending_batches reads them
-    outcomes = await channel.send(Batch(target, (Delivery(1, "k", paper()),), options=options))
+    outcomes = await send_all(channel, Batch(target, (Delivery(1, "k", paper()),), options=options))
     await channel.close()
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
     assert sqlite_store.get_target_option(target, OPTION_FAILURES) is None
@@ -448,14 +448,14 @@ async def test_unreachable_relay_and_timeouts_are_transient(sqlite_store: SqlSto
     async with smtp_server() as closed:
         port = closed.port
     refused = make_channel(email_settings(None, email={"smtp_port": port}), sqlite_store)
-    outcomes = await refused.send(batch_for(ALICE, [(1, "k", paper())]))
+    outcomes = await send_all(refused, batch_for(ALICE, [(1, "k", paper())]))
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
     assert outcomes[0].error
 
     async with smtp_server() as slow:
         slow.handler.delay = 1.0
         channel = make_channel(email_settings(slow), sqlite_store, timeout=0.2)
-        outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+        outcomes = await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
         await channel.close()
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
 
@@ -465,7 +465,7 @@ async def test_unconfirmed_address_is_never_mailed(
 ) -> None:
     """An active subscription of an address that never confirmed is parked, not mailed."""
     channel = make_channel(email_settings(smtp), sqlite_store)
-    outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper())], confirmed=False))
+    outcomes = await send_all(channel, batch_for(ALICE, [(1, "k", paper())], confirmed=False))
     await channel.close()
     assert [(o.kind, o.error) for o in outcomes] == [(OutcomeKind.PERMANENT, UNCONFIRMED)]
     assert smtp.messages == []
@@ -488,7 +488,7 @@ async def test_outbox_round_trip_sends_each_paper_once(
     channel = make_channel(email_settings(smtp), sqlite_store)
     [batch] = sqlite_store.pending_batches(now=NOW, kinds={"email"})
     assert batch.options[OPTION_CONFIRMED]
-    outcomes = await channel.send(batch)
+    outcomes = await send_all(channel, batch)
     counts = sqlite_store.record_outcomes(outcomes, now=NOW)
     assert counts.sent == 2
     assert {o.subscription_id for o in outcomes} == {sub.id}
@@ -503,9 +503,9 @@ async def test_same_deliveries_keep_the_same_message_id(
     """A re-send of the same papers (after an ambiguous failure) is recognisably the same."""
     channel = make_channel(email_settings(smtp), sqlite_store)
     batch = batch_for(ALICE, [(1, "k", paper("2501.00001"))])
-    await channel.send(batch)
-    await channel.send(batch)
-    await channel.send(batch_for(ALICE, [(1, "k", paper("2501.00002"))]))
+    await send_all(channel, batch)
+    await send_all(channel, batch)
+    await send_all(channel, batch_for(ALICE, [(1, "k", paper("2501.00002"))]))
     await channel.close()
     ids = [m.message["Message-ID"] for m in smtp.messages]
     assert ids[0] == ids[1] != ids[2]
@@ -523,7 +523,7 @@ async def test_send_empty_notes_once_a_day_for_confirmed_addresses_without_a_dig
     assert await off.send_empty(now=NOW) == 0
 
     channel = make_channel(email_settings(smtp, email={"send_empty": True}), sqlite_store)
-    await channel.send(batch_for(ALICE, [(1, "things", paper())]))  # alice got a digest
+    await send_all(channel, batch_for(ALICE, [(1, "things", paper())]))  # alice got a digest
     assert await channel.send_empty(now=NOW) == 1
     assert await channel.send_empty(now=NOW) == 0  # a second cycle the same day
     await channel.close()
@@ -603,7 +603,7 @@ async def test_starttls_and_login(tmp_path: Path, sqlite_store: SqlStore) -> Non
             links=EmailLinks.from_settings(settings),
             pool=pool,
         )
-        outcomes = await channel.send(batch_for(ALICE, [(1, "k", paper())]))
+        outcomes = await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
         bad = SmtpPool(
             hostname="127.0.0.1",
             port=server.port,
@@ -636,8 +636,8 @@ def test_render_digest_is_pure_and_repeatable() -> None:
 async def test_internationalised_addresses(smtp: FakeSmtpServer, sqlite_store: SqlStore) -> None:
     """A Unicode domain goes out in IDNA form; a Unicode local part uses SMTPUTF8."""
     channel = make_channel(email_settings(smtp), sqlite_store)
-    await channel.send(batch_for("bob@universität.example", [(1, "k", paper())]))
-    await channel.send(batch_for("zoë@lab.example.org", [(2, "k", paper())]))
+    await send_all(channel, batch_for("bob@universität.example", [(1, "k", paper())]))
+    await send_all(channel, batch_for("zoë@lab.example.org", [(2, "k", paper())]))
     await channel.close()
     assert [m.rcpt_tos for m in smtp.messages] == [
         ["bob@xn--universitt-y5a.example"],

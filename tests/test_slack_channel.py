@@ -19,6 +19,7 @@ from bot.slack_channel import (
     build_web_client,
     escape_mrkdwn,
 )
+from digest.channels import send_all
 from digest.config import Secrets, settings_for_tests
 from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
 from tests.fakes.slack_api import (
@@ -91,7 +92,7 @@ def _posted_ids(slack: FakeSlackApi) -> list[str]:
 async def test_one_message_grouped_by_keyword_with_all_fields(slack: FakeSlackApi) -> None:
     """A normal day: one message, keyword headings, linked bold title, authors, date, category."""
     batch = _reference_batch("Video Anomaly Detection", "Video Understanding")
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     assert {o.kind for o in outcomes} == {OutcomeKind.SENT}
     assert len(outcomes) == len(batch.deliveries)
     [call] = slack.posted()
@@ -115,7 +116,7 @@ async def test_one_message_grouped_by_keyword_with_all_fields(slack: FakeSlackAp
 async def test_authors_first_three_then_et_al_and_comment(slack: FakeSlackApi) -> None:
     """Four authors show as three plus et al.; the comment follows."""
     batch = Batch(TARGET, (Delivery(1, "graphs", _paper(1)),))
-    await _channel(slack).send(batch)
+    await send_all(_channel(slack), batch)
     text = _posted_text(slack.posted()[0].params)
     assert "Ada Lovelace, Alan Turing, Grace Hopper et al. · 2025-02-05 · cs.LG" in text
     assert "Edsger" not in text
@@ -132,7 +133,7 @@ async def test_translated_title_shown_under_original(slack: FakeSlackApi) -> Non
         language="zh",
         translations={paper.arxiv_id: ("第一篇论文 <b>", "摘要")},
     )
-    await _channel(slack).send(batch)
+    await send_all(_channel(slack), batch)
     text = _posted_text(slack.posted()[0].params)
     assert "Paper number 1>*\n_第一篇论文 &lt;b&gt;_\n" in text
 
@@ -146,7 +147,7 @@ async def test_hostile_titles_cannot_ping_or_forge_links(slack: FakeSlackApi) ->
         comment="<!here> code at <https://evil.example>",
     )
     batch = Batch(TARGET, (Delivery(1, "<!everyone> & co", paper),))
-    await _channel(slack).send(batch)
+    await send_all(_channel(slack), batch)
     params = slack.posted()[0].params
     text = _posted_text(params) + params["text"]
     for forbidden in ("<!channel>", "<!here>", "<!everyone>", "<https://evil", "<@U0ADMIN>"):
@@ -167,7 +168,7 @@ async def test_long_batch_continues_in_thread_replies_without_losing_a_paper(
     ]
     deliveries = [Delivery(1 + n % 3, f"keyword {n % 3}", p) for n, p in enumerate(papers)]
     batch = Batch(TARGET, tuple(deliveries))
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     assert [o.kind for o in outcomes].count(OutcomeKind.SENT) == 300
     posts = slack.posted()
     assert len(posts) > 1
@@ -189,7 +190,7 @@ async def test_same_paper_under_two_keywords_reported_for_both(slack: FakeSlackA
     """A paper matching two subscribed keywords is shown under each and both deliveries sent."""
     paper = _paper(1)
     batch = Batch(TARGET, (Delivery(1, "alpha", paper), Delivery(2, "beta", paper)))
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     assert sorted((o.subscription_id, o.kind) for o in outcomes) == [
         (1, OutcomeKind.SENT),
         (2, OutcomeKind.SENT),
@@ -201,7 +202,7 @@ async def test_rate_limit_waits_retry_after_then_posts_once(slack: FakeSlackApi)
     """429 with Retry-After: the client waits as told and posts; the channel shows it once."""
     slack.script("chat.postMessage", rate_limited(0), rate_limited(0))
     batch = Batch(TARGET, (Delivery(1, "graphs", _paper(1)),))
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
     assert [c.status for c in slack.calls_to("chat.postMessage")] == [429, 429, 200]
     assert len(slack.posted()) == 1
@@ -212,7 +213,7 @@ async def test_rate_limit_retry_after_one_second_is_obeyed(slack: FakeSlackApi) 
     slack.script("chat.postMessage", rate_limited(1))
     batch = Batch(TARGET, (Delivery(1, "graphs", _paper(1)),))
     started = time.monotonic()
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     assert time.monotonic() - started >= 1.0
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
 
@@ -221,7 +222,7 @@ async def test_rate_limit_is_bounded(slack: FakeSlackApi) -> None:
     """Endless 429s stop after the configured retries: RETRY, nothing posted."""
     slack.script("chat.postMessage", *[rate_limited(0)] * 10)
     batch = Batch(TARGET, (Delivery(1, "graphs", _paper(1)),))
-    outcomes = await _channel(slack, rate_limit_retries=2).send(batch)
+    outcomes = await send_all(_channel(slack, rate_limit_retries=2), batch)
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
     assert len(slack.calls_to("chat.postMessage")) == 3
     assert slack.posted() == []
@@ -231,7 +232,7 @@ async def test_retry_after_longer_than_allowed_is_not_waited(slack: FakeSlackApi
     """A Retry-After beyond max_retry_after is left for the next cycle rather than slept."""
     slack.script("chat.postMessage", rate_limited(3600))
     batch = Batch(TARGET, (Delivery(1, "graphs", _paper(1)),))
-    outcomes = await _channel(slack, max_retry_after=5).send(batch)
+    outcomes = await send_all(_channel(slack, max_retry_after=5), batch)
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
     assert len(slack.calls_to("chat.postMessage")) == 1
 
@@ -241,7 +242,7 @@ async def test_permanent_errors_disable_with_reason(slack: FakeSlackApi, code: s
     """Each error that means the channel is gone or refuses us is PERMANENT, named in the reason."""
     slack.script("chat.postMessage", error(code))
     batch = _reference_batch("Video Understanding")
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     assert {o.kind for o in outcomes} == {OutcomeKind.PERMANENT}
     assert len(outcomes) == len(batch.deliveries)
     assert all(o.error and o.error.startswith(code) for o in outcomes)
@@ -262,7 +263,7 @@ async def test_other_errors_retry_next_cycle(slack: FakeSlackApi, answer: FakeAn
     """Any other error is transient: every delivery RETRY, none lost, none disabled."""
     slack.script("chat.postMessage", answer)
     batch = Batch(TARGET, (Delivery(1, "graphs", _paper(1)), Delivery(1, "graphs", _paper(2))))
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY, OutcomeKind.RETRY]
     assert all(o.error for o in outcomes)
 
@@ -274,7 +275,7 @@ async def test_connection_refused_is_retry() -> None:
     channel = SlackChannel(
         client=build_web_client(token=BOT_TOKEN, api_url=url, connection_retry_delay=0.0)
     )
-    outcomes = await channel.send(Batch(TARGET, (Delivery(1, "graphs", _paper(1)),)))
+    outcomes = await send_all(channel, Batch(TARGET, (Delivery(1, "graphs", _paper(1)),)))
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
 
 
@@ -286,7 +287,7 @@ async def test_timeout_is_retry(slack: FakeSlackApi) -> None:
             token=BOT_TOKEN, api_url=slack.api_url, timeout=1, connection_retry_delay=0.0
         )
     )
-    outcomes = await channel.send(Batch(TARGET, (Delivery(1, "graphs", _paper(1)),)))
+    outcomes = await send_all(channel, Batch(TARGET, (Delivery(1, "graphs", _paper(1)),)))
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
 
 
@@ -297,7 +298,7 @@ async def test_failure_in_thread_reports_posted_papers_sent_and_rest_retry(
     papers = [_paper(n, comment="c" * 450) for n in range(400)]
     batch = Batch(TARGET, tuple(Delivery(1, "graphs", p) for p in papers))
     slack.script("chat.postMessage", ok(), error("internal_error"))
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     posted = set(_posted_ids(slack))
     assert 0 < len(posted) < len(papers)
     sent = {o.arxiv_id for o in outcomes if o.kind is OutcomeKind.SENT}
@@ -307,7 +308,7 @@ async def test_failure_in_thread_reports_posted_papers_sent_and_rest_retry(
     assert len(outcomes) == len(papers)
     # The retried papers go out next cycle; together nothing is missing and nothing doubled.
     rest = Batch(TARGET, tuple(d for d in batch.deliveries if d.paper.arxiv_id in retry))
-    second = await _channel(slack).send(rest)
+    second = await send_all(_channel(slack), rest)
     assert {o.kind for o in second} == {OutcomeKind.SENT}
     assert sorted(_posted_ids(slack)) == sorted(p.arxiv_id for p in papers)
 
@@ -317,7 +318,7 @@ async def test_channel_archived_mid_thread_keeps_posted_papers_sent(slack: FakeS
     papers = [_paper(n, comment="c" * 450) for n in range(400)]
     batch = Batch(TARGET, tuple(Delivery(1, "graphs", p) for p in papers))
     slack.script("chat.postMessage", ok(), error("is_archived"))
-    outcomes = await _channel(slack).send(batch)
+    outcomes = await send_all(_channel(slack), batch)
     kinds = {o.kind for o in outcomes}
     assert kinds == {OutcomeKind.SENT, OutcomeKind.PERMANENT}
     assert {o.arxiv_id for o in outcomes if o.kind is OutcomeKind.SENT} == set(_posted_ids(slack))
@@ -335,7 +336,7 @@ async def test_notify_posts_escaped_plain_text(slack: FakeSlackApi) -> None:
 
 async def test_empty_batch_posts_nothing(slack: FakeSlackApi) -> None:
     """No deliveries: no call at all."""
-    assert await _channel(slack).send(Batch(TARGET, ())) == []
+    assert await send_all(_channel(slack), Batch(TARGET, ())) == []
     assert slack.calls == []
 
 
@@ -352,6 +353,6 @@ async def test_from_settings_posts_to_the_configured_api_url(slack: FakeSlackApi
     )
     channel = SlackChannel.from_settings(settings)
     assert channel is not None
-    outcomes = await channel.send(Batch(TARGET, (Delivery(1, "graphs", _paper(1)),)))
+    outcomes = await send_all(channel, Batch(TARGET, (Delivery(1, "graphs", _paper(1)),)))
     assert [o.kind for o in outcomes] == [OutcomeKind.SENT]
     assert slack.posted()[0].token == BOT_TOKEN

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from digest.app import serve
+from digest.channels import send_all
 from digest.domain import Paper, Target
 from digest.email_subscriptions import OPTION_CONFIRMED, RateLimiter
 from digest.web import SECURITY_HEADERS, WebServer, build_web_app
@@ -154,7 +155,7 @@ def deliver_paper(stack: EmailStack, keyword: str, arxiv_id: str = "2501.00001")
 async def send_digests(stack: EmailStack) -> None:
     """What the cycle's delivery step does for email targets."""
     for batch in stack.store.pending_batches(now=datetime.now(UTC) + timedelta(seconds=1)):
-        outcomes = await stack.channel.send(batch)
+        outcomes = await send_all(stack.channel, batch)
         stack.store.record_outcomes(outcomes, now=datetime.now(UTC))
 
 

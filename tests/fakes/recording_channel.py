@@ -6,7 +6,7 @@ are tested against fakes of their wire protocols instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from digest.domain import Batch, Outcome, OutcomeKind, Target
@@ -23,12 +23,12 @@ class RecordingChannel:
     batches: list[Batch] = field(default_factory=list)
     notices: list[tuple[Target, str]] = field(default_factory=list)
 
-    async def send(self, batch: Batch) -> Sequence[Outcome]:
-        """Record the batch and answer each delivery."""
+    async def send(self, batch: Batch) -> AsyncIterator[Sequence[Outcome]]:
+        """Record the batch and answer each delivery (the whole batch as one message)."""
         self.batches.append(batch)
         if self.after_send is not None:
             self.after_send(batch)
-        return Outcome.for_batch(batch, self.answer, self.error)
+        yield Outcome.for_batch(batch, self.answer, self.error)
 
     async def notify(self, target: Target, text: str) -> bool:
         """Record an operator alert."""
