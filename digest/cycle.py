@@ -449,6 +449,8 @@ async def run_cycle(
 
     A harvest failure marks the cycle failed but still delivers what is owed from earlier
     cycles and re-renders the README, so one bad night at arXiv does not silence the channels.
+    Any exception from the harvest, a bug included, is such a failure (logged with its
+    traceback), so the cycle is recorded and counted by the failed-cycles alert.
     """
     started_at = now()
     tally = _Tally()
@@ -471,6 +473,11 @@ async def run_cycle(
         error = str(exc)
         arxiv_failed = isinstance(exc, ArxivError)
         logger.error("harvest.failed error=%s", exc)
+    except Exception as exc:  # a bug or an unforeseen answer still makes a recorded, failed cycle
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        error = f"harvest crashed ({reason}); the traceback is in the log"
+        arxiv_failed = True  # the backfills would run the same code against the same source
+        logger.exception("harvest.crashed error=%s", reason)
     if arxiv_failed:
         # arXiv is down or refusing us: every backfill would wait out its own retries against
         # the same failure. New keywords stay due and are backfilled by the next cycle.
