@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from digest import __version__
 from digest.config import DEFAULT_CONFIG_FILE, Settings, load_settings, starter_file
 from digest.domain import Target, TargetKind
-from digest.errors import ConfigError, DailyPapersError, QueryError
+from digest.errors import ConfigError, DailyPapersError, QueryError, crash_reason
 from digest.query import parse_query, query_key
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -87,7 +87,18 @@ def cmd_run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
 
     loaded = settings()
     progress = TerminalProgress(sys.stderr)
-    report = asyncio.run(run_once(loaded, progress=progress))
+    try:
+        report = asyncio.run(run_once(loaded, progress=progress))
+    except DailyPapersError:
+        raise
+    except Exception as exc:  # a bug inside the cycle is a failed run (1), never bad usage (2)
+        progress.finish()
+        logging.getLogger(__name__).exception("run.crashed")
+        print(
+            f"error: the cycle crashed ({crash_reason(exc)}); the traceback is in the log",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     progress.finish()
     print(
         f"{'ok' if report.ok else 'FAILED'}: {report.harvested} papers fetched in "

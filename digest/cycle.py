@@ -31,7 +31,7 @@ from digest.arxiv_source import Fetch, PaperSource
 from digest.channels import ChannelRegistry
 from digest.config import Settings
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, RunReport, Target, for_deliveries
-from digest.errors import ArxivError, DailyPapersError, QueryError
+from digest.errors import ArxivError, DailyPapersError, QueryError, crash_reason
 from digest.query import Query, match_papers, parse_query, to_arxiv
 from digest.readme import build_readme, commit_readme, write_readme
 from digest.store import PaperStore
@@ -474,10 +474,9 @@ async def run_cycle(
         arxiv_failed = isinstance(exc, ArxivError)
         logger.error("harvest.failed error=%s", exc)
     except Exception as exc:  # a bug or an unforeseen answer still makes a recorded, failed cycle
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
-        error = f"harvest crashed ({reason}); the traceback is in the log"
+        error = f"harvest crashed ({crash_reason(exc)}); the traceback is in the log"
         arxiv_failed = True  # the backfills would run the same code against the same source
-        logger.exception("harvest.crashed error=%s", reason)
+        logger.exception("harvest.crashed error=%s", crash_reason(exc))
     if arxiv_failed:
         # arXiv is down or refusing us: every backfill would wait out its own retries against
         # the same failure. New keywords stay due and are backfilled by the next cycle.

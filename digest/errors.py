@@ -44,3 +44,8 @@ class StoreError(DailyPapersError):
 
 class DeliveryError(DailyPapersError):
     """A channel could not deliver; adapters turn these into per-paper outcomes."""
+
+
+def crash_reason(exc: BaseException) -> str:
+    """An unexpected exception as one short line for a report or an `error:` line."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

@@ -120,7 +120,10 @@ class Mangled:
 
 
 def cut_inside(marker: bytes, *, keep: int = 0, occurrence: int = 1) -> Callable[[bytes], bytes]:
-    """An edit that cuts the body `keep` bytes after the `occurrence`-th `marker`."""
+    """An edit that cuts the body `keep` bytes after the `occurrence`-th `marker`.
+
+    The marker must be in the page: otherwise the stand-in drops the connection unanswered.
+    """
 
     def edit(body: bytes) -> bytes:
         at = -1
