@@ -12,7 +12,9 @@ adds what the package lacks:
   the raw bytes and raised as `ArxivError` with arXiv's own text (the package silently drops
   that entry because it has no `<published>`); a bad query is not retried;
 - retries with exponential backoff and jitter on 429, 5xx, timeouts, connection errors,
-  malformed and unexpectedly empty pages, with `Retry-After` obeyed.
+  malformed and unexpectedly empty pages, with `Retry-After` obeyed. A page is checked strictly
+  before the package parses it (`parse_page`): the package reads XML in lxml's recover mode, so
+  a body cut mid-entry would pass as a shorter page, and a cut date raises a bare ValueError.
 
 Retries use tenacity, the maintained engine under stamina, directly: stamina's synchronous retry
 loop always sleeps through `time.sleep` and its only test knob is a process-global switch
@@ -88,6 +90,8 @@ _CATEGORY = re.compile(r"^[a-z][a-z\-]*(?:\.[A-Za-z\-]+|\.\*|\*)?$")
 _ERROR_ID = "/api/errors#"
 _ATOM_NS = b"http://www.w3.org/2005/Atom"
 _ATOM = "{http://www.w3.org/2005/Atom}"
+_OPENSEARCH = "{http://a9.com/-/spec/opensearch/1.1/}"
+_REASON_CHARS = 160  # a reason quoted from a parser or urllib3 is cut here: error lines stay short
 _WHITESPACE = re.compile(r"\s+")
 _BACKOFF_INITIAL = 1.0  # seconds before the first retry; doubles each time up to the maximum
 
@@ -214,14 +218,18 @@ def _collapse(text: str | None) -> str:
     return _WHITESPACE.sub(" ", text or "").strip()
 
 
+def _xml_parser(*, recover: bool) -> etree.XMLParser:
+    """lxml's parser for API answers: no entities, no network access."""
+    # The body comes from whatever answers at the configured API URL: trust nothing in it.
+    return etree.XMLParser(resolve_entities=False, no_network=True, recover=recover)
+
+
 def arxiv_error_message(body: bytes) -> str | None:
     """arXiv's error text when the body is its error feed (entry id with `/api/errors#`)."""
     if _ERROR_ID.encode() not in body:
         return None
-    # The body comes from the configured API server; no entities, no network access.
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, recover=True)
     try:
-        root = etree.fromstring(body, parser=parser)
+        root = etree.fromstring(body, parser=_xml_parser(recover=True))
     except etree.XMLSyntaxError:
         return None
     if root is None:
@@ -232,6 +240,67 @@ def arxiv_error_message(body: bytes) -> str | None:
             summary = _collapse(entry.findtext(f"{_ATOM}summary"))
             return summary or entry_id.split("#", 1)[1].replace("_", " ")
     return None
+
+
+class MalformedPage(Exception):
+    """An answer that is not a complete arXiv Atom page; the message is a short reason.
+
+    Never leaves `ArxivSource`: the page is asked for again, and after the retries the failure
+    becomes an `ArxivError`.
+    """
+
+
+def parse_page(body: bytes) -> _feed.ParsedFeed:
+    """Parse one API answer; `MalformedPage` unless it is a complete, readable Atom page.
+
+    Strict where the package is lenient: well-formed XML (a cut body, invalid UTF-8 or broken
+    markup is refused, never "recovered" into fewer entries), an Atom `<feed>` root with a
+    numeric totalResults, and every `<entry>` readable (the package raises on a bad date and
+    silently drops an entry without an id or dates, which would pass as a short page).
+    """
+    if not body.strip():
+        raise MalformedPage("empty body")
+    if _ATOM_NS not in body:
+        # A proxy's or captive portal's HTML page would otherwise parse as "0 results".
+        raise MalformedPage("not an Atom feed")
+    try:
+        root = etree.fromstring(body, parser=_xml_parser(recover=False))
+    except etree.XMLSyntaxError as exc:
+        raise MalformedPage(f"not well-formed XML ({_shorten(exc.msg)})") from exc
+    if root.tag != f"{_ATOM}feed":
+        raise MalformedPage(f"not an Atom feed (root element {_shorten(str(root.tag))})")
+    try:
+        int((root.findtext(f"{_OPENSEARCH}totalResults") or "").strip())
+    except ValueError:
+        raise MalformedPage("no numeric opensearch:totalResults") from None
+    try:
+        feed = _feed.parse(body)
+    except Exception as exc:  # the package's parser on foreign bytes: any failure is the page's
+        raise MalformedPage(
+            f"unreadable entry ({type(exc).__name__}: {_shorten(str(exc))})"
+        ) from exc
+    if feed.malformed:
+        raise MalformedPage(f"unreadable feed ({_shorten(str(feed.error))})")
+    entries = len(root.findall(f"{_ATOM}entry"))
+    if len(feed.results) != entries:
+        raise MalformedPage(
+            f"{entries - len(feed.results)} of {entries} entries lack an id or a date"
+        )
+    return feed
+
+
+def _shorten(text: str) -> str:
+    """One line of at most `_REASON_CHARS` characters."""
+    line = _collapse(text)
+    return line if len(line) <= _REASON_CHARS else line[: _REASON_CHARS - 1] + "…"
+
+
+def _cut_reason(exc: requests.RequestException) -> str:
+    """Why a body stopped short ("Connection broken: IncompleteRead(26 bytes read, ...)")."""
+    inner = exc.args[0] if exc.args else None
+    if isinstance(inner, BaseException) and inner.args:
+        inner = inner.args[0]  # urllib3's ProtocolError(message, cause)
+    return _shorten(str(inner)) if inner is not None else type(exc).__name__
 
 
 # urllib3 prefixes its reasons with the connection object: "HTTPSConnection(host=..., port=443): "
@@ -525,6 +594,14 @@ class ArxivSource:
             except requests.ConnectionError as exc:
                 self._log_request(url, "connection-error", started)
                 raise _Transient(f"connection error: {_connection_reason(exc)}") from exc
+            except (
+                requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError,
+            ) as exc:
+                # The answer started but its body broke off (fewer bytes than Content-Length)
+                # or does not decode: the same as a page cut short.
+                self._log_request(url, "cut-off", started)
+                raise _Transient(f"malformed answer: cut off ({_cut_reason(exc)})") from exc
             finally:
                 self._last_request = self._clock()
         status = response.status_code
@@ -551,12 +628,10 @@ class ArxivSource:
             raise _Transient(f"HTTP {status}", retry_after=retry_after)
         if status != 200:
             raise ArxivError(f"arXiv answered HTTP {status} for {_describe(url)}")
-        if _ATOM_NS not in body:
-            # A proxy's or captive portal's HTML page would otherwise parse as "0 results".
-            raise _Transient("answer is not an Atom feed")
-        feed = _feed.parse(body)
-        if feed.malformed:
-            raise _Transient(f"malformed feed: {feed.error}")
+        try:
+            feed = parse_page(body)
+        except MalformedPage as exc:
+            raise _Transient(f"malformed answer: {exc}") from exc
         start = _start_of(url)
         if not feed.results and (not first_page or feed.header.total_results > start):
             # arXiv sporadically answers an empty page in the middle of a result set.
@@ -621,9 +696,11 @@ __all__ = [
     "ALL_CATEGORIES",
     "ArxivSource",
     "Fetch",
+    "MalformedPage",
     "PaperSource",
     "build_user_agent",
     "expand_categories",
     "harvest_queries",
     "paper_from_result",
+    "parse_page",
 ]

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from digest import __version__
 from digest.config import DEFAULT_CONFIG_FILE, Settings, load_settings, starter_file
 from digest.domain import RunReport, Target, TargetKind
-from digest.errors import ConfigError, DailyPapersError, QueryError
+from digest.errors import ConfigError, DailyPapersError, QueryError, crash_reason
 from digest.lease import LeaseBusy
 from digest.query import parse_query, query_key
 
@@ -144,6 +144,16 @@ def cmd_run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
         progress.finish()
         print(f"busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
+    except DailyPapersError:
+        raise
+    except Exception as exc:  # a bug inside the cycle is a failed run (1), never bad usage (2)
+        progress.finish()
+        logging.getLogger(__name__).exception("run.crashed")
+        print(
+            f"error: the cycle crashed ({crash_reason(exc)}); the traceback is in the log",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     progress.finish()
     if report is None:  # a signal arrived while it waited for the lease
         print("stopped before the cycle started", file=sys.stderr)

@@ -282,7 +282,9 @@ class ArxivSettings:
     )
     timeout_seconds: float = _opt(60.0, "Timeout of one request.", _positive)
     retries: int = _opt(
-        4, "Retries of a failed request (429, 5xx, timeout, empty page).", _non_negative
+        4,
+        "Retries of a failed request (429, 5xx, timeout, empty or malformed page).",
+        _non_negative,
     )
     backoff_max_seconds: float = _opt(120.0, "Longest wait between retries.", _positive)
     backfill_limit: int = _opt(100, "Papers fetched once for a newly added keyword.", _non_negative)

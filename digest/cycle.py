@@ -31,7 +31,14 @@ from digest.arxiv_source import Fetch, PaperSource
 from digest.channels import Channel, ChannelRegistry
 from digest.config import Settings
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, RunReport, Target, for_deliveries
-from digest.errors import ArxivError, CycleStopped, DailyPapersError, QueryError, StoreError
+from digest.errors import (
+    ArxivError,
+    CycleStopped,
+    DailyPapersError,
+    QueryError,
+    StoreError,
+    crash_reason,
+)
 from digest.query import Query, match_papers, parse_query, to_arxiv
 from digest.readme import build_readme, commit_readme, write_readme
 from digest.store import OutcomeCounts, PaperStore
@@ -527,6 +534,8 @@ async def run_cycle(
 
     A harvest failure marks the cycle failed but still delivers what is owed from earlier
     cycles and re-renders the README, so one bad night at arXiv does not silence the channels.
+    Any exception from the harvest, a bug included, is such a failure (logged with its
+    traceback), so the cycle is recorded and counted by the failed-cycles alert.
     Once `stop_reason` gives a reason (SIGTERM, `serve` stopping, a lost cycle lease), the
     cycle ends at the next safe point (between arXiv pages, between keyword backfills, after
     each target's message in flight) and is recorded as stopped; the next cycle goes on.
@@ -564,6 +573,10 @@ async def run_cycle(
         error = str(exc)
         arxiv_failed = isinstance(exc, ArxivError)
         logger.error("harvest.failed error=%s", exc)
+    except Exception as exc:  # a bug or an unforeseen answer still makes a recorded, failed cycle
+        error = f"harvest crashed ({crash_reason(exc)}); the traceback is in the log"
+        arxiv_failed = True  # the backfills would run the same code against the same source
+        logger.exception("harvest.crashed error=%s", crash_reason(exc))
     stopped = stop_reason()
     if stopped is None and arxiv_failed:
         # arXiv is down or refusing us: every backfill would wait out its own retries against

@@ -48,3 +48,8 @@ class DeliveryError(DailyPapersError):
 
 class CycleStopped(DailyPapersError):
     """The cycle was asked to stop (a signal, `serve` stopping, a lost lease) and did."""
+
+
+def crash_reason(exc: BaseException) -> str:
+    """An unexpected exception as one short line for a report or an `error:` line."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

@@ -14,9 +14,11 @@ from digest.domain import Paper
 from tests.fakes.arxiv_server import (
     ArxivStandIn,
     ErrorFeed,
+    Mangled,
     Throttle,
     arxiv_server,  # noqa: F401 -- the shared fixture, used by name below
     compile_query,
+    cut_inside,
     recorded,
 )
 from tests.reference_papers import load_reference_sections
@@ -208,6 +210,20 @@ def test_scripted_answers_are_consumed_in_order_and_matched(stand_in: ArxivStand
     for _ in range(2):
         assert _feed.parse(get(stand_in, start="7").content).header.total_results == 0
     assert len(stand_in.requests) == 6
+
+
+def test_mangled_answers_are_cut_as_scripted(stand_in: ArxivStandIn):
+    """Mangled edits the real page: re-framed to its new length, or broken off in transit."""
+    cut = cut_inside(b"<published>", keep=9)
+    stand_in.script(Mangled(cut), Mangled(cut, in_transit=True))
+    reframed = get(stand_in, search_query="ti:quantum")
+    assert reframed.status_code == 200
+    assert reframed.content.endswith(b"<published>2025-03-0")
+    with pytest.raises(requests.exceptions.ChunkedEncodingError, match="IncompleteRead"):
+        get(stand_in, search_query="ti:quantum")
+    whole = get(stand_in, search_query="ti:quantum")
+    assert whole.content.endswith(b"</feed>\n")
+    assert len(stand_in.requests) == 3
 
 
 def test_requests_are_recorded_with_headers(stand_in: ArxivStandIn):

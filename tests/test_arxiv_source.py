@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -13,15 +13,20 @@ import pytest
 from digest.arxiv_source import (
     ALL_CATEGORIES,
     ArxivSource,
+    MalformedPage,
     build_user_agent,
     harvest_queries,
+    parse_page,
 )
 from digest.config import DEFAULT_CATEGORIES, settings_for_tests
 from digest.domain import Paper
 from digest.errors import ArxivError, ConfigError, HarvestIncomplete
 from tests.fakes.arxiv_server import (
+    FIXTURES,
     ArxivStandIn,
     EmptyPage,
+    Fault,
+    Mangled,
     Partial,
     Replay,
     Reset,
@@ -29,6 +34,7 @@ from tests.fakes.arxiv_server import (
     Shifted,
     Slow,
     Throttle,
+    cut_inside,
     recorded,
     render_feed,
 )
@@ -497,6 +503,159 @@ def test_highest_version_is_kept(server: ArxivStandIn, clock: FakeClock):
     assert by_id["2502.00001"].version == 2
     assert by_id["2502.00001"].title == "Revised title"
     assert len(fetch.papers) == 2
+
+
+# -- malformed answers -----------------------------------------------------------------------
+
+
+def _replace(old: bytes, new: bytes) -> Callable[[bytes], bytes]:
+    """An edit replacing the first `old` of the body by `new`."""
+    return lambda body: body.replace(old, new, 1)
+
+
+def _drop(pattern: bytes) -> Callable[[bytes], bytes]:
+    """An edit deleting the first match of a regular expression."""
+    return lambda body: re.sub(pattern, b"", body, count=1)
+
+
+HTML = (("Content-Type", "text/html"),)
+# Each body is the stand-in's second page (papers 2 and 3 of five, pages of two) spoiled one way;
+# the reason is what the retry log line says about it.
+MALFORMED: dict[str, tuple[Fault, str]] = {
+    "cut inside a date": (
+        Mangled(cut_inside(b"<published>", keep=9, occurrence=2)),
+        "not well-formed XML (Premature end of data in tag published",
+    ),
+    "cut inside an entry": (
+        Mangled(cut_inside(b"<summary>", occurrence=2)),
+        "not well-formed XML",
+    ),
+    "cut mid-tag": (
+        Mangled(cut_inside(b"<arxiv:primary_cat", occurrence=1)),
+        "not well-formed XML",
+    ),
+    "cut after an entry": (
+        Mangled(cut_inside(b"</entry>", occurrence=1)),
+        "not well-formed XML",
+    ),
+    "cut in transit": (
+        Mangled(cut_inside(b"<entry>", occurrence=2), in_transit=True),
+        "cut off (Connection broken: IncompleteRead(",
+    ),
+    "bad date value": (
+        Mangled(_replace(b"<published>2025-02-01T00:02:00Z", b"<published>2025-02-1")),
+        "unreadable entry (ValueError: Invalid isoformat string: '2025-02-1')",
+    ),
+    "entry without <published>": (
+        Mangled(_drop(rb"<published>[^<]*</published>")),
+        "1 of 2 entries lack an id or a date",
+    ),
+    "entry without <id>": (
+        Mangled(_drop(rb"<id>http://arxiv[^<]*</id>")),
+        "1 of 2 entries lack an id or a date",
+    ),
+    "invalid XML": (
+        Mangled(_replace(b"Synthetic paper 2</title>", b"Synthetic <paper 2</title>")),
+        "not well-formed XML",
+    ),
+    "bare ampersand": (
+        Mangled(_replace(b"Synthetic paper 3</title>", b"Synthetic & paper 3</title>")),
+        "not well-formed XML",
+    ),
+    "non-UTF-8 bytes": (
+        Mangled(_replace(b"Abstract of paper number 2", b"Abstract of paper n\xfcmber 2")),
+        "not well-formed XML (Invalid bytes in character encoding",
+    ),
+    "no totalResults": (
+        Mangled(_drop(rb"<opensearch:totalResults>[^<]*</opensearch:totalResults>")),
+        "no numeric opensearch:totalResults",
+    ),
+    "empty body with HTTP 200": (Replay(200, b""), "empty body"),
+    "HTML instead of Atom": (
+        Replay(200, b"<html><body><h1>Service Unavailable</h1></body></html>", HTML),
+        "not an Atom feed",
+    ),
+    "XHTML naming the Atom namespace": (
+        Replay(200, b'<html xmlns:a="http://www.w3.org/2005/Atom"><body/></html>', HTML),
+        "not an Atom feed (root element html)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("fault", "reason"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_page_is_retried_and_nothing_is_lost(
+    server: ArxivStandIn,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    fault: Fault,
+    reason: str,
+):
+    """A spoiled middle page is asked for again like an empty one; the harvest is complete."""
+    server.script(fault, when={"start": "2"})
+    caplog.set_level(logging.WARNING, logger="digest.arxiv_source")
+    with make_source(server, clock, page_size=2) as source:
+        fetch = harvest(source)
+    assert [r.params["start"] for r in server.requests] == ["0", "2", "2", "4"]
+    assert [p.arxiv_id for p in fetch.papers] == [f"2502.{n:05d}" for n in range(5)]
+    assert (fetch.requests, fetch.promised) == (4, 5)
+    assert clock.sleeps == [1.0]
+    (retry,) = [m for m in caplog.messages if m.startswith("arxiv.retry")]
+    assert f"reason=malformed answer: {reason}" in retry
+
+
+@pytest.mark.parametrize(
+    "name", ["cut inside a date", "bad date value", "cut in transit", "empty body with HTTP 200"]
+)
+def test_always_malformed_answer_is_an_arxiv_error(
+    server: ArxivStandIn, clock: FakeClock, name: str
+):
+    """The same spoiled page every time: ArxivError after retries + 1 attempts, one short line."""
+    fault, reason = MALFORMED[name]
+    server.always(fault)
+    with make_source(server, clock, retries=2) as source, pytest.raises(ArxivError) as caught:
+        harvest(source)
+    message = str(caught.value)
+    assert not isinstance(caught.value, HarvestIncomplete)
+    assert len(server.requests) == 3
+    assert caught.value.requests == 3
+    assert message.startswith("arXiv request failed after 3 attempts: malformed answer: ")
+    assert reason in message
+    assert message.endswith(f"({server.url}, results from 0)")
+    assert "\n" not in message
+    assert len(message) < 250, message
+    assert "search_query" not in message
+
+
+def test_cut_last_page_of_a_search_is_retried(server: ArxivStandIn, clock: FakeClock):
+    """A backfill's last page cut mid-entry is fetched again, not taken as the end of the list."""
+    server.script(Mangled(cut_inside(b"<summary>")), when={"start": "4"})
+    with make_source(server, clock, page_size=2) as source:
+        fetch = source.search('ti:"synthetic paper"', limit=5)
+    assert [r.params["start"] for r in server.requests] == ["0", "2", "4", "4"]
+    assert len(fetch.papers) == 5
+
+
+def test_cut_first_page_is_retried_not_taken_for_no_results(server: ArxivStandIn, clock: FakeClock):
+    """A first page cut before its first entry would read as zero papers: it is asked again."""
+    server.script(Mangled(cut_inside(b"<opensearch:startIndex>")))
+    with make_source(server, clock) as source:
+        fetch = harvest(source)
+    assert fetch.requests == 2
+    assert len(fetch.papers) == 5
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in FIXTURES.iterdir() if p.suffix in {".json", ".xml"})
+)
+def test_every_recorded_answer_passes_the_strict_check(name: str):
+    """Real arXiv answers (both backends) are well-formed enough for `parse_page`."""
+    answer = recorded(name)
+    if answer.status != 200:
+        with pytest.raises(MalformedPage, match="lack an id or a date"):
+            parse_page(answer.body)  # the error feed's entry has no dates; caught before this
+        return
+    feed = parse_page(answer.body)
+    assert len(feed.results) == answer.body.count(b"<entry")
 
 
 # -- politeness -------------------------------------------------------------------------------

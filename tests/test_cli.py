@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from digest.cli import main
-from tests.fakes.arxiv_server import ArxivStandIn, ServerError
+from tests.fakes.arxiv_server import ArxivStandIn, Mangled, ServerError, cut_inside
 from tests.reference_papers import REFERENCE_README, load_reference_papers
 
 
@@ -68,6 +68,46 @@ def test_run_exits_1_when_arxiv_fails(
     assert captured.out.startswith("FAILED")
     assert "error:" in captured.err
     assert "Traceback" not in captured.err
+
+
+def test_run_exits_1_when_arxiv_answers_stay_malformed(
+    workdir: Path, server: ArxivStandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A feed cut inside a date every time: exit 1, one `error:` line, status shows FAILED."""
+    # The feed's own <updated> date: present even when the window holds no paper.
+    server.always(Mangled(cut_inside(b"<updated>", keep=9)))
+    assert main(["run"]) == 1
+    captured = capsys.readouterr()
+    attempts = len(server.requests)
+    assert attempts == 5  # the default arxiv.retries (4) + 1, then no backfill against it
+    assert captured.out.startswith(f"FAILED: 0 papers fetched in {attempts} arXiv requests")
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, captured.err
+    assert f"after {attempts} attempts: malformed answer: not well-formed XML" in errors[0]
+    assert errors[0].endswith(f"({server.url}, results from 0)")
+    assert "Traceback" not in captured.err
+    assert main(["status"]) == 1
+    status = capsys.readouterr().out
+    (cycle_line,) = [line for line in status.splitlines() if "requests=" in line]
+    assert f"FAILED requests={attempts}" in cycle_line
+    assert f"error: arXiv request failed after {attempts} attempts: malformed answer" in cycle_line
+
+
+def test_a_value_error_inside_the_cycle_is_a_failed_run_not_bad_usage(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug raising ValueError deep in `run` exits 1 with an `error:` line, not 2 (usage)."""
+
+    async def broken_archive(**_: object) -> None:
+        raise ValueError("Invalid isoformat string: '2025-02-0'")
+
+    monkeypatch.setattr("digest.cycle.refresh_archive", broken_archive)
+    assert main(["run"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "error: the cycle crashed (ValueError: Invalid isoformat string: '2025-02-0'); "
+        "the traceback is in the log"
+    )
 
 
 def test_keywords_add_list_remove(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from digest.arxiv_source import ArxivSource
+from digest.arxiv_source import ArxivSource, Fetch
 from digest.config import DEFAULT_CATEGORIES, Settings, settings_for_tests
-from digest.cycle import harvest_window, run_cycle
+from digest.cycle import STATE_FAILED_CYCLES, harvest_window, run_cycle
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target
 from storage.sql_store import SqlStore
-from tests.fakes.arxiv_server import ArxivStandIn, ServerError
+from tests.fakes.arxiv_server import ArxivStandIn, Mangled, ServerError, cut_inside
 from tests.fakes.recording_channel import RecordingChannel
 from tests.reference_papers import REFERENCE_README, load_reference_papers, load_reference_sections
 
@@ -366,6 +367,98 @@ async def test_failed_cycles_in_a_row_alert_the_admin_target(
     target, text = slack.notices[0]
     assert target == Target("slack", "CADMIN")
     assert "3 daily cycles in a row have failed" in text
+
+
+async def test_cut_feed_fails_the_cycle_records_it_and_still_delivers_what_is_owed(
+    tmp_path: Path, server: ArxivStandIn
+) -> None:
+    """arXiv answering a feed cut inside a date, every try: a recorded, counted, failed cycle."""
+    settings = make_settings(tmp_path, server)
+    target = Target("discord", "123")
+    store = SqlStore.from_settings(settings)
+    store.migrate()
+    store.add_subscription(target, "Video Understanding", now=REFERENCE_DAY)
+    store.close()
+    discord = RecordingChannel(kind="discord", answer=OutcomeKind.RETRY, error="HTTP 503")
+    first = await cycle(settings, Clock(REFERENCE_DAY), {"discord": discord})
+    assert first.ok
+    owed = sorted(discord.sent_ids(target))
+    assert owed, "the first cycle should leave deliveries owed to the target"
+    store = SqlStore.from_settings(settings)
+    watermark = store.get_watermark()
+    store.close()
+    server.always(Mangled(cut_inside(b"<published>", keep=9)))
+    server.clear_requests()
+    discord.answer = OutcomeKind.SENT
+    failed = await cycle(settings, Clock(REFERENCE_DAY + timedelta(hours=1)), {"discord": discord})
+    assert not failed.ok
+    assert failed.error is not None
+    assert "malformed answer" in failed.error
+    assert "Premature end of data in tag published" in failed.error
+    assert len(server.requests) == settings.arxiv.retries + 1 == failed.requests
+    assert failed.sent == len(owed)
+    assert sorted(discord.sent_ids(target)[len(owed) :]) == owed
+    store = SqlStore.from_settings(settings)
+    try:
+        latest = store.recent_runs(1)[0]
+        assert (latest.ok, latest.error) == (False, failed.error)
+        assert store.get_state(STATE_FAILED_CYCLES) == "1"
+        assert store.get_watermark() == watermark
+    finally:
+        store.close()
+
+
+class _CrashingSource:
+    """A PaperSource with a bug: its harvest raises what nobody planned for."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.searched = 0
+
+    def harvest(self, **_: object) -> Fetch:
+        """Raise the planted error."""
+        raise self.error
+
+    def search(
+        self, query: str, *, limit: int, progress: Callable[[int, int], None] | None = None
+    ) -> Fetch:
+        """Count calls: a crashed harvest must postpone the backfills."""
+        self.searched += 1
+        return Fetch((), 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "error", [ValueError("Invalid isoformat string: '2025-02-0'"), KeyError("entry\nid")]
+)
+async def test_any_exception_from_the_harvest_is_a_recorded_failed_cycle(
+    tmp_path: Path, server: ArxivStandIn, caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
+    """A harvest bug does not escape run_cycle: one-line error, traceback logged, cycle counted."""
+    settings = make_settings(
+        tmp_path, server, keywords={"queries": KEYWORDS[:1]}, alerts={"failed_cycles": 1}
+    )
+    source = _CrashingSource(error)
+    store = SqlStore.from_settings(settings)
+    store.migrate()
+    caplog.set_level(logging.ERROR, logger="digest.cycle")
+    try:
+        report = await run_cycle(
+            settings=settings, store=store, source=source, channels={}, now=Clock(REFERENCE_DAY)
+        )
+        assert not report.ok
+        assert report.error is not None
+        assert report.error.startswith(f"harvest crashed ({type(error).__name__}: ")
+        assert "\n" not in report.error
+        assert store.recent_runs(1)[0].error == report.error
+        assert store.get_state(STATE_FAILED_CYCLES) == "1"
+    finally:
+        store.close()
+    assert source.searched == 0
+    assert any("1 daily cycles in a row have failed" in w for w in report.warnings)
+    (crash,) = [r for r in caplog.records if r.getMessage().startswith("harvest.crashed")]
+    assert crash.levelno == logging.ERROR
+    assert crash.exc_info is not None
+    assert crash.exc_info[1] is error
 
 
 async def test_zero_new_papers_on_two_announcement_days_alerts(

@@ -13,6 +13,7 @@ Tests script the outside world with rules, consumed in the order they were added
     server.script(Throttle(retry_after="7"), ServerError(503))   # the next two requests
     server.always(Partial(missing=2), when={"start": "0"})      # every matching request
     server.replay(recorded("q_testing_s0_m10_bc5a6c384fe9.json"), when={"start": "0"})
+    server.script(Mangled(cut_inside(b"<published>", keep=9)))  # the real page, cut in a date
 
 Every request is recorded (path, query parameters, headers, time on the server's clock, client
 port) so tests can count requests, check the User-Agent and the gap between requests.
@@ -106,6 +107,34 @@ class Reset:
 
 
 @dataclass(frozen=True)
+class Mangled:
+    """The normal page with its body passed through `edit` (cut short, corrupted bytes...).
+
+    Sent with a Content-Length that matches the edited body (a proxy re-framed it); with
+    `in_transit=True` the Content-Length announces the whole page and the connection closes
+    after the edited bytes, as when a connection drops in the middle of an answer.
+    """
+
+    edit: Callable[[bytes], bytes]
+    in_transit: bool = False
+
+
+def cut_inside(marker: bytes, *, keep: int = 0, occurrence: int = 1) -> Callable[[bytes], bytes]:
+    """An edit that cuts the body `keep` bytes after the `occurrence`-th `marker`.
+
+    The marker must be in the page: otherwise the stand-in drops the connection unanswered.
+    """
+
+    def edit(body: bytes) -> bytes:
+        at = -1
+        for _ in range(occurrence):
+            at = body.index(marker, at + 1)
+        return body[: at + len(marker) + keep]
+
+    return edit
+
+
+@dataclass(frozen=True)
 class Replay:
     """A fixed answer: status, body bytes, headers (a recorded response)."""
 
@@ -114,7 +143,18 @@ class Replay:
     headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/atom+xml"),)
 
 
-Fault = Throttle | ServerError | ErrorFeed | Partial | EmptyPage | Shifted | Slow | Reset | Replay
+Fault = (
+    Throttle
+    | ServerError
+    | ErrorFeed
+    | Partial
+    | EmptyPage
+    | Shifted
+    | Slow
+    | Reset
+    | Replay
+    | Mangled
+)
 Matcher = Mapping[str, str] | Callable[["RecordedRequest"], bool] | None
 
 
@@ -579,7 +619,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found\n", [("Content-Type", "text/plain")])
         else:
             status, body = owner._evaluate(request.params, answer)
-            self._send(status, body)
+            if isinstance(answer, Mangled):
+                self._send_mangled(status, body, answer)
+            else:
+                self._send(status, body)
+
+    def _send_mangled(self, status: int, body: bytes, answer: Mangled) -> None:
+        edited = answer.edit(body)
+        if not answer.in_transit:
+            self._send(status, edited)
+            return
+        self.send_response(status)
+        self.send_header("Content-Type", "application/atom+xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(edited)
+        self.close_connection = True  # the rest never comes: the client reads a short body
 
     def _send(
         self,
