@@ -209,6 +209,7 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     """Last cycles, their numbers, alerts and failing subscriptions."""
     from digest.app import open_store
     from digest.cycle import STATE_FAILED_CYCLES, STATE_ZERO_DAYS
+    from digest.lease import CYCLE_LEASE
 
     loaded = settings()
     store = open_store(loaded)
@@ -218,11 +219,14 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
         subscriptions = store.list_subscriptions()
         failed_cycles = int(store.get_state(STATE_FAILED_CYCLES) or 0)
         zero_days = int(store.get_state(STATE_ZERO_DAYS) or 0)
+        running = store.lease_holder(CYCLE_LEASE)
     finally:
         store.close()
     print(f"config: {loaded.source}")
     print(f"database: {_redact_url(loaded.database_url)}")
     print(f"keywords: {len(keywords)}   subscriptions: {len(subscriptions)}")
+    if running is not None:
+        print(f"cycle running: {running.describe()}")
     if not runs:
         print("no cycle has run yet: try `daily-papers run`")
     for run in runs:

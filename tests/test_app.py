@@ -78,3 +78,38 @@ async def test_serve_explains_a_busy_port(tmp_path: Path) -> None:
         settings = settings_for_tests(service={"data_dir": str(tmp_path)}, web={"port": port})
         with pytest.raises(ConfigError, match=r"web\.port"):
             await asyncio.wait_for(serve(settings), 20)
+
+
+def test_latest_fire_time_finds_the_last_slot_for_dense_and_sparse_schedules() -> None:
+    """Every minute, daily and yearly schedules: the last fire time at or before now."""
+    from digest.app import latest_fire_time
+
+    now = datetime(2025, 2, 11, 12, 30, 15, tzinfo=UTC)
+    minute = latest_fire_time(cron="* * * * *", timezone="UTC", now=now)
+    assert minute == datetime(2025, 2, 11, 12, 30, tzinfo=UTC)
+    daily = latest_fire_time(cron="0 21 * * *", timezone="America/New_York", now=now)
+    assert daily == datetime(2025, 2, 11, 2, 0, tzinfo=UTC)  # 21:00 New York, the day before
+    yearly = latest_fire_time(cron="0 0 1 1 *", timezone="UTC", now=now)
+    assert yearly == datetime(2025, 1, 1, tzinfo=UTC)
+    exact = latest_fire_time(cron="30 12 * * *", timezone="UTC", now=now.replace(second=0))
+    assert exact == now.replace(second=0)
+
+
+def test_catch_up_on_start_honours_misfire_grace_hours(tmp_path: Path) -> None:
+    """A restart within misfire_grace_hours of a missed run catches it up; later, it waits."""
+    from datetime import timedelta
+
+    from digest.app import catch_up_slot
+
+    settings = settings_for_tests(
+        service={"data_dir": str(tmp_path)},
+        schedule={"cron": "0 21 * * *", "timezone": "UTC", "misfire_grace_hours": 6},
+    )
+    missed = datetime(2025, 2, 10, 21, 0, tzinfo=UTC)
+    last = missed - timedelta(days=1)
+    assert catch_up_slot(settings, last_success=None, now=missed) == datetime(
+        1970, 1, 1, tzinfo=UTC
+    )
+    assert catch_up_slot(settings, last_success=last, now=missed + timedelta(hours=5)) == missed
+    assert catch_up_slot(settings, last_success=last, now=missed + timedelta(hours=7)) is None
+    assert catch_up_slot(settings, last_success=missed, now=missed + timedelta(hours=1)) is None

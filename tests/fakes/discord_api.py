@@ -218,6 +218,8 @@ class FakeDiscord:
             "timestamp": "2025-02-01T00:00:00+00:00",
             "edited_timestamp": None,
         }
+        if body.get("nonce") is not None:
+            message["nonce"] = body["nonce"]
         if webhook_id is not None:
             message["webhook_id"] = webhook_id
         return message
@@ -247,6 +249,13 @@ class FakeDiscord:
             channel_id = parts[1]
             if channel_id in self.unknown_channels:
                 return self._json(404, {"code": UNKNOWN_CHANNEL, "message": "Unknown Channel"})
+            nonce = body.get("nonce")
+            if body.get("enforce_nonce") and nonce is not None:
+                # Discord: a nonce the same author used in the last few minutes returns the
+                # message it created then; nothing new appears in the channel.
+                for earlier in self.channel_messages[channel_id]:
+                    if earlier.get("nonce") == nonce:
+                        return self._json(200, earlier)
             message = self._message(channel_id, body)
             self.channel_messages[channel_id].append(message)
             return self._json(200, message)
