@@ -11,17 +11,19 @@ import pytest
 import sqlalchemy
 
 from digest.app import JOB_ID, cycle_is_overdue, serve
-from digest.config import settings_for_tests
+from digest.config import Settings, settings_for_tests
 from digest.errors import ConfigError
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
+from tests.local import free_port, wait_until
 from tests.reference_papers import load_reference_papers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def wait_cycle_recorded(settings: Settings) -> None:
+    """Wait until a cycle has recorded its success in the database serve uses."""
+    await wait_until(settings.readme_path.exists)  # the database exists by then
+    with SqlStore.from_settings(settings) as store:
+        await wait_until(lambda: store.get_state("cycle.last_success"))
 
 
 @pytest.mark.parametrize(
@@ -51,17 +53,13 @@ async def test_serve_catches_up_persists_its_job_and_stops(tmp_path: Path) -> No
             service={"data_dir": str(tmp_path)},
             arxiv={"api_url": arxiv.url, "categories": ["cs.CV"]},
             keywords={"queries": ["Video Understanding"]},
-            web={"port": _free_port()},
+            web={"port": free_port()},
         )
         stop = asyncio.Event()
         task = asyncio.create_task(serve(settings, stop=stop))
         try:
-            for _ in range(400):  # the catch-up cycle writes the README; allow a loaded machine
-                if settings.readme_path.exists():
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("serve did not run its catch-up cycle")
+            # The catch-up cycle's last step records its success (the README comes before it).
+            await wait_cycle_recorded(settings)
         finally:
             stop.set()
             await asyncio.wait_for(task, 20)
