@@ -44,3 +44,8 @@ class StoreError(DailyPapersError):
 
 class DeliveryError(DailyPapersError):
     """A channel could not deliver; adapters turn these into per-paper outcomes."""
+
+
+class PlatformUnreachable(DailyPapersError):
+    """A chat platform's live connection (Slack Socket Mode, the Discord gateway) cannot be made:
+    the platform is down or unreachable, or it refused our token. The message says which."""
