@@ -586,7 +586,15 @@ def configure_logging(*, verbose: bool, quiet: bool, level: str) -> None:
         # Libraries narrate at INFO what our own event lines already say: alembic's schema
         # check on every start, arxiv's "Requesting page"/"Got first page", APScheduler's
         # "Adding job tentatively", discord.py's gateway chatter. Their warnings still show.
-        for noisy in ("alembic", "arxiv", "apscheduler", "discord", "slack_bolt", "aiosmtpd"):
+        for noisy in (
+            "alembic",
+            "arxiv",
+            "apscheduler",
+            "discord",
+            "slack_bolt",
+            "slack_sdk",
+            "aiosmtpd",
+        ):
             logging.getLogger(noisy).setLevel(max(chosen, logging.WARNING))
 
 
