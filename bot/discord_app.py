@@ -381,10 +381,10 @@ class DiscordApp:
         bot, gateway, self._gateway = self.bot, self._gateway, None
         if bot is not None and not bot.is_closed():
             await bot.close()
-            log.info("discord.stopped")
-        if gateway is not None:
+        if gateway is not None:  # the gateway had been opened: say it is gone
             gateway.cancel()
             await asyncio.gather(gateway, return_exceptions=True)
+            log.info("discord.stopped")
 
     @staticmethod
     def _gateway_end(task: asyncio.Task[None]) -> str:
