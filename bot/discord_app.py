@@ -6,8 +6,9 @@ Slack) and posts the `Reply`. Discord wants an answer within 3 seconds: the repl
 once when the service finishes within `ack_seconds`, otherwise the interaction is deferred
 ("thinking") and the reply follows. Errors and private answers are ephemeral.
 
-Dependencies (the command service, the settings) are handed to the client when it is built;
-its lifetime is an `async with` (`DiscordApp` for `daily-papers serve`).
+Dependencies (the command service, the settings) are handed to the client when it is built.
+In `daily-papers serve`, `DiscordApp` is the bot's connection, kept up in the background by the
+platform supervisor (`digest.platforms`): a Discord outage or a refused token never stops serve.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -33,7 +35,9 @@ from bot.commands import (
 )
 from bot.discord_channel import split_text, use_api_url
 from digest.config import Settings
-from digest.domain import Target
+from digest.domain import Target, TargetKind
+from digest.errors import PlatformUnreachable
+from digest.platforms import NETWORK_ERRORS, describe_error, start_supervisor
 from digest.store import PaperStore
 
 log = logging.getLogger(__name__)
@@ -41,8 +45,22 @@ log = logging.getLogger(__name__)
 ACK_SECONDS = 2.0  # Discord drops an interaction not answered within 3 s; leave 1 s for the POST
 GROUP_DESCRIPTION = "Follow new arXiv papers in this channel."
 NO_MENTIONS = discord.AllowedMentions.none()  # a confirmation names its user without pinging
+CONNECT_SECONDS = 60.0  # discord.py's own limit for opening the gateway; READY comes right after
+REFUSED_TOKEN_CLOSE_CODES = frozenset({4004})  # the gateway's "Authentication failed"
 
 _BUILTIN = {c.name: c for c in BUILTIN_COMMANDS}
+
+
+class _NoIntentsWarning(logging.Filter):
+    """The bot runs without gateway intents on purpose (app commands need none); discord.py warns
+    about the missing guilds intent for every client it builds, i.e. every connection attempt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop that one warning."""
+        return not record.getMessage().startswith("Guilds intent seems to be disabled")
+
+
+logging.getLogger("discord.state").addFilter(_NoIntentsWarning())
 
 
 def _argument_help(command: str) -> dict[str, str]:
@@ -137,9 +155,13 @@ class PapersBot(discord.Client):
         self.group = PapersGroup(name=group_name, bot=self)
         self.tree.add_command(self.group)
         self.tree.error(self._on_tree_error)
+        self.sync_on_login = True  # DiscordApp turns it off once a previous client has synced
+        self.synced = False
 
     async def setup_hook(self) -> None:
         """Sync `/papers` after login: to the configured guilds (instant) or globally."""
+        if not self.sync_on_login:
+            return
         if self.guild_ids:
             for guild_id in self.guild_ids:
                 guild = discord.Object(id=guild_id)
@@ -149,6 +171,7 @@ class PapersBot(discord.Client):
         else:
             synced = await self.tree.sync()
             log.info("discord.synced scope=global commands=%d", len(synced))
+        self.synced = True
 
     # -- running one command --------------------------------------------------------------
     def may_manage(self, interaction: discord.Interaction) -> bool:
@@ -257,16 +280,32 @@ def build_bot(
 
 
 class DiscordApp:
-    """The bot's lifetime inside `daily-papers serve`: `async with DiscordApp(...)`.
+    """The bot inside `daily-papers serve`, as a `PlatformConnection` that digest.platforms'
+    supervisor keeps up (also usable as `async with`: one attempt, then close).
 
-    Entering logs in (a bad token fails here, loudly), syncs the commands and starts the gateway
-    connection in the background; leaving closes it.
+    Each attempt builds a fresh client (a closed discord.py client cannot log in again), logs it
+    in (which syncs the commands, on the first attempt only) and opens the gateway, connected
+    once Discord has sent READY. The gateway runs with `reconnect=False`: when it ends, for
+    whatever reason, the supervisor logs it on one line and connects again with its backoff,
+    rather than discord.py retrying on its own with a traceback each time, or its connection
+    task dying silently on an event it cannot parse while the bot looked online.
     """
 
-    def __init__(self, *, bot: PapersBot, token: str) -> None:
-        self.bot = bot
+    kind = TargetKind.DISCORD.value
+
+    def __init__(
+        self,
+        *,
+        make_bot: Callable[[], PapersBot],
+        token: str,
+        connect_seconds: float = CONNECT_SECONDS,
+    ) -> None:
+        self._make_bot = make_bot
         self._token = token
-        self._task: asyncio.Task[None] | None = None
+        self._connect_seconds = connect_seconds
+        self._synced = False
+        self.bot: PapersBot | None = None  # the current attempt's client
+        self._gateway: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
@@ -281,28 +320,94 @@ class DiscordApp:
         token = settings.secrets.discord_bot_token
         if not token:
             return None
-        bot = build_bot(
-            settings,
-            store=store,
-            request_backfill=request_backfill,
-            extra_commands=extra_commands,
-        )
-        return cls(bot=bot, token=token)
+
+        def make_bot() -> PapersBot:
+            return build_bot(
+                settings,
+                store=store,
+                request_backfill=request_backfill,
+                extra_commands=extra_commands,
+            )
+
+        return cls(make_bot=make_bot, token=token)
+
+    async def connect(self) -> None:
+        """One attempt: log in, sync the commands once, open the gateway and wait for READY.
+
+        Raises PlatformUnreachable when Discord is down or refuses the token.
+        """
+        await self.close()
+        bot = self.bot = self._make_bot()
+        bot.sync_on_login = not self._synced
+        await bot.__aenter__()
+        try:
+            await bot.login(self._token)
+        except discord.LoginFailure as exc:
+            raise PlatformUnreachable(
+                "Discord refused the bot token (401 Unauthorized): check DISCORD_BOT_TOKEN"
+            ) from exc
+        except (discord.HTTPException, discord.GatewayNotFound, *NETWORK_ERRORS) as exc:
+            raise PlatformUnreachable(f"cannot log in to Discord: {_describe(exc)}") from exc
+        self._synced = self._synced or bot.synced
+        ready = asyncio.ensure_future(bot.wait_for("connect"))  # dispatched on READY
+        self._gateway = asyncio.create_task(bot.connect(reconnect=False), name="discord-gateway")
+        try:
+            done, _ = await asyncio.wait(
+                {ready, self._gateway},
+                timeout=self._connect_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            ready.cancel()
+        if ready not in done:
+            if self._gateway in done:
+                raise PlatformUnreachable(
+                    f"cannot open the Discord gateway: {self._gateway_end(self._gateway)}"
+                )
+            raise PlatformUnreachable(
+                f"the Discord gateway sent no READY within {self._connect_seconds:g} s"
+            )
+        log.info("discord.started command=/%s", bot.group.name)
+
+    async def wait_closed(self) -> str:
+        """Wait until the gateway connection ends; return why."""
+        if self._gateway is None:
+            return "not connected"
+        await asyncio.wait({self._gateway})
+        return self._gateway_end(self._gateway)
+
+    async def close(self) -> None:
+        """Close the client (and its gateway connection); safe to call twice."""
+        bot, gateway, self._gateway = self.bot, self._gateway, None
+        if bot is not None and not bot.is_closed():
+            await bot.close()
+        if gateway is not None:  # the gateway had been opened: say it is gone
+            gateway.cancel()
+            await asyncio.gather(gateway, return_exceptions=True)
+            log.info("discord.stopped")
+
+    @staticmethod
+    def _gateway_end(task: asyncio.Task[None]) -> str:
+        """Why the gateway task ended, in a few words (with a traceback when unexpected)."""
+        if task.cancelled():
+            return "the gateway task was cancelled"
+        exc = task.exception()
+        if exc is None:
+            return "Discord closed the gateway connection"
+        if isinstance(exc, discord.ConnectionClosed) and exc.code in REFUSED_TOKEN_CLOSE_CODES:
+            return f"Discord refused the bot token (gateway close code {exc.code})"
+        if not isinstance(exc, (discord.ConnectionClosed, *NETWORK_ERRORS)):
+            # Not the network: discord.py failed on something Discord sent (an event it cannot
+            # parse ends its connection task). Worth its traceback; the supervisor reconnects.
+            log.warning("discord.gateway_failed error=%r", exc, exc_info=exc)
+        return _describe(exc)
 
     async def __aenter__(self) -> DiscordApp:
-        await self.bot.__aenter__()
-        await self.bot.login(self._token)
-        self._task = asyncio.create_task(self.bot.connect(reconnect=True), name="discord-gateway")
-        self._task.add_done_callback(_log_gateway_end)
-        log.info("discord.started command=/%s", self.bot.group.name)
+        await self.connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.bot.close()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        log.info("discord.stopped")
+        await self.close()
 
 
 async def start_discord(
@@ -313,21 +418,27 @@ async def start_discord(
     stack: AsyncExitStack,
     extra_commands: Sequence[Command] = (),
 ) -> DiscordApp | None:
-    """`serve`'s entry point: log the bot in and connect it (closed with `stack`); None when
+    """`serve`'s entry point: keep the bot connected in the background (digest.platforms'
+    supervisor, stopped with `stack`); returns at once, Discord up or not. None when
     DISCORD_BOT_TOKEN is not set."""
     app = DiscordApp.from_settings(
         settings, store=store, request_backfill=request_backfill, extra_commands=extra_commands
     )
     if app is None:
         return None
-    await stack.enter_async_context(app)
+    start_supervisor(app, settings=settings, store=store, stack=stack)
     return app
 
 
-def _log_gateway_end(task: asyncio.Task[None]) -> None:
-    """The gateway task ended: fine when cancelled, an error otherwise (the bot is offline)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("discord.gateway_failed error=%r", task.exception())
+def _describe(exc: BaseException) -> str:
+    """A discord.py or network failure in a few words."""
+    if isinstance(exc, discord.HTTPException):
+        return f"HTTP {exc.status} {exc.text or exc.response.reason}".strip()
+    if isinstance(exc, discord.ConnectionClosed):
+        return f"gateway closed with code {exc.code}"
+    if isinstance(exc, aiohttp.ClientResponseError):  # e.g. the gateway's handshake refused
+        return f"HTTP {exc.status} {exc.message}".strip()
+    return describe_error(exc)
 
 
 __all__ = ["ACK_SECONDS", "DiscordApp", "PapersBot", "PapersGroup", "build_bot", "start_discord"]

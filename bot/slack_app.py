@@ -15,6 +15,7 @@ Two ways to receive commands, chosen by the secrets:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -35,12 +36,49 @@ from bot.commands import Command, CommandService, Invocation
 from bot.slack_channel import SlackMarkup, client_from_settings
 from digest.config import Settings
 from digest.domain import Target, TargetKind
-from digest.errors import ConfigError
+from digest.errors import ConfigError, PlatformUnreachable
+from digest.platforms import NETWORK_ERRORS, describe_error, start_supervisor
 from digest.store import PaperStore
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"  # the Request URL to enter in the Slack app config (HTTP mode)
+PING_SECONDS = 10.0  # slack-bolt's default ping interval (slack_sdk's stale check is 4 of them)
+CHECK_SECONDS = PING_SECONDS  # how often the supervisor's watch looks at the connection
+LOST_CHECKS = 3  # checks in a row without a connection before it counts as lost (not a refresh)
+CONNECT_SECONDS = 30.0  # for the WebSocket to open once apps.connections.open has answered
+# service.test_mode: a lost connection is noticed within 0.15 s, a dead URL within 1 s.
+TEST_CHECK_SECONDS, TEST_CONNECT_SECONDS = 0.05, 1.0
+# apps.connections.open's errors that mean the app-level token itself is not accepted.
+REFUSED_TOKEN_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "token_revoked",
+        "token_expired",
+        "account_inactive",
+        "not_allowed_token_type",  # a bot token (xoxb-) where the app token (xapp-) belongs
+    }
+)
+
+
+class _NetworkTracebacks(logging.Filter):
+    """slack_sdk logs a failed connection attempt with its traceback; the supervisor reports the
+    failure on one line already, so keep slack_sdk's message and drop the traceback of expected
+    network errors (a bug's traceback stays)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Strip the traceback of a network error; let every record through."""
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (*NETWORK_ERRORS, SlackApiError)):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+# slack_sdk's Socket Mode client logs here (configure_logging quiets `slack_sdk` below WARNING).
+SOCKET_MODE_LOG = logging.getLogger("slack_sdk.socket_mode.daily_papers")
+SOCKET_MODE_LOG.addFilter(_NetworkTracebacks())
 
 
 class SlackCommandApp:
@@ -54,11 +92,15 @@ class SlackCommandApp:
         client: AsyncWebClient,
         signing_secret: str = "",
         app_token: str = "",
+        check_seconds: float = CHECK_SECONDS,
+        connect_seconds: float = CONNECT_SECONDS,
     ) -> None:
         self.service = service
         self._settings = settings.slack
         self._client = client
         self._app_token = app_token
+        self._check_seconds = check_seconds
+        self._connect_seconds = connect_seconds
         self._socket: AsyncSocketModeHandler | None = None
         self.bolt = AsyncApp(
             client=client,
@@ -108,6 +150,10 @@ class SlackCommandApp:
             client=client,
             signing_secret=secrets.slack_signing_secret,
             app_token=secrets.slack_app_token,
+            check_seconds=TEST_CHECK_SECONDS if settings.service.test_mode else CHECK_SECONDS,
+            connect_seconds=(
+                TEST_CONNECT_SECONDS if settings.service.test_mode else CONNECT_SECONDS
+            ),
         )
 
     @property
@@ -167,26 +213,72 @@ class SlackCommandApp:
             return []
         return [web.post(path, self.handle_http)]
 
-    # -- Socket Mode ----------------------------------------------------------------------
-    async def start(self) -> None:
-        """Connect to Slack over Socket Mode (nothing to do in HTTP mode)."""
-        if not self.socket_mode or self._socket is not None:
+    # -- Socket Mode (a PlatformConnection, kept up by digest.platforms' supervisor) ----------
+    kind = TargetKind.SLACK.value
+
+    async def connect(self) -> None:
+        """One Socket Mode connection attempt: ask Slack for a WebSocket URL with the app token,
+        then open it. Raises PlatformUnreachable when Slack is down or refuses the token.
+
+        The supervisor owns the retries: slack_sdk's client is told not to reconnect on its own
+        (its loop would retry every ping interval forever, a traceback each time); it still
+        follows Slack's routine "disconnect" requests, which are not failures.
+        """
+        if not self.socket_mode:
             return
-        self._socket = AsyncSocketModeHandler(
-            self.bolt, app_token=self._app_token, web_client=self._client
+        await self.close()
+        try:
+            # Asked here rather than by slack_sdk, which would retry it forever by itself.
+            opened = await self._client.apps_connections_open(app_token=self._app_token)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or "")
+            if error in REFUSED_TOKEN_ERRORS:
+                raise PlatformUnreachable(
+                    f"Slack refused the app token ({error}): check SLACK_APP_TOKEN"
+                ) from exc
+            raise PlatformUnreachable(f"Slack answered {error or exc}") from exc
+        except NETWORK_ERRORS as exc:
+            raise PlatformUnreachable(f"cannot reach Slack: {describe_error(exc)}") from exc
+        handler = AsyncSocketModeHandler(
+            self.bolt,
+            app_token=self._app_token,
+            logger=SOCKET_MODE_LOG,
+            web_client=self._client,
+            ping_interval=PING_SECONDS,
         )
-        await self._socket.connect_async()  # type: ignore[no-untyped-call]  # bolt leaves it unannotated
+        handler.client.default_auto_reconnect_enabled = False
+        handler.client.wss_uri = str(opened["url"])
+        self._socket = handler
+        seconds = self._connect_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                await handler.connect_async()  # type: ignore[no-untyped-call]  # bolt leaves it unannotated
+        except TimeoutError as exc:
+            raise PlatformUnreachable(
+                f"Slack's Socket Mode WebSocket did not open within {seconds:g} s"
+            ) from exc
         log.info("slack.started mode=socket command=%s", self._settings.command)
 
-    async def stop(self) -> None:
-        """Disconnect Socket Mode (if connected)."""
+    async def wait_closed(self) -> str:
+        """Watch the Socket Mode connection; return once it has been down (closed, or its pings
+        unanswered) for LOST_CHECKS checks in a row."""
+        down = 0
+        while down < LOST_CHECKS:
+            await asyncio.sleep(self._check_seconds)
+            socket = self._socket
+            connected = socket is not None and await socket.client.is_connected()
+            down = 0 if connected else down + 1
+        return "the Socket Mode connection closed or stopped answering pings"
+
+    async def close(self) -> None:
+        """Disconnect Socket Mode and release what the attempt opened (if anything)."""
         if self._socket is not None:
-            await self._socket.close_async()  # type: ignore[no-untyped-call]  # bolt leaves it unannotated
-            self._socket = None
+            socket, self._socket = self._socket, None
+            await socket.close_async()  # type: ignore[no-untyped-call]  # bolt leaves it unannotated
             log.info("slack.stopped mode=socket")
 
     async def __aenter__(self) -> SlackCommandApp:
-        await self.start()
+        await self.connect()
         return self
 
     async def __aexit__(
@@ -195,7 +287,7 @@ class SlackCommandApp:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
+        await self.close()
 
 
 async def start_slack(
@@ -206,7 +298,8 @@ async def start_slack(
     stack: AsyncExitStack,
     extra_commands: Sequence[Command] = (),
 ) -> SlackCommandApp | None:
-    """`serve`'s entry point: build the app, connect Socket Mode (closed with `stack`).
+    """`serve`'s entry point: build the app; in Socket Mode keep it connected in the background
+    (digest.platforms' supervisor, stopped with `stack`). Returns at once, Slack up or not.
 
     Returns None when Slack is not configured. In HTTP mode the caller mounts `app.routes()` on
     the shared web server.
@@ -216,7 +309,8 @@ async def start_slack(
     )
     if app is None:
         return None
-    await stack.enter_async_context(app)
-    if not app.socket_mode:
+    if app.socket_mode:
+        start_supervisor(app, settings=settings, store=store, stack=stack)
+    else:
         log.info("slack.started mode=http path=%s command=%s", EVENTS_PATH, settings.slack.command)
     return app

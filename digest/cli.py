@@ -206,10 +206,12 @@ def cmd_readme(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
 
 
 def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
-    """Last cycles, their numbers, alerts and failing subscriptions."""
+    """Last cycles, their numbers, alerts (an unreachable chat platform among them) and failing
+    subscriptions."""
     from digest.app import open_store
     from digest.cycle import STATE_FAILED_CYCLES, STATE_ZERO_DAYS
     from digest.lease import CYCLE_LEASE
+    from digest.platforms import read_platform_status
 
     loaded = settings()
     store = open_store(loaded)
@@ -220,6 +222,13 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
         failed_cycles = int(store.get_state(STATE_FAILED_CYCLES) or 0)
         zero_days = int(store.get_state(STATE_ZERO_DAYS) or 0)
         running = store.lease_holder(CYCLE_LEASE)
+        # What the running serve recorded about its live connections (Socket Mode, gateway).
+        unconfigured = _unconfigured_platforms(loaded)
+        platforms = [
+            read_platform_status(store, kind)
+            for kind in (TargetKind.SLACK.value, TargetKind.DISCORD.value)
+            if kind not in unconfigured
+        ]
     finally:
         store.close()
     print(f"config: {loaded.source}")
@@ -245,6 +254,15 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     if zero_days >= loaded.alerts.zero_paper_days:
         print(f"ALERT: zero new papers on {zero_days} announcement days in a row")
         problems += 1
+    for platform in platforms:
+        if platform is None:
+            continue
+        since = platform.since.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        if platform.connected:
+            print(f"{platform.kind}: connected since {since}")
+        else:
+            print(f"ALERT: {platform.kind} unreachable since {since}: {platform.reason}")
+            problems += 1
     from digest.email_subscriptions import UNCONFIRMED
 
     # An email sign-up waits, disabled, for its link to be clicked: pending, not failing.
@@ -253,7 +271,7 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     if waiting:
         addresses = len({s.target.address for s in waiting})
         print(f"email sign-ups waiting for confirmation: {addresses} address(es)")
-    for kind, variable in _unconfigured_platforms(loaded).items():
+    for kind, variable in unconfigured.items():
         idle = [s for s in subscriptions if s.active and s.target.kind == kind]
         if idle:
             print(f"{kind} subscriptions waiting for {variable} to be set: {len(idle)}")
@@ -522,8 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         help="last cycles, alerts and failing subscriptions (exit 1 on problems)",
-        description="Show the config in use, the last cycles with their numbers, alerts and "
-        "disabled subscriptions. Exit status 1 when the last cycle failed or an alert is on.",
+        description="Show the config in use, the last cycles with their numbers, alerts (a chat "
+        "platform serve cannot reach among them) and disabled subscriptions. Exit status 1 "
+        "when the last cycle failed or an alert is on.",
     )
     status.add_argument(
         "--runs", type=_positive_int, default=5, help="how many cycles to show (default: 5)"
@@ -668,7 +687,15 @@ def configure_logging(*, verbose: bool, quiet: bool, level: str) -> None:
         # Libraries narrate at INFO what our own event lines already say: alembic's schema
         # check on every start, arxiv's "Requesting page"/"Got first page", APScheduler's
         # "Adding job tentatively", discord.py's gateway chatter. Their warnings still show.
-        for noisy in ("alembic", "arxiv", "apscheduler", "discord", "slack_bolt", "aiosmtpd"):
+        for noisy in (
+            "alembic",
+            "arxiv",
+            "apscheduler",
+            "discord",
+            "slack_bolt",
+            "slack_sdk",
+            "aiosmtpd",
+        ):
             logging.getLogger(noisy).setLevel(max(chosen, logging.WARNING))
 
 

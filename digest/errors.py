@@ -53,3 +53,8 @@ class CycleStopped(DailyPapersError):
 def crash_reason(exc: BaseException) -> str:
     """An unexpected exception as one short line for a report or an `error:` line."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+
+
+class PlatformUnreachable(DailyPapersError):
+    """A chat platform's live connection (Slack Socket Mode, the Discord gateway) cannot be made:
+    the platform is down or unreachable, or it refused our token. The message says which."""

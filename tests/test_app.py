@@ -1,26 +1,47 @@
-"""The composition root: `serve` schedules, catches up on start, persists its job, stops cleanly."""
+"""The composition root: `serve` schedules, catches up on start, persists its job, stops cleanly,
+and keeps running while a chat platform is down."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import discord.http
 import pytest
+import yarl
+from discord.gateway import DiscordWebSocket
 
 from digest.app import cycle_is_overdue, serve
-from digest.config import settings_for_tests
+from digest.cli import cmd_status
+from digest.config import Secrets, Settings, settings_for_tests
 from digest.errors import ConfigError
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
+from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlackApi, error
+from tests.local import free_port, wait_until
 from tests.reference_papers import load_reference_papers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+async def wait_cycle_recorded(settings: Settings) -> None:
+    """Wait until a cycle has recorded its success in the database serve uses."""
+    await wait_until(settings.readme_path.exists)  # the database exists by then
+    with SqlStore.from_settings(settings) as store:
+        await wait_until(lambda: store.get_state("cycle.last_success"))
 
 
 @pytest.mark.parametrize(
@@ -50,17 +71,13 @@ async def test_serve_catches_up_on_a_first_start_and_stops(tmp_path: Path) -> No
             service={"data_dir": str(tmp_path)},
             arxiv={"api_url": arxiv.url, "categories": ["cs.CV"]},
             keywords={"queries": ["Video Understanding"]},
-            web={"port": _free_port()},
+            web={"port": free_port()},
         )
         stop = asyncio.Event()
         task = asyncio.create_task(serve(settings, stop=stop))
         try:
-            for _ in range(400):  # the catch-up cycle writes the README; allow a loaded machine
-                if settings.readme_path.exists():
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("serve did not run its catch-up cycle")
+            # The catch-up cycle's last step records its success (the README comes before it).
+            await wait_cycle_recorded(settings)
         finally:
             stop.set()
             await asyncio.wait_for(task, 20)
@@ -80,36 +97,252 @@ async def test_serve_explains_a_busy_port(tmp_path: Path) -> None:
             await asyncio.wait_for(serve(settings), 20)
 
 
-def test_latest_fire_time_finds_the_last_slot_for_dense_and_sparse_schedules() -> None:
-    """Every minute, daily and yearly schedules: the last fire time at or before now."""
-    from digest.app import latest_fire_time
-
-    now = datetime(2025, 2, 11, 12, 30, 15, tzinfo=UTC)
-    minute = latest_fire_time(cron="* * * * *", timezone="UTC", now=now)
-    assert minute == datetime(2025, 2, 11, 12, 30, tzinfo=UTC)
-    daily = latest_fire_time(cron="0 21 * * *", timezone="America/New_York", now=now)
-    assert daily == datetime(2025, 2, 11, 2, 0, tzinfo=UTC)  # 21:00 New York, the day before
-    yearly = latest_fire_time(cron="0 0 1 1 *", timezone="UTC", now=now)
-    assert yearly == datetime(2025, 1, 1, tzinfo=UTC)
-    exact = latest_fire_time(cron="30 12 * * *", timezone="UTC", now=now.replace(second=0))
-    assert exact == now.replace(second=0)
+# -- a chat platform down ---------------------------------------------------------------------
 
 
-def test_catch_up_on_start_honours_misfire_grace_hours(tmp_path: Path) -> None:
-    """A restart within misfire_grace_hours of a missed run catches it up; later, it waits."""
-    from datetime import timedelta
+@pytest.fixture
+def arxiv() -> Iterator[ArxivStandIn]:
+    """The arXiv stand-in serving the reference papers (the catch-up cycle's source)."""
+    with ArxivStandIn(load_reference_papers()) as stand_in:
+        yield stand_in
 
-    from digest.app import catch_up_slot
 
+@pytest.fixture(autouse=True)
+def restore_route_base() -> Iterator[None]:
+    """serve points discord.py's process-wide Route.BASE at discord.api_url: put it back."""
+    before = discord.http.Route.BASE
+    yield
+    discord.http.Route.BASE = before
+
+
+def platform_settings(
+    tmp_path: Path, arxiv: ArxivStandIn, secrets: Secrets, **tables: Any
+) -> Settings:
+    """Test settings for serve with one keyword, a free web port and the given tokens."""
     settings = settings_for_tests(
         service={"data_dir": str(tmp_path)},
-        schedule={"cron": "0 21 * * *", "timezone": "UTC", "misfire_grace_hours": 6},
+        arxiv={"api_url": arxiv.url, "categories": ["cs.CV"]},
+        keywords={"queries": ["Video Understanding"]},
+        web={"port": free_port()},
+        **tables,
     )
-    missed = datetime(2025, 2, 10, 21, 0, tzinfo=UTC)
-    last = missed - timedelta(days=1)
-    assert catch_up_slot(settings, last_success=None, now=missed) == datetime(
-        1970, 1, 1, tzinfo=UTC
+    return replace(settings, secrets=secrets)
+
+
+def status(settings: Settings, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`daily-papers status` for these settings: its exit status and output."""
+    capsys.readouterr()
+    code = cmd_status(argparse.Namespace(runs=5), lambda: settings)
+    return code, capsys.readouterr().out
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[None]:
+    """serve in the background until the block ends, then it must stop within two seconds."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop=stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+
+async def assert_ready(settings: Settings) -> None:
+    """The catch-up cycle ran (README written, success recorded); the web server answers."""
+    await wait_cycle_recorded(settings)
+    assert settings.readme_path.exists()
+    url = f"http://127.0.0.1:{settings.web.port}/healthz"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+
+
+def platform_lines(caplog: pytest.LogCaptureFixture, event: str, kind: str) -> list[str]:
+    """Our log lines of `event` for `kind`."""
+    return [m for m in caplog.messages if m.split()[:2] == [event, f"kind={kind}"]]
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """No log record carried a traceback (an expected outage is one line per attempt)."""
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+@pytest.mark.parametrize("failure", ["invalid_auth", "refused-port"])
+async def test_serve_runs_while_slack_socket_mode_fails(
+    tmp_path: Path,
+    arxiv: ArxivStandIn,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    failure: str,
+) -> None:
+    """Socket Mode refused or unreachable: serve is ready anyway, logs one line per attempt,
+    status alerts (exit 1), and stopping ends it at once."""
+    caplog.set_level(logging.INFO)
+    async with FakeSlackApi() as slack:
+        api_url = slack.api_url
+        if failure == "refused-port":
+            api_url = f"http://127.0.0.1:{free_port()}/api/"
+        secrets = Secrets(slack_bot_token=BOT_TOKEN, slack_app_token="xapp-revoked")
+        settings = platform_settings(tmp_path, arxiv, secrets, slack={"api_url": api_url})
+        async with serving(settings):
+            await assert_ready(settings)
+            await wait_until(
+                lambda: len(platform_lines(caplog, "platform.unreachable", "slack")) >= 3
+            )
+            code, out = status(settings, capsys)
+    assert code == 1
+    [alert] = [line for line in out.splitlines() if line.startswith("ALERT: slack")]
+    assert alert.startswith("ALERT: slack unreachable since ")
+    if failure == "invalid_auth":
+        assert alert.endswith("Slack refused the app token (invalid_auth): check SLACK_APP_TOKEN")
+        assert len(slack.calls_to("apps.connections.open")) >= 3
+    else:
+        assert "cannot reach Slack" in alert
+    [first, *_] = platform_lines(caplog, "platform.unreachable", "slack")
+    assert "retry_in=0.02s" in first
+    assert_no_traceback(caplog)
+    assert "serve.stopped" in caplog.messages
+
+
+@pytest.mark.parametrize("failure", ["refused-port", "token-refused"])
+async def test_serve_runs_while_discord_fails(
+    tmp_path: Path,
+    arxiv: ArxivStandIn,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    failure: str,
+) -> None:
+    """Discord's REST unreachable or the bot token refused (401): serve is ready anyway, logs
+    one line per attempt, status alerts (exit 1), and stopping ends it at once."""
+    caplog.set_level(logging.INFO)
+    async with FakeDiscord() as fake:
+        fake.accepted_token = "the-real-token"
+        api_url = fake.api_base
+        if failure == "refused-port":
+            api_url = f"http://127.0.0.1:{free_port()}/api/v10"
+        secrets = Secrets(discord_bot_token="bot-token")
+        settings = platform_settings(tmp_path, arxiv, secrets, discord={"api_url": api_url})
+        async with serving(settings):
+            await assert_ready(settings)
+            await wait_until(
+                lambda: len(platform_lines(caplog, "platform.unreachable", "discord")) >= 3
+            )
+            code, out = status(settings, capsys)
+    assert code == 1
+    [alert] = [line for line in out.splitlines() if line.startswith("ALERT: discord")]
+    assert alert.startswith("ALERT: discord unreachable since ")
+    if failure == "token-refused":
+        assert alert.endswith(
+            "Discord refused the bot token (401 Unauthorized): check DISCORD_BOT_TOKEN"
+        )
+    else:
+        assert "cannot log in to Discord" in alert
+    assert_no_traceback(caplog)
+
+
+async def test_serve_connects_slack_once_it_answers(
+    tmp_path: Path,
+    arxiv: ArxivStandIn,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Slack refusing Socket Mode twice, then answering: the supervisor connects on the third
+    attempt and status stops alerting."""
+    caplog.set_level(logging.INFO)
+    async with FakeSlackApi() as slack:
+        slack.script("apps.connections.open", error("invalid_auth"), error("invalid_auth"))
+        secrets = Secrets(slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN)
+        settings = platform_settings(tmp_path, arxiv, secrets, slack={"api_url": slack.api_url})
+        async with serving(settings):
+            await assert_ready(settings)
+            async with asyncio.timeout(20):
+                await slack.socket_connected.wait()
+            await wait_until(lambda: bool(platform_lines(caplog, "platform.connected", "slack")))
+            code, out = status(settings, capsys)
+    assert len(platform_lines(caplog, "platform.unreachable", "slack")) == 2
+    assert len(slack.calls_to("apps.connections.open")) == 3
+    assert "ALERT" not in out
+    assert "slack: connected since " in out
+    assert code == 0
+
+
+async def test_serve_connects_discord_once_it_answers(
+    tmp_path: Path,
+    arxiv: ArxivStandIn,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Discord refusing the token, then accepting it (the operator fixed it): the supervisor
+    logs in on a later attempt, the bot identifies on the gateway and status stops alerting."""
+    caplog.set_level(logging.INFO)
+    async with FakeDiscord() as fake:
+        monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
+        fake.accepted_token = "not-yet"
+        secrets = Secrets(discord_bot_token="bot-token")
+        settings = platform_settings(tmp_path, arxiv, secrets, discord={"api_url": fake.api_base})
+        async with serving(settings):
+            await assert_ready(settings)
+            await wait_until(
+                lambda: len(platform_lines(caplog, "platform.unreachable", "discord")) >= 2
+            )
+            code, out = status(settings, capsys)
+            assert code == 1
+            assert "ALERT: discord unreachable" in out
+            fake.accepted_token = "bot-token"
+            async with asyncio.timeout(20):
+                await fake.wait_identified(1)
+            await wait_until(lambda: bool(platform_lines(caplog, "platform.connected", "discord")))
+            code, out = status(settings, capsys)
+    assert "ALERT" not in out
+    assert "discord: connected since " in out
+    assert code == 0
+    assert_no_traceback(caplog)
+
+
+def test_serve_process_with_slack_down_stops_on_sigterm(
+    tmp_path: Path, arxiv: ArxivStandIn
+) -> None:
+    """A real `daily-papers serve` with Slack unreachable gets ready, and SIGTERM ends it with
+    exit status 0 within seconds."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DAILY_PAPERS_SERVICE_TEST_MODE": "true",
+        "DAILY_PAPERS_SERVICE_DATA_DIR": str(tmp_path / "data"),
+        "DAILY_PAPERS_ARXIV_API_URL": arxiv.url,
+        "DAILY_PAPERS_ARXIV_CATEGORIES": '["cs.CV"]',
+        "DAILY_PAPERS_KEYWORDS_QUERIES": '["Video Understanding"]',
+        "DAILY_PAPERS_WEB_PORT": str(port),
+        "DAILY_PAPERS_SLACK_API_URL": f"http://127.0.0.1:{free_port()}/api/",
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_APP_TOKEN": APP_TOKEN,
+    }
+    env.pop("DAILY_PAPERS_CONFIG", None)
+    command = [sys.executable, "-c", "import sys; from digest.cli import main; sys.exit(main())"]
+    process = subprocess.Popen(  # noqa: S603 -- our own CLI, fixed arguments
+        [*command, "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert catch_up_slot(settings, last_success=last, now=missed + timedelta(hours=5)) == missed
-    assert catch_up_slot(settings, last_success=last, now=missed + timedelta(hours=7)) is None
-    assert catch_up_slot(settings, last_success=missed, now=missed + timedelta(hours=1)) is None
+    try:
+        for _ in range(2000):  # the README means the catch-up cycle ran; allow a loaded machine
+            if (tmp_path / "data" / "README.md").exists():
+                break
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.01)
+        else:
+            pytest.fail("serve did not run its catch-up cycle")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "platform.unreachable kind=slack" in stderr
+    assert "serve.stopped" in stderr
+    assert "Traceback" not in stderr

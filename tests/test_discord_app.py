@@ -15,13 +15,17 @@ from typing import Any
 import discord
 import discord.http
 import pytest
+import yarl
+from discord.gateway import DiscordWebSocket
 
 from bot.commands import BUILTIN_COMMANDS
-from bot.discord_app import PapersBot, build_bot, start_discord
-from digest.config import Secrets, settings_for_tests
+from bot.discord_app import DiscordApp, PapersBot, build_bot, start_discord
+from digest.config import Secrets, Settings, settings_for_tests
 from digest.domain import Target
+from digest.platforms import PlatformStatus, read_platform_status
 from storage.sql_store import SqlStore
 from tests.fakes.discord_api import APPLICATION_ID, FakeDiscord
+from tests.local import wait_until
 from tests.reference_papers import load_reference_sections
 
 VAD = "Video Anomaly Detection"  # a section of the reference README
@@ -397,22 +401,123 @@ async def test_start_discord_needs_a_token(sqlite_store: SqlStore) -> None:
     assert app is None
 
 
-async def test_discord_app_lifetime(
-    fake: FakeDiscord, sqlite_store: SqlStore, backfills: Backfills
-) -> None:
-    """Entering logs in and syncs at the configured API URL; leaving closes the client."""
-    settings = replace(
+@pytest.fixture
+def gateway(fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> FakeDiscord:
+    """discord.py's gateway pointed at the fake's: a single-shard `Client` connects to this
+    class constant and never asks GET /gateway/bot (which the fake answers all the same)."""
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
+    return fake
+
+
+def bot_settings(fake: FakeDiscord) -> Settings:
+    """Test settings with the fake's REST URL and a bot token."""
+    return replace(
         settings_for_tests(discord={"api_url": fake.api_base}),
         secrets=Secrets(discord_bot_token="bot-token"),
     )
-    async with AsyncExitStack() as stack:
-        app = await start_discord(
-            settings, store=sqlite_store, request_backfill=backfills, stack=stack
-        )
-        assert app is not None
-        assert fake.synced_commands["global"][0]["name"] == "papers"
-        assert fake.calls_to("GET /users/@me")[0].headers["Authorization"] == "Bot bot-token"
+
+
+async def test_discord_app_lifetime(
+    gateway: FakeDiscord, sqlite_store: SqlStore, backfills: Backfills
+) -> None:
+    """Entering logs in, syncs at the configured API URL and identifies on the gateway (READY);
+    leaving closes the client and its gateway connection."""
+    app = DiscordApp.from_settings(
+        bot_settings(gateway), store=sqlite_store, request_backfill=backfills
+    )
+    assert app is not None
+    async with app:
+        assert gateway.synced_commands["global"][0]["name"] == "papers"
+        assert gateway.calls_to("GET /users/@me")[0].headers["Authorization"] == "Bot bot-token"
+        [identify] = gateway.identifies
+        assert identify["token"] == "bot-token"
+        assert gateway.gateway_connections == 1
+    assert app.bot is not None
     assert app.bot.is_closed()
+    await wait_until(lambda: gateway.gateway_connections == 0, 5)
+
+
+async def wait_for_status(store: SqlStore, kind: str, *, connected: bool) -> PlatformStatus:
+    """Poll what `status` reads until the platform is (or is not) connected."""
+
+    def reached() -> PlatformStatus | None:
+        status = read_platform_status(store, kind)
+        return status if status is not None and status.connected is connected else None
+
+    await wait_until(reached)
+    status = reached()
+    assert status is not None
+    return status
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        pytest.param(("INTERACTION_CREATE", {"id": "1"}), id="unparseable-interaction"),
+        pytest.param("{not json", id="not-json"),
+    ],
+)
+async def test_gateway_reconnects_after_an_event_it_cannot_parse(
+    gateway: FakeDiscord,
+    sqlite_store: SqlStore,
+    backfills: Backfills,
+    caplog: pytest.LogCaptureFixture,
+    poison: tuple[str, dict[str, Any]] | str,
+) -> None:
+    """An event discord.py fails on ends its connection task; the supervisor notices, identifies
+    again, and the bot answers the next interaction; status is ok again."""
+    async with AsyncExitStack() as stack:
+        await start_discord(
+            bot_settings(gateway), store=sqlite_store, request_backfill=backfills, stack=stack
+        )
+        await wait_for_status(sqlite_store, "discord", connected=True)
+        assert len(gateway.identifies) == 1
+        if isinstance(poison, str):
+            await gateway.send_raw(poison)
+        else:
+            await gateway.dispatch(*poison)
+        async with asyncio.timeout(10):
+            await gateway.wait_identified(2)
+        await wait_for_status(sqlite_store, "discord", connected=True)
+        assert len(gateway.calls_to(f"PUT /applications/{APPLICATION_ID}/commands")) == 1
+
+        await gateway.dispatch("INTERACTION_CREATE", interaction_payload("help"))
+        await wait_until(lambda: gateway.interaction_callbacks)
+        assert "/papers subscribe" in gateway.interaction_callbacks[0]["data"]["content"]
+    disconnected = [r for r in caplog.records if r.getMessage().startswith("platform.discon")]
+    assert len(disconnected) == 1
+    assert "kind=discord" in disconnected[0].getMessage()
+    assert read_platform_status(sqlite_store, "discord") is None  # cleared when serve stops
+
+
+async def test_gateway_outage_is_reported_then_recovered(
+    gateway: FakeDiscord,
+    sqlite_store: SqlStore,
+    backfills: Backfills,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gateway outage (connection closed, new ones refused) makes status say unreachable,
+    with one line per failed attempt and no traceback, until the bot is back."""
+    async with AsyncExitStack() as stack:
+        await start_discord(
+            bot_settings(gateway), store=sqlite_store, request_backfill=backfills, stack=stack
+        )
+        await wait_for_status(sqlite_store, "discord", connected=True)
+        gateway.gateway_down = True
+        await gateway.close_gateway()
+        down = await wait_for_status(sqlite_store, "discord", connected=False)
+        assert down.reason.startswith("connection lost")
+        await wait_until(
+            lambda: any("cannot open the Discord gateway" in m for m in caplog.messages)
+        )
+        gateway.gateway_down = False
+        async with asyncio.timeout(10):
+            await gateway.wait_identified(2)
+        await wait_for_status(sqlite_store, "discord", connected=True)
+    failed = [m for m in caplog.messages if m.startswith("platform.unreachable kind=discord")]
+    assert failed
+    assert "503" in failed[0]
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_docs_invite_permissions_match_discord() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import threading
 import time
@@ -23,8 +24,10 @@ from bot.slack_channel import SlackChannel, build_web_client
 from digest.config import Secrets, Settings, SlackSettings, settings_for_tests
 from digest.domain import Target
 from digest.errors import ConfigError
+from digest.platforms import PlatformStatus, read_platform_status
 from storage.sql_store import SqlStore
-from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlackApi
+from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeAnswer, FakeSlackApi, error, ok
+from tests.local import free_port, wait_until
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL_ID = "C0123TEST"
@@ -384,6 +387,25 @@ async def test_composition_root_registers_the_slack_channel(sqlite_store: SqlSto
         assert isinstance(configured["slack"], SlackChannel)
 
 
+def slash_envelope(envelope_id: str, text: str, slack: FakeSlackApi) -> dict[str, Any]:
+    """A slash command as Socket Mode delivers it."""
+    return {
+        "envelope_id": envelope_id,
+        "type": "slash_commands",
+        "accepts_response_payload": True,
+        "payload": {
+            "team_id": "T0000TEST",
+            "channel_id": CHANNEL_ID,
+            "user_id": "U0MEMBER",
+            "command": "/papers",
+            "text": text,
+            "api_app_id": "A0000TEST",
+            "response_url": slack.response_url(),
+            "trigger_id": "1.2.3",
+        },
+    }
+
+
 async def test_socket_mode_receives_acks_and_answers_a_command(sqlite_store: SqlStore) -> None:
     """Socket Mode: connects with the app token, acks the envelope, replies via response_url."""
     async with FakeSlackApi() as slack:
@@ -398,23 +420,7 @@ async def test_socket_mode_receives_acks_and_answers_a_command(sqlite_store: Sql
         async with app:
             async with asyncio.timeout(5):
                 await slack.socket_connected.wait()
-            await slack.push(
-                {
-                    "envelope_id": "env-1",
-                    "type": "slash_commands",
-                    "accepts_response_payload": True,
-                    "payload": {
-                        "team_id": "T0000TEST",
-                        "channel_id": CHANNEL_ID,
-                        "user_id": "U0MEMBER",
-                        "command": "/papers",
-                        "text": "subscribe socket topic",
-                        "api_app_id": "A0000TEST",
-                        "response_url": slack.response_url(),
-                        "trigger_id": "1.2.3",
-                    },
-                }
-            )
+            await slack.push(slash_envelope("env-1", "subscribe socket topic", slack))
             async with asyncio.timeout(5):
                 while not any(m.get("envelope_id") == "env-1" for m in slack.socket_messages):
                     slack.socket_message_received.clear()
@@ -426,3 +432,99 @@ async def test_socket_mode_receives_acks_and_answers_a_command(sqlite_store: Sql
         assert [s.keyword for s in sqlite_store.list_subscriptions(TARGET)] == ["socket topic"]
         [opened] = slack.calls_to("apps.connections.open")
         assert opened.token == APP_TOKEN
+
+
+async def test_socket_mode_survives_a_frame_it_cannot_parse(sqlite_store: SqlStore) -> None:
+    """A Socket Mode frame that is not JSON is logged and skipped; the next command is answered
+    on the same connection (unlike discord.py's gateway, slack_sdk does not go silent)."""
+    async with FakeSlackApi() as slack:
+        app = SlackCommandApp.from_settings(
+            socket_settings(slack), store=sqlite_store, request_backfill=lambda q: None
+        )
+        assert app is not None
+        async with app:
+            await slack.push_raw("{not json")
+            await slack.push(slash_envelope("env-2", "help", slack))
+            await wait_until(slack.responses, 5)
+        assert "/papers subscribe" in slack.responses()[0]["text"]
+        assert len(slack.calls_to("apps.connections.open")) == 1
+
+
+# -- Socket Mode kept up by the platform supervisor --------------------------------------------
+
+
+def socket_settings(slack: FakeSlackApi) -> Settings:
+    """Test settings for Socket Mode against the fake."""
+    return dataclasses.replace(
+        settings_for_tests(slack={"api_url": slack.api_url}),
+        secrets=Secrets(slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN),
+    )
+
+
+def slack_status(store: SqlStore) -> PlatformStatus | None:
+    """What `status` reads about Slack."""
+    return read_platform_status(store, "slack")
+
+
+async def test_socket_mode_lost_later_is_reported_then_reconnected(
+    sqlite_store: SqlStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack going away after connecting (socket closed, new ones refused): status says
+    unreachable, one line per failed attempt without traceback, then connected again."""
+    caplog.set_level(logging.INFO, logger="digest.platforms")
+    async with FakeSlackApi() as slack, AsyncExitStack() as stack:
+        await start_slack(
+            socket_settings(slack), store=sqlite_store, request_backfill=lambda q: None, stack=stack
+        )
+        await wait_until(lambda: (s := slack_status(sqlite_store)) and s.connected)
+        slack.script("apps.connections.open", error("service_unavailable"), error("fatal_error"))
+        await slack.close_sockets()
+        await wait_until(lambda: (s := slack_status(sqlite_store)) and not s.connected)
+        await wait_until(lambda: len(slack.calls_to("apps.connections.open")) == 4)
+        await wait_until(lambda: (s := slack_status(sqlite_store)) and s.connected)
+        assert len(slack._sockets) == 1
+    assert slack_status(sqlite_store) is None  # cleared when the supervisor stops
+    lines = [m for m in caplog.messages if m.startswith("platform.")]
+    assert [m.split()[0] for m in lines] == [
+        "platform.connected",
+        "platform.disconnected",
+        "platform.unreachable",
+        "platform.unreachable",
+        "platform.connected",
+    ]
+    assert "Slack answered service_unavailable" in lines[2]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_socket_mode_websocket_that_never_opens_is_one_failure(
+    sqlite_store: SqlStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """apps.connections.open answers a URL nobody listens on: the attempt fails after its
+    timeout with a reason, and slack_sdk's own retries log no traceback."""
+    async with FakeSlackApi() as slack, AsyncExitStack() as stack:
+        slack.script("apps.connections.open", ok(url=f"ws://127.0.0.1:{free_port()}/socket"))
+        await start_slack(
+            socket_settings(slack), store=sqlite_store, request_backfill=lambda q: None, stack=stack
+        )
+        await wait_until(lambda: (s := slack_status(sqlite_store)) and s.connected)
+    failed = [m for m in caplog.messages if m.startswith("platform.unreachable kind=slack")]
+    assert len(failed) == 1
+    assert "Socket Mode WebSocket did not open within 1 s" in failed[0]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_stopping_interrupts_a_hanging_attempt_at_once(sqlite_store: SqlStore) -> None:
+    """serve stopping while apps.connections.open hangs: the supervisor stops at once."""
+    async with FakeSlackApi() as slack:
+        slack.script("apps.connections.open", FakeAnswer(body={"ok": True}, delay=30))
+        async with AsyncExitStack() as stack:
+            await start_slack(
+                socket_settings(slack),
+                store=sqlite_store,
+                request_backfill=lambda q: None,
+                stack=stack,
+            )
+            await asyncio.sleep(0.1)  # the request is on its way, waiting for the answer
+            started = time.monotonic()
+        assert time.monotonic() - started < 1
+        assert slack_status(sqlite_store) is None

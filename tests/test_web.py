@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -22,6 +21,7 @@ from digest.web import SECURITY_HEADERS, WebServer, build_web_app
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
 from tests.fakes.smtp import EmailStack, email_settings, email_stack, smtp_server
+from tests.local import free_port
 
 ALICE = "alice@lab.example.org"
 HOSTILE_KEYWORD = '<b>x</b> & "y"'
@@ -380,16 +380,9 @@ async def test_app_without_email_serves_health_and_mounted_routes(sqlite_store: 
             assert response.status == 200
 
 
-def _free_port() -> int:
-    """A port nothing listens on right now (serve needs a fixed web.port)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_serve_runs_the_web_server_with_email_sign_up(tmp_path: Path) -> None:
     """`daily-papers serve` with email on: /healthz and the sign-up form answer on web.port."""
-    port = _free_port()
+    port = free_port()
     with ArxivStandIn([]) as arxiv:
         async with smtp_server() as smtp:
             settings = email_settings(

@@ -1,9 +1,15 @@
-"""A fake Discord REST API on 127.0.0.1, for discord.py pointed at it via `Route.BASE`.
+"""A fake Discord REST API and gateway on 127.0.0.1, for discord.py pointed at it via
+`Route.BASE` (REST) and `DiscordWebSocket.DEFAULT_GATEWAY` (the gateway).
 
 It records every call, creates messages in channels and webhooks, serves what discord.py needs
 to log in, sync app commands and answer interactions, and can be scripted per route to answer
 429 (with the headers discord.py's rate-limit handling reads), 403 Missing Access, 404 Unknown
 Channel / Unknown Webhook, 5xx, or to hang (a timeout).
+
+The gateway is the minimal part of Discord's protocol a bot needs to be online: HELLO (op 10) on
+connect, READY (op 0) after IDENTIFY (op 2), RESUMED after RESUME (op 6), a HEARTBEAT_ACK
+(op 11) for each HEARTBEAT (op 1). Frames are uncompressed JSON text (discord.py asks for
+zlib-stream and accepts text frames too). Tests push events with `dispatch` or `send_raw`.
 
     async with FakeDiscord() as fake:
         discord.http.Route.BASE = fake.api_base
@@ -19,9 +25,12 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 API_PREFIX = "/api/v10"
+GATEWAY_PATH = "/gateway"  # the WebSocket (REST lives under API_PREFIX)
+HEARTBEAT_MS = 41250  # what Discord announces in HELLO
 APPLICATION_ID = "900000000000000001"  # snowflakes: 17-20 digits, as discord.py checks
 BOT_USER_ID = "900000000000000002"
 OWNER_ID = "900000000000000003"
@@ -73,14 +82,25 @@ class FakeDiscord:
         self.synced_commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id
         self.deleted_webhooks: set[str] = set()
         self.unknown_channels: set[str] = set()
+        self.accepted_token: str | None = None  # set: another bot token is answered 401
         self._scripts: dict[str, deque[Scripted]] = defaultdict(deque)
         self._ids = itertools.count(1_000_000_000_000_000_000)
         self._runner: web.AppRunner | None = None
         self.url = ""
+        # The gateway: what clients sent, and the open connections.
+        self.gateway_received: list[dict[str, Any]] = []
+        self.identifies: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+        self._gateway_sockets: list[web.WebSocketResponse] = []
+        self.gateway_down = False  # True: new gateway connections are refused with HTTP 503
+        self._gateway_changed = asyncio.Event()
+        self._sequence = itertools.count(1)
+        self._sessions = itertools.count(1)
 
     # -- lifetime ---------------------------------------------------------------------------
     async def __aenter__(self) -> FakeDiscord:
         app = web.Application()
+        app.router.add_get(GATEWAY_PATH, self._gateway)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
@@ -91,6 +111,7 @@ class FakeDiscord:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.close_gateway()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -98,6 +119,83 @@ class FakeDiscord:
     def api_base(self) -> str:
         """What `discord.http.Route.BASE` (and `discord.api_url`) should be."""
         return self.url + API_PREFIX
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's ws:// URL (what GET /gateway/bot answers, and READY's resume URL)."""
+        return self.url.replace("http://", "ws://", 1) + GATEWAY_PATH
+
+    # -- the gateway ------------------------------------------------------------------------
+    @property
+    def gateway_connections(self) -> int:
+        """How many gateway connections are open."""
+        return len(self._gateway_sockets)
+
+    async def dispatch(self, event: str, data: Any) -> None:
+        """Send a DISPATCH (op 0) event to every connected client."""
+        for socket in list(self._gateway_sockets):
+            await socket.send_json({"op": 0, "t": event, "s": next(self._sequence), "d": data})
+
+    async def send_raw(self, text: str) -> None:
+        """Send a text frame as is (e.g. one that is not JSON) to every connected client."""
+        for socket in list(self._gateway_sockets):
+            await socket.send_str(text)
+
+    async def close_gateway(self) -> None:
+        """Close every gateway connection (with `gateway_down`, as an outage would)."""
+        for socket in list(self._gateway_sockets):
+            await socket.close()
+
+    async def wait_identified(self, count: int) -> None:
+        """Wait until `count` IDENTIFY payloads have arrived in all."""
+        while True:
+            self._gateway_changed.clear()
+            if len(self.identifies) >= count:
+                return
+            await self._gateway_changed.wait()
+
+    def _ready(self) -> dict[str, Any]:
+        """READY's payload, with what discord.py reads of it."""
+        return {
+            "v": 10,
+            "user": _user(BOT_USER_ID, "daily-papers", bot=True),
+            "guilds": [],
+            "session_id": f"fake-session-{next(self._sessions)}",
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": APPLICATION_ID, "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+        }
+
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if self.gateway_down:
+            return web.Response(status=503, text="gateway unavailable")
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._gateway_sockets.append(socket)
+        try:
+            await socket.send_json({"op": 10, "d": {"heartbeat_interval": HEARTBEAT_MS}})
+            async for message in socket:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                payload = json.loads(message.data)
+                self.gateway_received.append(payload)
+                op, data = payload.get("op"), payload.get("d")
+                if op == 1:
+                    await socket.send_json({"op": 11})
+                elif op == 2:
+                    self.identifies.append(data)
+                    ready = {"op": 0, "t": "READY", "s": next(self._sequence), "d": self._ready()}
+                    await socket.send_json(ready)
+                elif op == 6:
+                    self.resumes.append(data)
+                    resumed = {"op": 0, "t": "RESUMED", "s": next(self._sequence), "d": {}}
+                    await socket.send_json(resumed)
+                self._gateway_changed.set()
+        finally:
+            self._gateway_sockets.remove(socket)
+            self._gateway_changed.set()
+        return socket
 
     # -- scripting --------------------------------------------------------------------------
     def script(self, key: str, *answers: Scripted) -> None:
@@ -164,6 +262,10 @@ class FakeDiscord:
             at=asyncio.get_running_loop().time(),
         )
         self.calls.append(call)
+        auth = call.headers.get("Authorization", "")
+        refused = auth.startswith("Bot ") and auth.removeprefix("Bot ") != self.accepted_token
+        if self.accepted_token is not None and refused:
+            return self._json(401, {"code": 0, "message": "401: Unauthorized"})
         queue = self._scripts.get(call.key)
         if queue:
             answer = queue.popleft()
@@ -233,7 +335,10 @@ class FakeDiscord:
         if method == "GET" and call.path == "/oauth2/applications/@me":
             return self._json(200, _application())
         if method == "GET" and call.path in {"/gateway", "/gateway/bot"}:
-            return self._json(200, {"url": "ws://127.0.0.1:9", "shards": 1})
+            limits = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
+            return self._json(
+                200, {"url": self.gateway_url, "shards": 1, "session_start_limit": limits}
+            )
         if parts[:1] == ["applications"] and method == "PUT" and parts[-1] == "commands":
             scope = parts[3] if len(parts) == 5 and parts[2] == "guilds" else "global"
             commands = [

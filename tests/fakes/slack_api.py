@@ -3,7 +3,8 @@
 It answers like Slack: `{"ok": true, "ts": ...}` for a post, `{"ok": false, "error": ...}` with
 HTTP 200 for an API error, HTTP 429 with `Retry-After` for a rate limit. Every request is
 recorded. Answers can be scripted per method, one per call, in order; unscripted calls get
-Slack's normal success answer.
+Slack's normal success answer. `apps.connections.open` (Socket Mode) answers invalid_auth to any
+other token than `app_token`, else its script, else the URL of the fake's Socket Mode WebSocket.
 
     async with FakeSlackApi() as slack:
         slack.script("chat.postMessage", rate_limited(retry_after=0), error("is_archived"))
@@ -139,7 +140,8 @@ class FakeSlackApi:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{name}", self._response)
         app.router.add_get("/socket", self._socket)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A short shutdown: a scripted hang must not hold up the test's end.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -200,11 +202,12 @@ class FakeSlackApi:
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
         token = token or params.get("token")
         if method == "apps.connections.open":
-            answer = (
-                ok(url=f"ws://127.0.0.1:{self.port}/socket")
-                if token == self.app_token
-                else error("invalid_auth")
-            )
+            if token != self.app_token:
+                answer = error("invalid_auth")
+            elif self._scripts[method]:
+                answer = self._scripts[method].popleft()
+            else:
+                answer = ok(url=f"ws://127.0.0.1:{self.port}/socket")
         elif token != self.token:
             answer = error("not_authed" if token is None else "invalid_auth")
         elif self._scripts[method]:
@@ -225,10 +228,20 @@ class FakeSlackApi:
             )
         return web.json_response(answer.body, status=answer.status, headers=answer.headers)
 
+    async def close_sockets(self) -> None:
+        """Close every Socket Mode connection (as Slack going away would)."""
+        for socket in list(self._sockets):
+            await socket.close()
+
     async def push(self, envelope: dict[str, Any]) -> None:
         """Send a Socket Mode envelope (e.g. a slash command) to every connected app."""
         for socket in self._sockets:
             await socket.send_json(envelope)
+
+    async def push_raw(self, text: str) -> None:
+        """Send a text frame as is (e.g. one that is not JSON) to every connected app."""
+        for socket in self._sockets:
+            await socket.send_str(text)
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
