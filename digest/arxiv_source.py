@@ -273,6 +273,8 @@ def parse_page(body: bytes) -> _feed.ParsedFeed:
         int((root.findtext(f"{_OPENSEARCH}totalResults") or "").strip())
     except ValueError:
         raise MalformedPage("no numeric opensearch:totalResults") from None
+    entries = len(root.findall(f"{_ATOM}entry"))
+    del root  # a 2,000-entry tree: never hold it while the package builds its own
     try:
         feed = _feed.parse(body)
     except Exception as exc:  # the package's parser on foreign bytes: any failure is the page's
@@ -281,7 +283,6 @@ def parse_page(body: bytes) -> _feed.ParsedFeed:
         ) from exc
     if feed.malformed:
         raise MalformedPage(f"unreadable feed ({_shorten(str(feed.error))})")
-    entries = len(root.findall(f"{_ATOM}entry"))
     if len(feed.results) != entries:
         raise MalformedPage(
             f"{entries - len(feed.results)} of {entries} entries lack an id or a date"
