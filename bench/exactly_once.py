@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class Trial:
     failed_exits: int = 0
     seconds: float = 0.0
     note: str = ""
+    duplicated_by_kind: Counter[str] = field(default_factory=Counter)
 
 
 @contextlib.contextmanager
@@ -255,6 +256,8 @@ def _count(stage: Stage, trial: Trial) -> None:
     trial.lost += len(tally.lost) + tally.pending
     trial.duplicated += tally.duplicated
     trial.messages += tally.messages
+    for target, extra in tally.duplicated_per_target.items():
+        trial.duplicated_by_kind[target.kind] += extra
 
 
 def table(rows: Sequence[Trial]) -> str:
@@ -265,10 +268,14 @@ def table(rows: Sequence[Trial]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
+        note = r.note
+        if r.duplicated_by_kind:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(r.duplicated_by_kind.items()))
+            note = f"{note}; duplicated: {kinds}" if note else f"duplicated: {kinds}"
         lines.append(
             f"| {r.name} | {r.trials} | {r.owed:,} | {r.lost} | {r.duplicated} "
             f"| {r.repeat_messages_per_target} | {r.messages:,} | {r.failed_exits} "
-            f"| {r.seconds:.0f} | {r.note} |"
+            f"| {r.seconds:.0f} | {note} |"
         )
     return "\n".join(lines)
 

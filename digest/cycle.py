@@ -331,7 +331,7 @@ async def _send_recorded(
     remaining = {(d.subscription_id, d.paper.arxiv_id): d for d in batch.deliveries}
     messages = channel.send(batch)
     try:
-        while remaining:
+        while True:  # to the generator's end, so the channel finishes (and logs) its post
             try:
                 async with asyncio.timeout(MESSAGE_TIMEOUT):
                     answered = await anext(messages)

@@ -378,6 +378,12 @@ class SqlStore:
                 "check that the database server is running and reachable, that database.url "
                 "(or DAILY_PAPERS_DATABASE_URL) is right, and that the data folder is writable."
             )
+        elif "readonly" in lowered or "read-only" in lowered or "is full" in lowered:
+            hint = (
+                "the database cannot be written (a read-only file, mount or transaction, or a "
+                "full disk); make it writable and try again (a cycle sends nothing it cannot "
+                "record)."
+            )
         elif "locked" in lowered or "busy" in lowered:
             hint = "another process held the database too long; retry, or stop the other process."
         else:

@@ -166,8 +166,9 @@ class Stage:
     async def _serve(self, ready: Future[None]) -> None:
         self._stop = asyncio.Event()
         try:
-            async with SlowSlack() as slack, SlowDiscord() as discord, smtp_server() as smtp:
-                self.slack, self.discord, self.smtp = slack, discord, smtp
+            self.slack, self.discord = SlowSlack(), SlowDiscord()
+            async with self.slack, self.discord, smtp_server() as smtp:
+                self.smtp = smtp
                 ready.set_result(None)
                 await self._stop.wait()
         except BaseException as exc:
