@@ -193,6 +193,35 @@ def harvest_queries(
     ]
 
 
+def backfill_queries(query: str, *, categories: Sequence[str], per_request: int) -> list[str]:
+    """A keyword's backfill queries: `(query) AND (cat:A OR ...)`, one per category group.
+
+    The groups are the harvest's (`harvest_queries`), so a backfill finds the papers the daily
+    harvest would have found; `["all"]` needs no category filter at all.
+    """
+    if any(c.strip().lower() == "all" for c in categories):
+        return [query]
+    terms = expand_categories(categories)
+    size = max(1, per_request)
+    return [
+        f"({query}) AND (" + " OR ".join(f"cat:{c}" for c in terms[i : i + size]) + ")"
+        for i in range(0, len(terms), size)
+    ]
+
+
+def in_categories(paper: Paper, terms: Sequence[str]) -> bool:
+    """Whether any of the paper's categories is one of these category terms (`expand_categories`
+    output: `cs.CV`, `math.*`, `astro-ph*`), as arXiv's `cat:` search answers it."""
+    for category in paper.categories or (paper.primary_category,):
+        for term in terms:
+            if term.endswith("*"):
+                if category.startswith(term[:-1]):
+                    return True
+            elif category == term:
+                return True
+    return False
+
+
 def paper_from_result(result: arxiv.Result) -> Paper:
     """Convert a parsed feed entry to a `Paper` (id and version split, whitespace collapsed)."""
     arxiv_id, version = split_arxiv_id(result.entry_id)
@@ -699,9 +728,11 @@ __all__ = [
     "Fetch",
     "MalformedPage",
     "PaperSource",
+    "backfill_queries",
     "build_user_agent",
     "expand_categories",
     "harvest_queries",
+    "in_categories",
     "paper_from_result",
     "parse_page",
 ]

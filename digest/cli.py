@@ -222,6 +222,7 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
         failed_cycles = int(store.get_state(STATE_FAILED_CYCLES) or 0)
         zero_days = int(store.get_state(STATE_ZERO_DAYS) or 0)
         running = store.lease_holder(CYCLE_LEASE)
+        waiting_backfills = len(store.keywords_to_backfill())
         # What the running serve recorded about its live connections (Socket Mode, gateway).
         unconfigured = _unconfigured_platforms(loaded)
         platforms = [
@@ -236,6 +237,12 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     print(f"keywords: {len(keywords)}   subscriptions: {len(subscriptions)}")
     if running is not None:
         print(f"cycle running: {running.describe()}")
+    if waiting_backfills:
+        print(
+            f"keyword backfills waiting: {waiting_backfills} (the next cycle runs them after its "
+            f"deliveries, for up to arxiv.backfill_budget_seconds = "
+            f"{loaded.arxiv.backfill_budget_seconds:g})"
+        )
     if not runs:
         print("no cycle has run yet: try `daily-papers run`")
     for run in runs:

@@ -288,6 +288,12 @@ class ArxivSettings:
     )
     backoff_max_seconds: float = _opt(120.0, "Longest wait between retries.", _positive)
     backfill_limit: int = _opt(100, "Papers fetched once for a newly added keyword.", _non_negative)
+    backfill_budget_seconds: float = _opt(
+        300.0,
+        "Time each cycle may spend on new keywords' backfills, after the day's deliveries; "
+        "the rest wait for the next cycle, oldest request first.",
+        _non_negative,
+    )
     announce_revisions: bool = _opt(
         False, "Deliver a paper again when a new version (v2, v3...) appears."
     )

@@ -1,4 +1,4 @@
-"""One daily cycle: harvest -> match -> store -> backfill -> deliver -> README, and its report.
+"""One daily cycle: harvest -> match -> store -> deliver -> backfill -> README, and its report.
 
 The cycle is the only place that sequences the pieces; each piece is a pure function or a port
 (`PaperSource`, `PaperStore`, `Channel`). Blocking work (the `arxiv` client, SQLAlchemy) runs in
@@ -27,7 +27,13 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from digest.archive import refresh_archive
-from digest.arxiv_source import Fetch, PaperSource
+from digest.arxiv_source import (
+    Fetch,
+    PaperSource,
+    backfill_queries,
+    expand_categories,
+    in_categories,
+)
 from digest.channels import Channel, ChannelRegistry
 from digest.config import Settings
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, RunReport, Target, for_deliveries
@@ -39,7 +45,7 @@ from digest.errors import (
     StoreError,
     crash_reason,
 )
-from digest.query import Query, match_papers, parse_query, to_arxiv
+from digest.query import PaperIndex, Query, match_papers, parse_query, to_arxiv
 from digest.readme import build_readme, commit_readme, write_readme
 from digest.store import OutcomeCounts, PaperStore
 from digest.translate import Translator
@@ -171,55 +177,70 @@ async def harvest(
         tally.requests += exc.requests
         raise
     tally.add_fetch(fetch)
-    await _commit(
-        settings=settings,
-        store=store,
-        papers=fetch.papers,
-        queries=queries,
-        now=now,
-        tally=tally,
-        deliver=True,
-        watermark=end,
-    )
-
-
-async def _commit(
-    *,
-    settings: Settings,
-    store: PaperStore,
-    papers: Sequence[Paper],
-    queries: Sequence[Query],
-    now: datetime,
-    tally: _Tally,
-    deliver: bool,
-    watermark: datetime | None = None,
-) -> None:
-    """Diff `papers` against the store, match them, and commit papers+matches+outbox at once."""
-    known = await asyncio.to_thread(store.known_versions, [p.arxiv_id for p in papers])
-    fresh = [p.arxiv_id for p in papers if p.arxiv_id not in known]
-    revised = [p.arxiv_id for p in papers if p.arxiv_id in known and p.version > known[p.arxiv_id]]
-    deliverable: Collection[str] = ()
-    if deliver:
-        deliverable = set(fresh) | (set(revised) if settings.arxiv.announce_revisions else set())
+    known = await asyncio.to_thread(store.known_versions, [p.arxiv_id for p in fetch.papers])
+    fresh = [p for p in fetch.papers if p.arxiv_id not in known]
+    revised = [p for p in fetch.papers if p.arxiv_id in known and p.version > known[p.arxiv_id]]
+    deliverable = {p.arxiv_id for p in fresh}
+    if settings.arxiv.announce_revisions:
+        deliverable |= {p.arxiv_id for p in revised}
+    # Only new and revised papers are matched: a paper stored before was matched then, against
+    # every keyword tracked at the time, and a keyword added since is matched by its backfill.
+    # (Re-matching the whole window re-wrote every stored match each day.)
     started = time.perf_counter()
-    matches = await asyncio.to_thread(match_papers, queries, papers)
+    matches = await asyncio.to_thread(match_papers, queries, [*fresh, *revised])
     logger.debug(
         "match.finished keywords=%d papers=%d seconds=%.2f",
         len(queries),
-        len(papers),
+        len(fresh) + len(revised),
         time.perf_counter() - started,
     )
     committed = await asyncio.to_thread(
-        lambda: store.commit_harvest(
-            papers=papers,
+        partial(
+            store.commit_harvest,
+            papers=fetch.papers,
             matches=matches,
             deliverable=deliverable,
             now=now,
-            watermark=watermark,
+            watermark=end,
         )
     )
     tally.new_papers += committed.new_papers
     tally.new_matches += committed.new_matches
+
+
+async def fetch_backfill(
+    *, settings: Settings, source: PaperSource, query: Query
+) -> tuple[list[Paper], int, int]:
+    """A keyword's backfill from arXiv: (papers, requests, throttled).
+
+    DailyArXiv's query (the phrase in title or abstract, latest by last update) restricted to
+    the harvest's categories, one request per category group as the harvest splits them; the
+    groups' answers are merged and the latest `backfill_limit` kept, each re-checked locally
+    (query and categories) so a row never shows what the daily harvest would not have found.
+    """
+    terms = expand_categories(settings.arxiv.categories)
+    limit = settings.arxiv.backfill_limit
+    found: dict[str, Paper] = {}
+    requests = throttled = 0
+    for text in backfill_queries(
+        to_arxiv(query),
+        categories=settings.arxiv.categories,
+        per_request=settings.arxiv.categories_per_request,
+    ):
+        try:
+            fetch = await asyncio.to_thread(source.search, text, limit=limit)
+        except ArxivError as exc:
+            exc.requests += requests
+            raise
+        requests += fetch.requests
+        throttled += fetch.throttled
+        for paper in fetch.papers:
+            held = found.get(paper.arxiv_id)
+            if held is None or paper.version > held.version:
+                found[paper.arxiv_id] = paper
+    kept = [p for p in found.values() if query.matches(p) and in_categories(p, terms)]
+    kept.sort(key=lambda p: (p.updated, p.arxiv_id), reverse=True)
+    return kept[:limit], requests, throttled
 
 
 async def backfill_keywords(
@@ -231,60 +252,96 @@ async def backfill_keywords(
     only: Collection[str] | None = None,
     progress: Progress = _no_progress,
     tally: _Tally | None = None,
+    budget_seconds: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Give each keyword that never had one its one-off backfill; returns how many got one.
+    """Give keywords that never had one their one-off backfill, oldest request first, for at
+    most `budget_seconds` (default: arxiv.backfill_budget_seconds); returns how many got one.
 
-    DailyArXiv's own query (the phrase in title or abstract, latest by last update, N papers),
-    re-checked with the local matcher; then every stored paper is matched against the keyword
-    so the README and `latest` show its history at once. Backfilled papers are never delivered:
-    subscribers get what is new from now on. A keyword whose backfill fails stays due.
+    A backfill costs what it fetches, not the size of the database: the keyword is matched
+    against the papers its backfill returned and the stored papers of the harvest window, so
+    the README and `latest` show its history at once. The backfill's papers new to the store
+    are matched against every keyword, like a harvest's, and stored as history: never
+    delivered (subscribers get what is new from now on), never a day's new papers in the digest
+    archive. A keyword whose backfill fails, or that the budget did not reach, stays due for
+    the next cycle.
     """
     tally = tally if tally is not None else _Tally()
+    budget = settings.arxiv.backfill_budget_seconds if budget_seconds is None else budget_seconds
+    began = clock()
     due = await asyncio.to_thread(store.keywords_to_backfill)
     if only is not None:
         wanted = {text.casefold() for text in only}
         due = [text for text in due if text.casefold() in wanted]
+    if not due:
+        return 0
     all_queries = parse_keywords([k.query for k in await asyncio.to_thread(store.list_keywords)])
-    done = 0
-    for index, text in enumerate(due):
+    due_queries: list[Query] = []
+    for text in due:
         try:
-            query = parse_query(text)
+            due_queries.append(parse_query(text))
         except QueryError as exc:
             tally.warnings.append(f"keyword {text!r} is invalid: {exc}")
-            continue
+    window_start = now() - timedelta(days=settings.arxiv.lookback_days)
+    window = await asyncio.to_thread(store.papers_submitted_since, window_start)
+    # One index of the window for every due keyword: its cost is the window's, paid once.
+    index = await asyncio.to_thread(partial(PaperIndex, window, queries=due_queries))
+    done = failures = 0
+    for position, query in enumerate(due_queries):
+        if clock() - began >= budget:
+            waiting = len(due_queries) - position
+            logger.info("backfill.budget_spent seconds=%.0f waiting=%d", budget, waiting)
+            tally.warnings.append(
+                f"{waiting} keyword backfill(s) wait for the next cycle "
+                f"(arxiv.backfill_budget_seconds = {budget:g} was spent)"
+            )
+            break
         try:
-            fetch = await asyncio.to_thread(
-                source.search, to_arxiv(query), limit=settings.arxiv.backfill_limit
+            papers, requests, throttled = await fetch_backfill(
+                settings=settings, source=source, query=query
             )
         except ArxivError as exc:
             tally.requests += exc.requests
-            logger.warning("backfill.failed keyword=%r error=%s", text, exc)
-            tally.warnings.append(f"backfill of {text!r} failed: {exc}")
+            logger.warning("backfill.failed keyword=%r error=%s", query.text, exc)
+            tally.warnings.append(f"backfill of {query.text!r} failed: {exc}")
+            failures += 1
+            if failures >= 2:  # arXiv is failing, not this keyword: the rest wait
+                tally.warnings.append(
+                    f"{len(due_queries) - position - 1} keyword backfill(s) postponed to the "
+                    "next cycle (arXiv failed)"
+                )
+                break
             continue
-        tally.add_fetch(fetch)
-        papers = [p for p in fetch.papers if query.matches(p)]
-        await _commit(
-            settings=settings,
-            store=store,
-            papers=papers,
-            queries=all_queries or [query],
-            now=now(),
-            tally=tally,
-            deliver=False,
+        failures = 0
+        tally.requests += requests
+        tally.throttled += throttled
+        tally.harvested += len(papers)
+        known = await asyncio.to_thread(store.known_versions, [p.arxiv_id for p in papers])
+        fresh = [p for p in papers if p.arxiv_id not in known]
+        matches = await asyncio.to_thread(match_papers, all_queries, fresh)
+        mine = matches.setdefault(query.text, set())
+        mine |= index.match(query) | {p.arxiv_id for p in papers}
+        committed = await asyncio.to_thread(
+            partial(
+                store.commit_harvest,
+                papers=papers,
+                matches=matches,
+                deliverable=(),
+                now=now(),
+                backfilled=True,
+            )
         )
-        stored = await asyncio.to_thread(lambda: list(store.iter_papers()))
-        local = await asyncio.to_thread(match_papers, [query], stored)
-        await asyncio.to_thread(
-            partial(store.commit_harvest, papers=(), matches=local, deliverable=(), now=now())
-        )
-        await asyncio.to_thread(store.mark_backfilled, text, now())
+        tally.new_papers += committed.new_papers
+        tally.new_matches += committed.new_matches
+        await asyncio.to_thread(store.mark_backfilled, query.text, now())
         done += 1
-        progress("backfill", index + 1, len(due))
+        progress("backfill", position + 1, len(due_queries))
         logger.info(
-            "backfill.finished keyword=%r fetched=%d matched=%d",
-            text,
-            len(fetch.papers),
+            "backfill.finished keyword=%r requests=%d fetched=%d window_matches=%d",
+            query.text,
+            requests,
             len(papers),
+            len(mine) - len(papers),
         )
     return done
 
@@ -578,29 +635,6 @@ async def run_cycle(
         arxiv_failed = True  # the backfills would run the same code against the same source
         logger.exception("harvest.crashed error=%s", crash_reason(exc))
     stopped = stop_reason()
-    if stopped is None and arxiv_failed:
-        # arXiv is down or refusing us: every backfill would wait out its own retries against
-        # the same failure. New keywords stay due and are backfilled by the next cycle.
-        due = await asyncio.to_thread(store.keywords_to_backfill)
-        if due:
-            tally.warnings.append(
-                f"{len(due)} keyword backfill(s) postponed to the next cycle (arXiv failed)"
-            )
-    elif stopped is None:
-        try:
-            await backfill_keywords(
-                settings=settings,
-                store=store,
-                source=source,
-                now=now,
-                progress=stoppable,
-                tally=tally,
-            )
-        except CycleStopped:
-            pass
-        except DailyPapersError as exc:
-            tally.warnings.append(f"backfill: {exc}")
-    stopped = stop_reason()
     if translator is not None and stopped is None:
         # Bounded by translation.deadline_seconds and never raising: a slow or broken provider
         # delays delivery by at most that; what is missing is translated next cycle.
@@ -628,6 +662,30 @@ async def run_cycle(
                 error = str(exc)
             else:
                 tally.warnings.append(f"delivery: {exc}")
+    # New keywords' backfills come after the day's deliveries, within a time budget.
+    if stopped is None and arxiv_failed:
+        # arXiv is down or refusing us: every backfill would wait out its own retries against
+        # the same failure. New keywords stay due and are backfilled by the next cycle.
+        due = await asyncio.to_thread(store.keywords_to_backfill)
+        if due:
+            tally.warnings.append(
+                f"{len(due)} keyword backfill(s) postponed to the next cycle (arXiv failed)"
+            )
+    elif stopped is None:
+        try:
+            await backfill_keywords(
+                settings=settings,
+                store=store,
+                source=source,
+                now=now,
+                progress=stoppable,
+                tally=tally,
+            )
+        except CycleStopped:
+            pass
+        except DailyPapersError as exc:
+            tally.warnings.append(f"backfill: {exc}")
+    stopped = stopped or stop_reason()
     if settings.readme.enabled and stopped is None:
         try:
             await render_snapshot(settings=settings, store=store, now=started_at)

@@ -75,7 +75,7 @@ class PaperStore(Protocol):
         ...
 
     def keywords_to_backfill(self) -> list[str]:
-        """Keywords that have never had their one-off backfill."""
+        """Keywords that have never had their one-off backfill, oldest request first."""
         ...
 
     def mark_backfilled(self, query: str, when: datetime) -> None:
@@ -91,6 +91,10 @@ class PaperStore(Protocol):
         """Every stored paper (for matching a newly added keyword locally)."""
         ...
 
+    def papers_submitted_since(self, start: datetime) -> list[Paper]:
+        """Stored papers first submitted at or after `start` (a new keyword's harvest window)."""
+        ...
+
     def commit_harvest(
         self,
         *,
@@ -99,10 +103,12 @@ class PaperStore(Protocol):
         deliverable: Collection[str],
         now: datetime,
         watermark: datetime | None = None,
+        backfilled: bool = False,
     ) -> HarvestCommit:
         """In one transaction: upsert `papers`, add `matches` (keyword -> arxiv ids), create a
         pending delivery for every active subscription of a matched keyword whose paper is in
-        `deliverable` and was never delivered to it, and, when given, advance the watermark."""
+        `deliverable` and was never delivered to it, and, when given, advance the watermark.
+        `backfilled` papers stored for the first time are history, never a day's new papers."""
         ...
 
     def latest_matches(self, query: str, limit: int) -> list[Paper]:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 # Table names of other libraries that share our database and are not ours to migrate:
 # APScheduler's SQLAlchemyJobStore keeps the `serve` schedule in the same database.
@@ -93,6 +94,8 @@ class PaperRow(Base):
     updated: Mapped[datetime] = mapped_column(UTCDateTime)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    # First stored by a keyword's backfill, not a harvest: history, never a day's new paper.
+    backfilled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         # the day's new papers (digest archive, translations)

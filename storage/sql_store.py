@@ -489,13 +489,13 @@ class SqlStore:
         return True
 
     def keywords_to_backfill(self) -> list[str]:
-        """Keywords that never had their one-off backfill, in `list_keywords` order."""
+        """Keywords that never had their one-off backfill, oldest request first."""
         with self._transaction() as conn:
             return list(
                 conn.execute(
                     select(KeywordRow.query)
                     .where(KeywordRow.backfilled_at.is_(None))
-                    .order_by(KeywordRow.from_config.desc(), KeywordRow.id)
+                    .order_by(KeywordRow.id)
                 ).scalars()
             )
 
@@ -546,6 +546,21 @@ class SqlStore:
                 return
             after = rows[-1].arxiv_id
 
+    def papers_submitted_since(self, start: datetime) -> list[Paper]:
+        """Stored papers first submitted at or after `start` (the harvest window), newest first.
+
+        Read through the index on `updated` (a paper is updated no earlier than it was
+        submitted), so the cost follows the window, not the database.
+        """
+        start = as_utc(start)
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(*_PAPER_COLUMNS)
+                .where(PaperRow.updated >= start, PaperRow.published >= start)
+                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
+            ).all()
+        return [_paper(r) for r in rows]
+
     def commit_harvest(
         self,
         *,
@@ -554,8 +569,12 @@ class SqlStore:
         deliverable: Collection[str],
         now: datetime,
         watermark: datetime | None = None,
+        backfilled: bool = False,
     ) -> HarvestCommit:
         """Store one harvest atomically (all of it, or nothing on any error).
+
+        `backfilled`: these papers come from a keyword's backfill; the ones stored for the
+        first time are history (never listed as a day's new papers).
 
         - Papers are upserted: a new id is inserted with first_seen = last_seen = `now`; a
           stored id gets last_seen = `now`, and its content is replaced when the harvested
@@ -588,7 +607,7 @@ class SqlStore:
                 for arxiv_id, p in latest.items()
                 if arxiv_id in known and p.version > known[arxiv_id]
             )
-            self._upsert_papers(conn, list(latest.values()), now)
+            self._upsert_papers(conn, list(latest.values()), now, backfilled=backfilled)
             pairs = self._matched_pairs(conn, matches)
             new_matches = self._insert_matches(conn, pairs, now)
             new_deliveries = self._insert_deliveries(
@@ -655,7 +674,9 @@ class SqlStore:
             inserted += conn.execute(stmt, list(batch), execution_options=_ROWCOUNT).rowcount
         return inserted
 
-    def _upsert_papers(self, conn: Connection, papers: list[Paper], now: datetime) -> None:
+    def _upsert_papers(
+        self, conn: Connection, papers: list[Paper], now: datetime, *, backfilled: bool = False
+    ) -> None:
         if not papers:
             return
         stmt = self._insert(PaperRow.__table__)
@@ -666,7 +687,9 @@ class SqlStore:
         }
         set_["last_seen"] = stmt.excluded.last_seen
         stmt = stmt.on_conflict_do_update(index_elements=["arxiv_id"], set_=set_)
-        self._insert_rows(conn, stmt, [_paper_values(p, now) for p in papers])
+        self._insert_rows(
+            conn, stmt, [_paper_values(p, now) | {"backfilled": backfilled} for p in papers]
+        )
 
     def _matched_pairs(
         self, conn: Connection, matches: Mapping[str, Collection[str]]
@@ -765,7 +788,8 @@ class SqlStore:
             )
 
     def matches_first_seen_between(self, start: datetime, end: datetime) -> list[tuple[str, Paper]]:
-        """(keyword, paper) pairs whose paper was first stored in [start, end).
+        """(keyword, paper) pairs whose paper was first stored in [start, end) by a harvest
+        (a backfill's papers are history, not the day's news).
 
         Newest first (last-updated date, then id descending); a paper matching two keywords
         appears once per keyword, keywords in `list_keywords` order.
@@ -775,7 +799,11 @@ class SqlStore:
                 select(KeywordRow.query.label("keyword_query"), *_PAPER_COLUMNS)
                 .join(MatchRow, MatchRow.arxiv_id == PaperRow.arxiv_id)
                 .join(KeywordRow, KeywordRow.id == MatchRow.keyword_id)
-                .where(PaperRow.first_seen >= start, PaperRow.first_seen < end)
+                .where(
+                    PaperRow.first_seen >= start,
+                    PaperRow.first_seen < end,
+                    PaperRow.backfilled.is_(False),
+                )
                 .order_by(
                     PaperRow.updated.desc(),
                     PaperRow.arxiv_id.desc(),
@@ -824,8 +852,8 @@ class SqlStore:
     def papers_missing_translation(
         self, language: str, *, since: datetime, limit: int = 500
     ) -> list[Paper]:
-        """Papers matching some keyword, first stored at or after `since`, with no translation
-        into `language`; newest first, at most `limit`."""
+        """Papers matching some keyword, first stored by a harvest at or after `since`, with no
+        translation into `language`; newest first, at most `limit`."""
         matched = select(MatchRow.arxiv_id).where(MatchRow.arxiv_id == PaperRow.arxiv_id)
         translated = select(TranslationRow.arxiv_id).where(
             TranslationRow.arxiv_id == PaperRow.arxiv_id, TranslationRow.language == language
@@ -833,7 +861,12 @@ class SqlStore:
         with self._transaction() as conn:
             rows = conn.execute(
                 select(*_PAPER_COLUMNS)
-                .where(PaperRow.first_seen >= since, matched.exists(), ~translated.exists())
+                .where(
+                    PaperRow.first_seen >= since,
+                    PaperRow.backfilled.is_(False),
+                    matched.exists(),
+                    ~translated.exists(),
+                )
                 .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
                 .limit(limit)
             ).all()

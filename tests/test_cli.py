@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -254,13 +255,24 @@ def test_webhook_token_is_never_printed(workdir: Path, capsys: pytest.CaptureFix
 
 
 def test_digest_prints_the_days_new_papers(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, server: ArxivStandIn, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """After a run, `digest --print` shows today's papers in the digest format."""
+    """After a run, `digest --print` shows the papers its harvest found today, in the digest
+    format, and not the weeks-old ones of the keywords' backfills."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    papers = load_reference_papers()
+    recent = datetime.now(UTC) - timedelta(days=1)  # inside the harvest window of a real clock
+    fresh = [replace(p, published=recent, updated=recent) for p in papers[:5]]
+    server.set_papers([*fresh, *papers[5:]])
     assert main(["run"]) == 0
     capsys.readouterr()
     assert main(["digest", "--print"]) == 0
     out = capsys.readouterr().out
+    shown = set(re.findall(r"arxiv\.org/pdf/(\d{4}\.\d{5})", out))
+    assert shown  # the harvested papers that match a keyword...
+    assert shown <= {p.arxiv_id for p in fresh}  # ...and none of the backfills' old ones
     assert "**Authors**: " in out
     assert "**Link**: [PDF](https://arxiv.org/pdf/" in out
     assert main(["digest", "--date", "2025-13-01", "--print"]) == 2
