@@ -41,6 +41,7 @@ from tests.fakes.discord_api import FakeDiscord, webhook_url
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
 from tests.fakes.smtp import FakeSmtpServer, smtp_server
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DISCORD_TOKEN = "discord-bot-token"
 SECRET_KEY = "exactly-once-secret-key-0123456789abcdef"
 _ABS_ID = re.compile(r"arxiv\.org/abs/(\d{4}\.\d{4,5})v\d+")
@@ -241,6 +242,11 @@ base_url = "https://papers.lab.example.org"
         """The environment of a service process: the platforms' secrets, nothing inherited
         that could change its settings."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAILY_PAPERS_")}
+        # The processes run the code of the checkout this harness comes from (a bench run
+        # from a snapshot of the tree must not pick up edits made meanwhile).
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
+        )
         env.update(
             SLACK_BOT_TOKEN=BOT_TOKEN,
             DISCORD_BOT_TOKEN=DISCORD_TOKEN,
