@@ -49,12 +49,17 @@ DISCORD_CHANNEL_WINDOW = 5.0  # ...of 5 seconds, per channel
 DISCORD_GLOBAL_PER_SECOND = 50  # Discord: 50 requests per second per bot, all routes
 
 # -- arXiv ---------------------------------------------------------------------------------------
-_BASELINE_QUERY = re.compile(r'^ti:"(?P<a>[^"]+)" OR abs:"(?P<b>[^"]+)"$')
+# DailyArXiv's query, alone or (a backfill's) restricted to category groups.
+_BASELINE_QUERY = re.compile(
+    r'^(?:ti:"(?P<a>[^"]+)" OR abs:"(?P<b>[^"]+)"'
+    r'|\(ti:"(?P<c>[^"]+)" OR abs:"(?P<d>[^"]+)"\) AND \((?:cat:[\w.*-]+(?: OR )?)+\))$'
+)
 _NARROWED = threading.local()
 
 
 class IndexedArxivStandIn(ArxivStandIn):
-    """The arXiv stand-in, answering `ti:"p" OR abs:"p"` from an index of title/abstract stems.
+    """The arXiv stand-in, answering `ti:"p" OR abs:"p"` (also restricted to categories, as a
+    backfill asks) from an index of title/abstract stems.
 
     Every other request is answered exactly as `ArxivStandIn` answers it. For the baseline's
     phrase queries, the stand-in's evaluator runs on the papers holding every stem of the
@@ -80,11 +85,14 @@ class IndexedArxivStandIn(ArxivStandIn):
 
     def _evaluate(self, params: Mapping[str, str], fault: Any) -> tuple[int, bytes]:
         match = _BASELINE_QUERY.match(params.get("search_query", ""))
-        if match is None or match["a"] != match["b"] or params.get("id_list"):
+        phrase, again = (match["a"], match["b"]) if match and match["a"] else (None, None)
+        if match and match["c"]:
+            phrase, again = match["c"], match["d"]
+        if phrase is None or phrase != again or params.get("id_list"):
             return super()._evaluate(params, fault)
         with self._lock:
             corpus, postings = self._full_corpus, self._postings
-        stems = set(stem_tokens(match["a"]))
+        stems = set(stem_tokens(phrase))
         ids: set[str] = (
             set(corpus)
             if not stems

@@ -46,7 +46,7 @@ from digest.errors import (
     crash_reason,
 )
 from digest.query import PaperIndex, Query, match_papers, parse_query, to_arxiv
-from digest.readme import build_readme, commit_readme, write_readme
+from digest.readme import build_readme, commit_readme, write_snapshot
 from digest.store import OutcomeCounts, PaperStore
 from digest.translate import Translator
 from digest.translation import translate_for_readers
@@ -492,23 +492,35 @@ async def deliver(
 
 
 async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetime) -> bool:
-    """Re-render the README snapshot; True when the file changed (and was committed if asked)."""
+    """Re-render the README snapshot (and its pages, when it is an index); True when a file
+    changed (and it was committed if asked)."""
     keywords = [k.query for k in await asyncio.to_thread(store.list_keywords)]
     limit = settings.readme.max_papers
     today = now.astimezone(ZoneInfo(settings.readme.timezone)).date()
-    latest = {text: await asyncio.to_thread(store.latest_matches, text, limit) for text in keywords}
-    result = build_readme(
-        keywords,
-        latest,
-        today=today,
-        link="pdf" if settings.readme.link == "pdf" else "abs",
-        max_papers=limit,
-        tz=settings.readme.timezone,
-        max_bytes=settings.readme.max_bytes,
+    latest = await asyncio.to_thread(store.latest_matches_by_keyword, limit)
+    result = await asyncio.to_thread(
+        partial(
+            build_readme,
+            keywords,
+            {keyword: papers for keyword, (papers, _) in latest.items()},
+            today=today,
+            link="pdf" if settings.readme.link == "pdf" else "abs",
+            max_papers=limit,
+            tz=settings.readme.timezone,
+            max_bytes=settings.readme.max_bytes,
+            totals={keyword: total for keyword, (_, total) in latest.items()},
+        )
     )
     path = settings.readme_path
-    changed = await asyncio.to_thread(write_readme, path, result.text)
-    logger.info("readme.rendered path=%s changed=%s bytes=%d", path, changed, result.size)
+    changed = await asyncio.to_thread(write_snapshot, path, result)
+    logger.info(
+        "readme.rendered path=%s changed=%s layout=%s bytes=%d pages=%d",
+        path,
+        changed,
+        result.layout,
+        result.size,
+        len(result.pages),
+    )
     if changed and settings.readme.git_commit:
         outcome = await asyncio.to_thread(partial(commit_readme, path, today=today))
         logger.info("readme.git outcome=%s", outcome)

@@ -1,34 +1,42 @@
 """The README snapshot: DailyArXiv's Markdown table of the latest papers per keyword.
 
-Rendering is pure (`render_readme`, `fit_readme`, `build_readme`); the cycle fetches each
+Rendering is pure (`render_readme`, `layout_readme`, `build_readme`); the cycle fetches each
 keyword's latest papers from the store, calls `build_readme`, then `write_readme` and, when
 `readme.git_commit` is on, `commit_readme` (blocking: run it through `asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import itertools
 import logging
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
+from functools import partial
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 from digest.domain import Paper
 from digest.errors import DailyPapersError
+from digest.query import query_key
 from digest.render import collapse_ws, get_environment
 
 logger = logging.getLogger(__name__)
 
 LinkKind = Literal["abs", "pdf"]
+Layout = Literal["full", "even", "index"]
 GitOutcome = Literal["skipped", "unchanged", "committed", "pushed"]
 
 TEMPLATE = "README.md.j2"
+PAGES_DIR = "papers"  # next to the README: one page per keyword in the index layout
 DEFAULT_MAX_PAPERS = 100  # DailyArXiv keeps the latest 100 per keyword
 DEFAULT_MAX_BYTES = 500_000  # GitHub stops rendering a README at 512 KB; leave some headroom
 FOLD_COMMENT_OVER = 20  # DailyArXiv folds comments longer than this into <details>
@@ -60,11 +68,27 @@ class ReadmeSection:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadmePage:
+    """A page of its own next to the README (index layout), rendered when it is written."""
+
+    path: str  # relative to the README's folder: "papers/<slug>.md"
+    render: Callable[[], str] = field(compare=False)
+    keyword: str | None = None  # None: a continuation of the index
+
+
+@dataclass(frozen=True, slots=True)
 class ReadmeResult:
-    """The rendered snapshot and how many rows the size cap removed."""
+    """The rendered snapshot, how many rows the size cap left out, and its pages.
+
+    Layouts: "full" is DailyArXiv's README byte for byte; "even" lowers the rows of every
+    keyword alike until it fits (a cut section says how many it shows of how many); "index"
+    lists one line per keyword and moves each keyword's table to a page of its own.
+    """
 
     text: str
     trimmed: int = 0
+    layout: Layout = "full"
+    pages: tuple[ReadmePage, ...] = ()
 
     @property
     def size(self) -> int:
@@ -73,7 +97,10 @@ class ReadmeResult:
 
     @property
     def warning(self) -> str | None:
-        """The event line for the run report when rows were trimmed, else None."""
+        """The event line for the run report when the size cap changed the layout, else None."""
+        if self.layout == "index":
+            pages = sum(1 for page in self.pages if page.keyword is not None)
+            return f"readme.index keywords_on_pages={pages} bytes={self.size}"
         if not self.trimmed:
             return None
         return f"readme.trimmed rows={self.trimmed} bytes={self.size}"
@@ -123,14 +150,222 @@ def readme_sections(
     ]
 
 
-def _render(sections: Sequence[ReadmeSection], *, today: date, max_papers: int) -> str:
-    template = get_environment().get_template(TEMPLATE)
-    return template.render(
-        sections=sections,
-        today=today.isoformat(),
-        max_papers=max_papers,
-        fold_over=FOLD_COMMENT_OVER,
-    )
+def page_slug(keyword: str) -> str:
+    """A keyword's page name: readable ASCII, plus a short hash so that two keywords that
+    read alike ("C++", "C#") never share a page."""
+    readable = re.sub(r"[^a-z0-9]+", "-", keyword.casefold()).strip("-")[:60].strip("-")
+    digest = hashlib.sha1(query_key(keyword).encode()).hexdigest()[:6]  # noqa: S324 -- a name
+    return f"{readable or 'keyword'}-{digest}"
+
+
+class _Parts:
+    """The README's pieces, rendered once each: a paper's row is shared by every keyword."""
+
+    def __init__(self, *, link: LinkKind, tz: tzinfo) -> None:
+        self._macros = get_environment().get_template(TEMPLATE).module
+        self._link = link
+        self._tz = tz
+        self._rows: dict[tuple[str, int], str] = {}
+
+    def header(self, today: date) -> str:
+        return str(self._macros.header(today.isoformat()))  # type: ignore[attr-defined]
+
+    def head(self, keyword: str) -> str:
+        return str(self._macros.section_head(keyword))  # type: ignore[attr-defined]
+
+    def row(self, paper: Paper) -> str:
+        key = (paper.arxiv_id, paper.version)
+        text = self._rows.get(key)
+        if text is None:
+            row = _row(paper, link=self._link, tz=self._tz)
+            text = str(self._macros.row(row, FOLD_COMMENT_OVER))  # type: ignore[attr-defined]
+            self._rows[key] = text
+        return text
+
+    def shown(self, count: int, total: int) -> str:
+        return str(self._macros.shown(count, total))  # type: ignore[attr-defined]
+
+    def index_head(self, keywords: int) -> str:
+        return str(self._macros.index_head(keywords))  # type: ignore[attr-defined]
+
+    def index_row(self, keyword: str, page: str | None, papers: int, newest: str) -> str:
+        return str(self._macros.index_row(keyword, page, papers, newest))  # type: ignore[attr-defined]
+
+    def index_more(self, page: str) -> str:
+        return str(self._macros.index_more(page))  # type: ignore[attr-defined]
+
+    def page_head(self, home: str) -> str:
+        return str(self._macros.page_head(None, home))  # type: ignore[attr-defined]
+
+    def date(self, paper: Paper) -> str:
+        return paper.updated.astimezone(self._tz).date().isoformat()
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    """A keyword's heading, rows (newest first) and total known papers, with byte sizes."""
+
+    keyword: str
+    head: str
+    rows: tuple[str, ...]
+    total: int
+    sizes: tuple[int, ...]  # prefix sums: sizes[n] = bytes of the first n rows
+
+    def text(self, parts: _Parts, count: int) -> str:
+        """The section with its first `count` rows (and, when cut, how many it shows)."""
+        shown = min(count, len(self.rows))
+        body = self.head + "".join(self.rows[:shown]) + "\n"
+        if shown < len(self.rows):
+            body += parts.shown(shown, self.total)
+        return body
+
+    def size(self, parts: _Parts, count: int) -> int:
+        shown = min(count, len(self.rows))
+        size = _size(self.head) + self.sizes[shown] + 1
+        if shown < len(self.rows):
+            size += _size(parts.shown(shown, self.total))
+        return size
+
+
+def _section(parts: _Parts, keyword: str, papers: Sequence[Paper], total: int) -> _Section:
+    rows = tuple(parts.row(p) for p in papers)
+    sizes = (0, *itertools.accumulate(_size(r) for r in rows))
+    return _Section(keyword, parts.head(keyword), rows, max(total, len(rows)), sizes)
+
+
+def _fit_even(parts: _Parts, lead: str, sections: Sequence[_Section], max_bytes: int) -> int | None:
+    """The most rows per section (at least 1) whose text fits `max_bytes`, or None."""
+    longest = max((len(s.rows) for s in sections), default=0)
+
+    def size(count: int) -> int:
+        return _size(lead) + sum(s.size(parts, count) for s in sections)
+
+    if size(longest) <= max_bytes:
+        return longest
+    if longest == 0 or size(1) > max_bytes:
+        return None
+    low, high = 1, longest - 1  # size(1) fits, size(longest) does not
+    while low < high:  # sizes grow with the count (a "showing" line is shorter than a row)
+        middle = (low + high + 1) // 2
+        if size(middle) <= max_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def layout_readme(
+    sections: Sequence[tuple[str, Sequence[Paper]]],
+    *,
+    today: date,
+    link: LinkKind = "abs",
+    max_papers: int = DEFAULT_MAX_PAPERS,
+    tz: str | tzinfo = UTC,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    totals: Mapping[str, int] | None = None,
+) -> ReadmeResult:
+    """The README for (keyword, papers) pairs within `max_bytes`, in the first layout that fits.
+
+    1. full: DailyArXiv's README, byte for byte, when everything fits;
+    2. even: every keyword shows the same number of rows (its newest), the most that fit,
+       and a cut section says "Showing the latest n of N papers";
+    3. index: when even one row per keyword is too much, one line per keyword (papers, newest
+       date, a link) and each keyword's table on its own page, `papers/<slug>.md`, each page
+       within `max_bytes` too (a long index continues on `papers/index-2.md`, ...).
+    `totals` gives each keyword's number of stored papers (default: the rows it has).
+    """
+    parts = _Parts(link=link, tz=_zone(tz))
+    totals = totals or {}
+    built = [
+        _section(parts, keyword, latest, totals.get(keyword, len(latest)))
+        for keyword, papers in sections
+        for latest in [latest_papers(papers, max_papers)]
+    ]
+    header = parts.header(today)
+    rows = sum(len(s.rows) for s in built)
+    count = _fit_even(parts, header, built, max_bytes)
+    if count is not None:
+        text = header + "".join(s.text(parts, count) for s in built)
+        shown = sum(min(count, len(s.rows)) for s in built)
+        return ReadmeResult(
+            text=text, trimmed=rows - shown, layout="full" if shown == rows else "even"
+        )
+    return _index_layout(parts, header, built, max_bytes)
+
+
+def _index_layout(
+    parts: _Parts, header: str, sections: Sequence[_Section], max_bytes: int
+) -> ReadmeResult:
+    """README as an index of keywords; each keyword with papers gets its own page."""
+    pages: list[ReadmePage] = []
+    lines: list[tuple[str, str]] = []  # (line from the README, line from an index page)
+    for section in sections:
+        if not section.rows:
+            line = parts.index_row(section.keyword, None, 0, "-")
+            lines.append((line, line))
+            continue
+        name = f"{page_slug(section.keyword)}.md"
+        newest = section.rows[0].split(" | ")[1]  # the row's date cell
+        lines.append(
+            (
+                parts.index_row(section.keyword, f"{PAGES_DIR}/{name}", section.total, newest),
+                parts.index_row(section.keyword, name, section.total, newest),
+            )
+        )
+        pages.append(
+            ReadmePage(
+                f"{PAGES_DIR}/{name}", _page_renderer(parts, section, max_bytes), section.keyword
+            )
+        )
+    lead = header + parts.index_head(len(sections))
+    chunks = _index_chunks(parts, lead, lines, max_bytes)
+    for number, chunk in enumerate(chunks[1:], start=2):
+        text = parts.page_head("../README.md") + parts.index_head(len(sections)) + "".join(chunk)
+        if number < len(chunks):
+            text += parts.index_more(f"index-{number + 1}.md")
+        pages.append(ReadmePage(f"{PAGES_DIR}/index-{number}.md", partial(str, text)))
+    text = lead + "".join(chunks[0])
+    if len(chunks) > 1:
+        text += parts.index_more(f"{PAGES_DIR}/index-2.md")
+    return ReadmeResult(text=text, layout="index", pages=tuple(pages))
+
+
+def _index_chunks(
+    parts: _Parts, lead: str, lines: Sequence[tuple[str, str]], max_bytes: int
+) -> list[list[str]]:
+    """Index lines split so that the README and each index page stay within `max_bytes`.
+
+    The README holds the first chunk (its lines link into `papers/`), the pages the others
+    (their lines link to siblings); room is kept for the "more keywords" link.
+    """
+    more = _size(parts.index_more(f"{PAGES_DIR}/index-99999.md"))
+    page_lead = _size(parts.page_head("../README.md") + parts.index_head(len(lines)))
+    chunks: list[list[str]] = [[]]
+    used = _size(lead) + more
+    for readme_line, page_line in lines:
+        line = readme_line if len(chunks) == 1 else page_line
+        if used + _size(line) > max_bytes and chunks[-1]:
+            chunks.append([])
+            used = page_lead + more
+            line = page_line
+        chunks[-1].append(line)
+        used += _size(line)
+    return chunks
+
+
+def _page_renderer(parts: _Parts, section: _Section, max_bytes: int) -> Callable[[], str]:
+    """A keyword's own page: a link home, then its DailyArXiv section, within `max_bytes`."""
+
+    def render() -> str:
+        lead = parts.page_head("../README.md")
+        count = _fit_even(parts, lead, [section], max_bytes) or 1
+        return lead + section.text(parts, count)
+
+    return render
 
 
 def render_readme(
@@ -142,89 +377,9 @@ def render_readme(
     tz: str | tzinfo = UTC,
 ) -> str:
     """Render the DailyArXiv README for (keyword, papers) pairs, in the order given."""
-    built = readme_sections(sections, link=link, max_papers=max_papers, tz=tz)
-    return _render(built, today=today, max_papers=max_papers)
-
-
-def _trim_order(sections: Sequence[ReadmeSection]) -> list[tuple[int, int]]:
-    """(section, row) positions in the order they are dropped: oldest first.
-
-    Every section's newest row is dropped only after all other rows are gone, so each keyword
-    keeps one row for as long as possible.
-    """
-    spare: list[tuple[tuple[float, str], int, int]] = []
-    newest: list[tuple[tuple[float, str], int, int]] = []
-    for s_index, section in enumerate(sections):
-        for r_index, row in enumerate(section.rows):
-            (newest if r_index == 0 else spare).append((row.updated_key, s_index, r_index))
-    return [(s, r) for _, s, r in sorted(spare)] + [(s, r) for _, s, r in sorted(newest)]
-
-
-def _without(sections: Sequence[ReadmeSection], drop: set[tuple[int, int]]) -> list[ReadmeSection]:
-    return [
-        ReadmeSection(
-            keyword=section.keyword,
-            rows=tuple(row for r, row in enumerate(section.rows) if (s, r) not in drop),
-        )
-        for s, section in enumerate(sections)
-    ]
-
-
-def _size(text: str) -> int:
-    return len(text.encode("utf-8"))
-
-
-def fit_readme(
-    sections: Sequence[tuple[str, Sequence[Paper]]],
-    *,
-    today: date,
-    link: LinkKind = "abs",
-    max_papers: int = DEFAULT_MAX_PAPERS,
-    tz: str | tzinfo = UTC,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> tuple[str, int]:
-    """Render the README within `max_bytes`, dropping the oldest rows; returns (text, dropped).
-
-    If even one row per keyword is too much, rows keep being dropped (oldest first) until it
-    fits or no rows are left.
-    """
-    built = readme_sections(sections, link=link, max_papers=max_papers, tz=tz)
-    order = _trim_order(built)
-    total = len(order)
-
-    def keeping(count: int) -> str:
-        """The README with only the last `count` rows of the drop order kept."""
-        return _render(
-            _without(built, set(order[: total - count])), today=today, max_papers=max_papers
-        )
-
-    # Keeping more rows never makes the text shorter, so the most rows that fit are found by
-    # galloping up from a single row (1, 2, 4, ... rows) and then bisecting: no render is much
-    # larger than max_bytes. (Rendering everything first and bisecting down from there made
-    # 500 keywords x 100 papers render ~100 MB of text to keep 500 KB.)
-    kept, text = 0, keeping(0)
-    if _size(text) > max_bytes or total == 0:
-        return text, total  # not even the headings fit (or there are no rows to drop)
-    too_many = total + 1  # the fewest rows known not to fit
-    count = 1
-    while count <= total:
-        candidate = keeping(count)
-        if _size(candidate) > max_bytes:
-            too_many = count
-            break
-        kept, text = count, candidate
-        if count == total:
-            return text, 0
-        count = min(2 * count, total)
-    low, high = kept + 1, too_many - 1
-    while low <= high:
-        middle = (low + high) // 2
-        candidate = keeping(middle)
-        if _size(candidate) <= max_bytes:
-            kept, text, low = middle, candidate, middle + 1
-        else:
-            high = middle - 1
-    return text, total - kept
+    return layout_readme(
+        sections, today=today, link=link, max_papers=max_papers, tz=tz, max_bytes=sys.maxsize
+    ).text
 
 
 def build_readme(
@@ -236,26 +391,30 @@ def build_readme(
     max_papers: int = DEFAULT_MAX_PAPERS,
     tz: str | tzinfo = UTC,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    totals: Mapping[str, int] | None = None,
 ) -> ReadmeResult:
     """The README for the tracked keywords (display text, config/DB order), within the cap.
 
     `papers_for` gives a keyword's latest papers: a mapping (a missing keyword has none) or a
-    callable such as `lambda q: store.latest_matches(q, limit)`. Logs `readme.trimmed` when the
-    size cap removed rows.
+    callable such as `lambda q: store.latest_matches(q, limit)`. Logs `readme.trimmed` or
+    `readme.index` when the size cap changed the layout.
     """
     if isinstance(papers_for, Mapping):
         mapping = papers_for
         sections = [(keyword, mapping.get(keyword, ())) for keyword in keywords]
     else:
         sections = [(keyword, papers_for(keyword)) for keyword in keywords]
-    text, trimmed = fit_readme(
-        sections, today=today, link=link, max_papers=max_papers, tz=tz, max_bytes=max_bytes
+    result = layout_readme(
+        sections,
+        today=today,
+        link=link,
+        max_papers=max_papers,
+        tz=tz,
+        max_bytes=max_bytes,
+        totals=totals,
     )
-    result = ReadmeResult(text=text, trimmed=trimmed)
     if result.warning:
-        logger.warning(
-            "readme.trimmed rows=%d bytes=%d max_bytes=%d", trimmed, result.size, max_bytes
-        )
+        logger.warning("%s max_bytes=%d", result.warning, max_bytes)
     return result
 
 
@@ -316,6 +475,47 @@ def write_readme(path: Path, text: str) -> bool:
     return write_text_atomic(path, text)
 
 
+PAGES_MANIFEST = ".daily-papers-pages"  # in the pages folder: the pages this service wrote
+
+
+def write_snapshot(path: Path, result: ReadmeResult) -> bool:
+    """Write the README and its pages (index layout) where they changed; True when any did.
+
+    Pages are rendered and written one at a time (thousands of keywords never sit in memory
+    together). Pages this service wrote earlier that the new layout does not have are removed;
+    the manifest in the pages folder says which files are ours, so nothing else there is
+    touched.
+    """
+    changed = write_text_atomic(path, result.text)
+    folder = path.parent / PAGES_DIR
+    manifest = folder / PAGES_MANIFEST
+    try:
+        before = set(manifest.read_text(encoding="utf-8").split())
+    except FileNotFoundError:
+        before = set()
+    except OSError as exc:
+        raise ReadmeError(f"cannot read {manifest}: {exc.strerror}") from exc
+    written = []
+    for page in result.pages:
+        changed |= write_text_atomic(path.parent / page.path, page.render())
+        written.append(Path(page.path).name)
+    for name in sorted(before - set(written)):
+        try:
+            (folder / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ReadmeError(
+                f"cannot remove the old page {folder / name}: {exc.strerror}"
+            ) from exc
+        changed = True
+    if written:
+        write_text_atomic(manifest, "".join(f"{name}\n" for name in sorted(written)))
+    elif before:
+        manifest.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: other files there are not ours
+    return changed
+
+
 # `https://user:token@host/...` in git's messages: the credentials must not reach logs.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 
@@ -367,7 +567,8 @@ def commit_readme(
     today: date | None = None,
     timeout: float = GIT_TIMEOUT,
 ) -> GitOutcome:
-    """Commit the README (that one file only) if it is in a git work tree; push if a remote.
+    """Commit the README and its pages folder (nothing else) if in a git work tree; push if a
+    remote.
 
     Returns "skipped" (not in a work tree), "unchanged" (nothing to commit), "committed" or
     "pushed". Failures raise `ReadmeError` with git's own reason and a hint.
@@ -378,16 +579,19 @@ def commit_readme(
     if inside.returncode != 0 or inside.stdout.strip() != "true":
         logger.warning("readme.git_skipped reason=not_a_work_tree path=%s", path)
         return "skipped"
-    _git(folder, "add", "--", str(path), timeout=timeout)
-    staged = _git(
-        folder, "diff", "--cached", "--quiet", "--", str(path), timeout=timeout, check=False
-    )
+    paths = [str(path)]
+    pages = folder / PAGES_DIR
+    tracked = _git(folder, "ls-files", "--", str(pages), timeout=timeout).stdout.strip()
+    if pages.exists() or tracked:
+        paths.append(str(pages))  # new, changed and removed pages of the index layout
+    _git(folder, "add", "-A", "--", *paths, timeout=timeout)
+    staged = _git(folder, "diff", "--cached", "--quiet", "--", *paths, timeout=timeout, check=False)
     if staged.returncode == 0:
         logger.info("readme.git_unchanged path=%s", path)
         return "unchanged"
     day = (today or date.today()).isoformat()
-    # `-- path` commits this file alone, leaving anything else someone staged untouched.
-    _git(folder, "commit", "-m", f"Update daily papers {day}", "--", str(path), timeout=timeout)
+    # `-- paths` commits these alone, leaving anything else someone staged untouched.
+    _git(folder, "commit", "-m", f"Update daily papers {day}", "--", *paths, timeout=timeout)
     logger.info("readme.git_committed path=%s", path)
     if not push:
         return "committed"

@@ -115,6 +115,10 @@ class PaperStore(Protocol):
         """The newest `limit` papers matching `query`, by last-updated date, newest first."""
         ...
 
+    def latest_matches_by_keyword(self, limit: int) -> dict[str, tuple[list[Paper], int]]:
+        """Every tracked keyword's newest `limit` papers and its total number of matches."""
+        ...
+
     def count_matches(self, query: str) -> int:
         """How many stored papers match `query`."""
         ...

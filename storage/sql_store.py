@@ -775,6 +775,49 @@ class SqlStore:
             ).all()
         return [_paper(r) for r in rows]
 
+    def latest_matches_by_keyword(self, limit: int) -> dict[str, tuple[list[Paper], int]]:
+        """For every tracked keyword: its newest `limit` papers (as `latest_matches` orders
+        them) and how many papers it matches in all.
+
+        Two set-based reads, whatever the number of keywords: the ranks come from a window
+        function over the matches (SQLite 3.25+ and PostgreSQL), and each paper is read once
+        however many keywords it matches.
+        """
+        ranked = (
+            select(
+                MatchRow.keyword_id,
+                MatchRow.arxiv_id,
+                func.row_number()
+                .over(
+                    partition_by=MatchRow.keyword_id,
+                    order_by=(PaperRow.updated.desc(), PaperRow.arxiv_id.desc()),
+                )
+                .label("rank"),
+                func.count().over(partition_by=MatchRow.keyword_id).label("total"),
+            )
+            .join(PaperRow, PaperRow.arxiv_id == MatchRow.arxiv_id)
+            .subquery()
+        )
+        with self._transaction() as conn:
+            keywords = dict(conn.execute(select(KeywordRow.id, KeywordRow.query)).all())
+            rows = conn.execute(
+                select(ranked.c.keyword_id, ranked.c.arxiv_id, ranked.c.total)
+                .where(ranked.c.rank <= limit)
+                .order_by(ranked.c.keyword_id, ranked.c.rank)
+            ).all()
+            papers: dict[str, Paper] = {}
+            for id_chunk in _chunks(sorted({r.arxiv_id for r in rows})):
+                for row in conn.execute(
+                    select(*_PAPER_COLUMNS).where(PaperRow.arxiv_id.in_(id_chunk))
+                ):
+                    papers[row.arxiv_id] = _paper(row)
+        result: dict[str, tuple[list[Paper], int]] = {q: ([], 0) for q in keywords.values()}
+        for keyword_id, arxiv_id, total in rows:
+            latest, _ = result[keywords[keyword_id]]
+            latest.append(papers[arxiv_id])
+            result[keywords[keyword_id]] = (latest, int(total))
+        return result
+
     def count_matches(self, query: str) -> int:
         """How many stored papers match `query` (0 for an untracked one)."""
         with self._transaction() as conn:

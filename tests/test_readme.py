@@ -17,12 +17,15 @@ from markdown_it import MarkdownIt
 from digest.domain import Paper
 from digest.readme import (
     ReadmeError,
+    ReadmeResult,
     _redact,
     build_readme,
     commit_readme,
-    fit_readme,
+    layout_readme,
+    page_slug,
     render_readme,
     write_readme,
+    write_snapshot,
     write_text_atomic,
 )
 from tests.reference_papers import REFERENCE_README, load_reference_sections
@@ -257,59 +260,96 @@ def _ids(text: str) -> list[str]:
     return [row.split("abs/")[1].split("v1)")[0] for row in _rows(text)]
 
 
-def test_fit_readme_leaves_a_small_readme_alone() -> None:
+def _layout(sections: list[tuple[str, list[Paper]]], max_bytes: int, **kw: object) -> ReadmeResult:
+    return layout_readme(sections, today=REFERENCE_DAY, max_bytes=max_bytes, **kw)  # type: ignore[arg-type]
+
+
+def test_a_readme_that_fits_is_dailyarxivs_byte_for_byte() -> None:
     """Under the cap nothing is trimmed and the text is what render_readme gives."""
     sections = _big_sections()
-    text, trimmed = fit_readme(sections, today=REFERENCE_DAY, max_bytes=10_000_000)
-    assert trimmed == 0
-    assert text == render_readme(sections, today=REFERENCE_DAY)
+    result = _layout(sections, 10_000_000)
+    assert (result.layout, result.trimmed, result.pages) == ("full", 0, ())
+    assert result.text == render_readme(sections, today=REFERENCE_DAY)
 
 
-def test_fit_readme_trims_the_oldest_rows_just_enough() -> None:
-    """Past the cap the oldest rows go first, exactly as many as needed."""
-    sections = _big_sections()
+def test_past_the_cap_every_keyword_keeps_the_same_number_of_its_newest_rows() -> None:
+    """Rows are lowered evenly (not the oldest of all first), as many as fit, and each cut
+    section says how many of how many it shows."""
+    sections = _big_sections(keywords=3, per_keyword=12)
+    sections[2] = (sections[2][0], sections[2][1][:3])  # a keyword with few papers keeps them
     full = render_readme(sections, today=REFERENCE_DAY)
     max_bytes = len(full.encode()) // 2
-    text, trimmed = fit_readme(sections, today=REFERENCE_DAY, max_bytes=max_bytes)
-    assert len(text.encode()) <= max_bytes
-    kept = set(_ids(text))
-    assert len(kept) == 36 - trimmed
-    everything = sorted((p for _, ps in sections for p in ps), key=lambda p: p.updated)
-    dropped = [p for p in everything if p.arxiv_id not in kept]
-    assert dropped == everything[:trimmed]  # strictly the oldest
-    # One row fewer would not have fitted: the trim is minimal.
-    one_more = everything[trimmed - 1].arxiv_id
-    with_one_more = [(k, [p for p in ps if p.arxiv_id in kept | {one_more}]) for k, ps in sections]
-    assert len(render_readme(with_one_more, today=REFERENCE_DAY).encode()) > max_bytes
+    result = _layout(sections, max_bytes, totals={"Keyword 0": 40})
+    assert result.layout == "even"
+    assert result.size <= max_bytes
+    text = result.text
+    blocks = text.split("## ")[1:]
+    counts = [len(_rows("## " + block)) for block in blocks]
+    assert counts[0] == counts[1] > 3
+    assert counts[2] == 3
+    newest = sorted(sections[0][1], key=lambda p: p.updated, reverse=True)[: counts[0]]
+    assert _ids("## " + blocks[0]) == [p.arxiv_id for p in newest]
+    assert f"Showing the latest {counts[0]} of 40 papers" in blocks[0]  # the stored total
+    assert f"Showing the latest {counts[1]} of 12 papers" in blocks[1]
+    assert "Showing" not in blocks[2]
+    assert result.trimmed == 24 - 2 * counts[0]
+    # one row more per keyword would not have fitted
+    more = [(k, sorted(ps, key=lambda p: p.updated)[-(counts[0] + 1) :]) for k, ps in sections]
+    assert len(render_readme(more, today=REFERENCE_DAY).encode()) > max_bytes
+    # the cut sections are still real tables, and the notice is a paragraph after each
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    assert sum(1 for t in tokens if t.type == "table_open") == 3
+    assert sum(1 for t in tokens if t.type == "tr_open") == sum(counts) + 3
 
 
-def test_fit_readme_keeps_one_row_per_keyword_while_it_can() -> None:
-    """Each keyword keeps its newest row even when another keyword's rows are all newer."""
+def test_when_one_row_each_is_too_much_the_readme_becomes_an_index_of_pages() -> None:
+    """Thousands of keywords: one line each, linked to its own DailyArXiv-format page; every
+    page under the cap; keywords without papers listed without a link."""
     start = datetime(2025, 1, 1, tzinfo=UTC)
-    old = ("Old topic", [_paper(1, abstract="x " * 400, updated=start)])
-    new = (
-        "New topic",
-        [
-            _paper(100 + i, abstract="y " * 400, updated=start + timedelta(days=i + 1))
-            for i in range(10)
-        ],
-    )
-    header_and_two = render_readme([old, (new[0], new[1][-1:])], today=REFERENCE_DAY)
-    text, trimmed = fit_readme(
-        [old, new], today=REFERENCE_DAY, max_bytes=len(header_and_two.encode()) + 10
-    )
-    assert trimmed == 9
-    assert _ids(text) == ["2501.00001", "2501.00109"]
+    sections = [
+        (
+            f"Topic {k}",
+            [
+                _paper(k * 10 + i, abstract="z " * 300, updated=start + timedelta(hours=i))
+                for i in range(3)
+            ],
+        )
+        for k in range(400)
+    ]
+    sections.append(("Nothing yet", []))
+    max_bytes = 12_000  # 400 index lines need three index pages
+    result = _layout(sections, max_bytes, totals={"Topic 7": 99})
+    assert result.layout == "index"
+    assert result.size <= max_bytes
+    pages = {page.path: page.render() for page in result.pages}
+    keyword_pages = {path: text for path, text in pages.items() if "/index-" not in path}
+    assert len(keyword_pages) == 400
+    assert all(len(text.encode()) <= max_bytes for text in pages.values())
+    reachable = result.text + "".join(t for path, t in pages.items() if "/index-" in path)
+    for keyword, _papers in sections[:400]:
+        path = f"papers/{page_slug(keyword)}.md"
+        page = keyword_pages[path]
+        assert f"## {keyword}\n| **Title** |" in page
+        assert len(_rows(page)) == 3
+        assert f"]({path})" in reachable or f"]({path.split('/')[1]})" in reachable
+    assert "| Nothing yet | 0 | - |" in reachable
+    assert f"| [Topic 7](papers/{page_slug('Topic 7')}.md) | 99 | 2025-01-01 |" in result.text
+    assert "More keywords: [next page](papers/index-2.md)" in result.text
+    index_pages = sorted(path for path in pages if "/index-" in path)
+    assert index_pages == [f"papers/index-{n}.md" for n in range(2, len(index_pages) + 2)]
+    for number, path in enumerate(index_pages, start=2):
+        assert "[All keywords](../README.md)" in pages[path]
+        has_next = f"More keywords: [next page](index-{number + 1}.md)" in pages[path]
+        assert has_next == (path != index_pages[-1])
+    assert result.warning == f"readme.index keywords_on_pages=400 bytes={result.size}"
 
 
-def test_fit_readme_when_nothing_fits() -> None:
-    """With a cap below the header alone every row goes and the header remains."""
-    sections = _big_sections(keywords=2, per_keyword=3)
-    text, trimmed = fit_readme(sections, today=REFERENCE_DAY, max_bytes=10)
-    assert trimmed == 6
-    assert _rows(text) == []
-    assert "## Keyword 0" in text
-    assert "## Keyword 1" in text
+def test_page_names_are_readable_and_never_shared() -> None:
+    """Slugs keep letters and digits; keywords that read alike still get their own page."""
+    assert page_slug("Diffusion Models").startswith("diffusion-models-")
+    assert page_slug("C++") != page_slug("C#")
+    assert page_slug("Diffusion models") == page_slug("diffusion  Models")  # one keyword
+    assert page_slug("图神经网络").startswith("keyword-")
 
 
 def test_build_readme_warns_when_trimming(caplog: pytest.LogCaptureFixture) -> None:
@@ -323,10 +363,10 @@ def test_build_readme_warns_when_trimming(caplog: pytest.LogCaptureFixture) -> N
             today=REFERENCE_DAY,
             max_bytes=len(full.encode()) - 1,
         )
-    assert result.trimmed == 1
-    assert result.warning == f"readme.trimmed rows=1 bytes={result.size}"
+    assert result.trimmed == 3  # one row less for each of the three keywords
+    assert result.warning == f"readme.trimmed rows=3 bytes={result.size}"
     assert [r.getMessage() for r in caplog.records] == [
-        f"readme.trimmed rows=1 bytes={result.size} max_bytes={len(full.encode()) - 1}"
+        f"readme.trimmed rows=3 bytes={result.size} max_bytes={len(full.encode()) - 1}"
     ]
 
 
@@ -507,3 +547,59 @@ def test_git_messages_never_carry_credentials() -> None:
     """Tokens embedded in a remote URL are masked before they reach a message or a log."""
     message = "fatal: unable to access 'https://bot:ghp_secret123@github.com/lab/papers.git/'"
     assert _redact(message) == "fatal: unable to access 'https://***@github.com/lab/papers.git/'"
+
+
+def _index_result(keywords: int, max_bytes: int = 12_000) -> ReadmeResult:
+    """An index-layout result: `keywords` keywords of three 600-byte papers each."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    sections = [
+        (
+            f"Topic {k}",
+            [_paper(k * 10 + i, abstract="w " * 300, updated=start) for i in range(3)],
+        )
+        for k in range(keywords)
+    ]
+    return _layout(sections, max_bytes)
+
+
+def test_write_snapshot_writes_pages_once_and_removes_only_its_own_stale_ones(
+    tmp_path: Path,
+) -> None:
+    """The index's pages land next to the README; a rerun writes nothing; a page the new
+    layout drops is removed, a file of someone else's is kept; back to a plain README, the
+    pages folder is cleaned up."""
+    path = tmp_path / "README.md"
+    first = _index_result(40)
+    assert first.layout == "index"
+    assert write_snapshot(path, first)
+    pages = tmp_path / "papers"
+    names = {p.name for p in pages.glob("*.md")}
+    assert len(names) >= 40
+    mtimes = {p.name: p.stat().st_mtime_ns for p in pages.glob("*.md")}
+    assert not write_snapshot(path, first)  # unchanged: nothing is rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in pages.glob("*.md")} == mtimes
+    (pages / "notes.md").write_text("mine\n")
+    smaller = _index_result(30)
+    assert write_snapshot(path, smaller)
+    kept = {p.name for p in pages.glob("*.md")}
+    assert f"{page_slug('Topic 35')}.md" not in kept
+    assert f"{page_slug('Topic 5')}.md" in kept
+    assert "notes.md" in kept
+    plain = _layout([("Topic 1", [_paper(1)])], 12_000)
+    assert write_snapshot(path, plain)
+    assert {p.name for p in pages.iterdir()} == {"notes.md"}
+
+
+def test_commit_readme_commits_the_pages_too(repo: Path) -> None:
+    """In the index layout the README and its pages are committed together, and a page that
+    went away is committed as removed."""
+    path = repo / "README.md"
+    write_snapshot(path, _index_result(40))
+    assert commit_readme(path, today=REFERENCE_DAY) == "committed"
+    committed = _git(repo, "show", "--name-only", "--format=", "HEAD").splitlines()
+    assert "README.md" in committed
+    assert f"papers/{page_slug('Topic 3')}.md" in committed
+    write_snapshot(path, _index_result(30))
+    assert commit_readme(path, today=REFERENCE_DAY) == "committed"
+    assert f"papers/{page_slug('Topic 35')}.md" not in _git(repo, "ls-files")
+    assert _git(repo, "status", "--porcelain") == ""
