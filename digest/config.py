@@ -310,7 +310,8 @@ class ReadmeSettings:
     timezone: str = _opt("UTC", "Timezone of the 'Last update' date.", _timezone)
     max_bytes: int = _opt(
         500_000,
-        "Trim the oldest rows past this size (GitHub stops rendering at 512 KB).",
+        "Size limit (GitHub stops rendering at 512 KB): past it, fewer rows per keyword, then "
+        "an index with a page per keyword under papers/.",
         _positive,
     )
     git_commit: bool = _opt(False, "Commit the snapshot when it changed (and push if a remote).")

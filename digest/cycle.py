@@ -45,7 +45,15 @@ from digest.errors import (
     StoreError,
     crash_reason,
 )
-from digest.query import PaperIndex, Query, match_papers, parse_query, to_arxiv
+from digest.query import (
+    FoldedPaper,
+    Query,
+    fold_paper,
+    match_papers,
+    narrow_papers,
+    parse_query,
+    to_arxiv,
+)
 from digest.readme import build_readme, commit_readme, write_snapshot
 from digest.store import OutcomeCounts, PaperStore
 from digest.translate import Translator
@@ -243,6 +251,16 @@ async def fetch_backfill(
     return kept[:limit], requests, throttled
 
 
+def _folded_window(store: PaperStore, start: datetime) -> list[FoldedPaper]:
+    """The stored papers submitted since `start`, folded for narrowing."""
+    return [fold_paper(paper) for paper in store.papers_submitted_since(start)]
+
+
+def _match_window(query: Query, window: Sequence[FoldedPaper]) -> dict[str, set[str]]:
+    """`query` matched against the window papers that hold its words."""
+    return match_papers([query], narrow_papers(query, window))
+
+
 async def backfill_keywords(
     *,
     settings: Settings,
@@ -283,9 +301,9 @@ async def backfill_keywords(
         except QueryError as exc:
             tally.warnings.append(f"keyword {text!r} is invalid: {exc}")
     window_start = now() - timedelta(days=settings.arxiv.lookback_days)
-    window = await asyncio.to_thread(store.papers_submitted_since, window_start)
-    # One index of the window for every due keyword: its cost is the window's, paid once.
-    index = await asyncio.to_thread(partial(PaperIndex, window, queries=due_queries))
+    # The window folded once for every due keyword; each keyword then tokenises only the few
+    # papers that hold its words (tokenising the whole window cost more than all the rest).
+    folded = await asyncio.to_thread(_folded_window, store, window_start)
     done = failures = 0
     for position, query in enumerate(due_queries):
         if clock() - began >= budget:
@@ -319,8 +337,9 @@ async def backfill_keywords(
         known = await asyncio.to_thread(store.known_versions, [p.arxiv_id for p in papers])
         fresh = [p for p in papers if p.arxiv_id not in known]
         matches = await asyncio.to_thread(match_papers, all_queries, fresh)
+        local = await asyncio.to_thread(_match_window, query, folded)
         mine = matches.setdefault(query.text, set())
-        mine |= index.match(query) | {p.arxiv_id for p in papers}
+        mine |= local[query.text] | {p.arxiv_id for p in papers}
         committed = await asyncio.to_thread(
             partial(
                 store.commit_harvest,

@@ -834,6 +834,111 @@ class PaperIndex:
         return [paper.arxiv_id for paper in self.papers]
 
 
+# --- narrowing a list of papers before matching --------------------------------------------------
+
+# Stems that are not prefixes of every word they come from (Porter2's exceptional forms: "dying"
+# stems to "die", "skies" to "sky"); a term stemming to one of them narrows nothing.
+_IRREGULAR_STEMS = frozenset({"die", "lie", "tie", "sky"})
+_MIN_PROBE = 3  # shorter probes would keep most papers anyway
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedPaper:
+    """A paper's searchable text, folded as the tokenizer folds it: cheap to search for
+    substrings (tens of microseconds a paper against the milliseconds of tokenising it)."""
+
+    paper: Paper
+    title: str
+    abstract: str
+    authors: str
+    extra: str  # comment and categories
+    categories: tuple[str, ...]
+
+    def fields(self, search: SearchField) -> tuple[str, ...]:
+        """The folded texts a term of this field may match in."""
+        if search is SearchField.TI:
+            return (self.title,)
+        if search is SearchField.ABS:
+            return (self.abstract,)
+        if search is SearchField.AU:
+            return (self.authors,)
+        return (self.title, self.abstract, self.authors, self.extra)
+
+
+def fold_paper(paper: Paper) -> FoldedPaper:
+    """A paper's folded text, for `narrow_papers`."""
+    categories = tuple(category.casefold() for category in _categories(paper))
+    return FoldedPaper(
+        paper=paper,
+        title=_fold(paper.title),
+        abstract=_fold(paper.abstract),
+        authors=_fold("\n".join(paper.authors)),
+        extra=_fold("\n".join((paper.comment or "", *categories))),
+        categories=categories,
+    )
+
+
+def _probe(stem: str) -> str | None:
+    """A substring every word stemming to `stem` contains, or None.
+
+    Porter2 keeps a word's beginning and rewrites only its end: a final `y` becomes `i`, and
+    suffix rules leave `...ate`, `...ence`, `...able`, `...ize` where the word had `...ational`,
+    `...enci`, `...abli`, `...izer`, and `...bl` where it had `...bility`. Without a final `i`
+    or `e`, or a final `bl`, the stem is a prefix of the word in every case but the few
+    irregular forms (tests/test_narrow.py checks it over a vocabulary).
+    """
+    if stem in _IRREGULAR_STEMS:
+        return None
+    if stem.endswith("bl"):
+        probe = stem[:-2]
+    elif stem.endswith(("i", "e")):
+        probe = stem[:-1]
+    else:
+        probe = stem
+    return probe if len(probe) >= _MIN_PROBE else None
+
+
+_Probes: TypeAlias = list[tuple[SearchField, str]] | None  # any of these; None: no narrowing
+
+
+def _probes(node: Node) -> _Probes:
+    """A necessary condition of `node`: a paper it matches holds at least one probe."""
+    if isinstance(node, Term):
+        if node.field is SearchField.CAT:
+            return [(node.field, node.stems[0])]
+        found = [probe for stem in node.stems if (probe := _probe(stem)) is not None]
+        return [(node.field, max(found, key=len))] if found else None
+    left = _probes(node.left)
+    if isinstance(node, AndNot):
+        return left
+    right = _probes(node.right)
+    if isinstance(node, Or):
+        return None if left is None or right is None else left + right
+    if left is None or right is None:  # And: either side's condition is necessary
+        return left if right is None else right
+    return left if len(left) <= len(right) else right
+
+
+def narrow_papers(query: Query, papers: Sequence[FoldedPaper]) -> list[Paper]:
+    """The papers `query` may match: a superset of its matches, found by substring search on
+    folded text, so that only those few need tokenising (a new keyword against a window)."""
+    probes = _probes(query.root)
+    if probes is None:
+        return [folded.paper for folded in papers]
+    kept = []
+    for folded in papers:
+        for field, probe in probes:
+            if field is SearchField.CAT:
+                if any(c == probe or c.startswith(probe + ".") for c in folded.categories):
+                    break
+            elif any(probe in text for text in folded.fields(field)):
+                break
+        else:
+            continue
+        kept.append(folded.paper)
+    return kept
+
+
 def match_papers(queries: Sequence[Query], papers: Sequence[Paper]) -> dict[str, set[str]]:
     """Map each query's normalised text to the arXiv ids of the papers it matches."""
     if not queries:
