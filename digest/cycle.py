@@ -46,7 +46,7 @@ from digest.errors import (
     crash_reason,
 )
 from digest.query import (
-    FoldedPaper,
+    PaperIndex,
     Query,
     fold_paper,
     match_papers,
@@ -251,14 +251,15 @@ async def fetch_backfill(
     return kept[:limit], requests, throttled
 
 
-def _folded_window(store: PaperStore, start: datetime) -> list[FoldedPaper]:
-    """The stored papers submitted since `start`, folded for narrowing."""
-    return [fold_paper(paper) for paper in store.papers_submitted_since(start)]
-
-
-def _match_window(query: Query, window: Sequence[FoldedPaper]) -> dict[str, set[str]]:
-    """`query` matched against the window papers that hold its words."""
-    return match_papers([query], narrow_papers(query, window))
+def _window_index(store: PaperStore, start: datetime, queries: Sequence[Query]) -> PaperIndex:
+    """An index, for `queries`, of the stored papers submitted since `start` that hold any of
+    their words (the others cannot match them)."""
+    folded = [fold_paper(paper) for paper in store.papers_submitted_since(start)]
+    kept: dict[str, Paper] = {}
+    for query in queries:
+        for paper in narrow_papers(query, folded):
+            kept[paper.arxiv_id] = paper
+    return PaperIndex(list(kept.values()), queries=queries)
 
 
 async def backfill_keywords(
@@ -301,9 +302,10 @@ async def backfill_keywords(
         except QueryError as exc:
             tally.warnings.append(f"keyword {text!r} is invalid: {exc}")
     window_start = now() - timedelta(days=settings.arxiv.lookback_days)
-    # The window folded once for every due keyword; each keyword then tokenises only the few
-    # papers that hold its words (tokenising the whole window cost more than all the rest).
-    folded = await asyncio.to_thread(_folded_window, store, window_start)
+    # One index for every due keyword over the window papers that hold any of their words:
+    # tokenising is most of the cost, so each such paper is tokenised once, and the others not
+    # at all (narrowing by folded substrings costs microseconds a paper).
+    index = await asyncio.to_thread(_window_index, store, window_start, due_queries)
     done = failures = 0
     for position, query in enumerate(due_queries):
         if clock() - began >= budget:
@@ -337,9 +339,8 @@ async def backfill_keywords(
         known = await asyncio.to_thread(store.known_versions, [p.arxiv_id for p in papers])
         fresh = [p for p in papers if p.arxiv_id not in known]
         matches = await asyncio.to_thread(match_papers, all_queries, fresh)
-        local = await asyncio.to_thread(_match_window, query, folded)
         mine = matches.setdefault(query.text, set())
-        mine |= local[query.text] | {p.arxiv_id for p in papers}
+        mine |= index.match(query) | {p.arxiv_id for p in papers}
         committed = await asyncio.to_thread(
             partial(
                 store.commit_harvest,
