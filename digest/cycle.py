@@ -254,12 +254,9 @@ async def fetch_backfill(
 def _window_index(store: PaperStore, start: datetime, queries: Sequence[Query]) -> PaperIndex:
     """An index, for `queries`, of the stored papers submitted since `start` that hold any of
     their words (the others cannot match them)."""
-    folded = [fold_paper(paper) for paper in store.papers_submitted_since(start)]
-    kept: dict[str, Paper] = {}
-    for query in queries:
-        for paper in narrow_papers(query, folded):
-            kept[paper.arxiv_id] = paper
-    return PaperIndex(list(kept.values()), queries=queries)
+    folded = [fold_paper(text) for text in store.texts_submitted_since(start)]
+    kept = {arxiv_id for query in queries for arxiv_id in narrow_papers(query, folded)}
+    return PaperIndex(store.papers_by_id(kept), queries=queries)
 
 
 async def backfill_keywords(

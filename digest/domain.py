@@ -70,6 +70,19 @@ class Paper:
 
 
 @dataclass(frozen=True, slots=True)
+class PaperText:
+    """The searchable text of a stored paper, without the rest (cheap to read in bulk)."""
+
+    arxiv_id: str
+    title: str
+    abstract: str
+    authors: tuple[str, ...]
+    comment: str | None
+    primary_category: str
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Keyword:
     """A tracked query. `query` is the user's text exactly as it appears in headings."""
 

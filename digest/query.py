@@ -845,36 +845,57 @@ _MIN_PROBE = 3  # shorter probes would keep most papers anyway
 @dataclass(frozen=True, slots=True)
 class FoldedPaper:
     """A paper's searchable text, folded as the tokenizer folds it: cheap to search for
-    substrings (tens of microseconds a paper against the milliseconds of tokenising it)."""
+    substrings (tens of microseconds a paper against the milliseconds of tokenising it).
 
-    paper: Paper
-    title: str
-    abstract: str
-    authors: str
-    extra: str  # comment and categories
+    `texts` holds, by slot: title, abstract, authors, comment and categories, all of them.
+    """
+
+    arxiv_id: str
+    texts: tuple[str, str, str, str]
     categories: tuple[str, ...]
 
-    def fields(self, search: SearchField) -> tuple[str, ...]:
-        """The folded texts a term of this field may match in."""
-        if search is SearchField.TI:
-            return (self.title,)
-        if search is SearchField.ABS:
-            return (self.abstract,)
-        if search is SearchField.AU:
-            return (self.authors,)
-        return (self.title, self.abstract, self.authors, self.extra)
+
+class Searchable(Protocol):
+    """What narrowing reads of a paper (a `Paper` or a stored paper's `PaperText`)."""
+
+    @property
+    def arxiv_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def abstract(self) -> str: ...
+    @property
+    def authors(self) -> tuple[str, ...]: ...
+    @property
+    def comment(self) -> str | None: ...
+    @property
+    def primary_category(self) -> str: ...
+    @property
+    def categories(self) -> tuple[str, ...]: ...
 
 
-def fold_paper(paper: Paper) -> FoldedPaper:
+_SLOTS_OF = {
+    SearchField.TI: (0,),
+    SearchField.ABS: (1,),
+    SearchField.AU: (2,),
+    SearchField.ALL: (0, 1, 2, 3),
+}
+
+
+def fold_paper(paper: Searchable) -> FoldedPaper:
     """A paper's folded text, for `narrow_papers`."""
-    categories = tuple(category.casefold() for category in _categories(paper))
+    categories = tuple(
+        c.casefold() for c in dict.fromkeys((paper.primary_category, *paper.categories)) if c
+    )
     return FoldedPaper(
-        paper=paper,
-        title=_fold(paper.title),
-        abstract=_fold(paper.abstract),
-        authors=_fold("\n".join(paper.authors)),
-        extra=_fold("\n".join((paper.comment or "", *categories))),
-        categories=categories,
+        paper.arxiv_id,
+        (
+            _fold(paper.title),
+            _fold(paper.abstract),
+            _fold("\n".join(paper.authors)),
+            _fold("\n".join((paper.comment or "", *categories))),
+        ),
+        categories,
     )
 
 
@@ -898,16 +919,22 @@ def _probe(stem: str) -> str | None:
     return probe if len(probe) >= _MIN_PROBE else None
 
 
-_Probes: TypeAlias = list[tuple[SearchField, str]] | None  # any of these; None: no narrowing
+# A necessary condition in disjunctive form: a paper the node matches satisfies at least one
+# alternative, i.e. holds every (field, probe) of it. None: no condition (keep every paper).
+_Alternative: TypeAlias = tuple[tuple[SearchField, str], ...]
+_Probes: TypeAlias = list[_Alternative] | None
+_MAX_ALTERNATIVES = 16  # past this an OR of ANDs is not worth expanding
 
 
 def _probes(node: Node) -> _Probes:
-    """A necessary condition of `node`: a paper it matches holds at least one probe."""
+    """A necessary condition of `node` (see `_Probes`)."""
     if isinstance(node, Term):
         if node.field is SearchField.CAT:
-            return [(node.field, node.stems[0])]
-        found = [probe for stem in node.stems if (probe := _probe(stem)) is not None]
-        return [(node.field, max(found, key=len))] if found else None
+            return [((node.field, node.stems[0]),)]
+        found = tuple(
+            (node.field, probe) for stem in node.stems if (probe := _probe(stem)) is not None
+        )
+        return [found] if found else None  # a phrase holds every one of its words
     left = _probes(node.left)
     if isinstance(node, AndNot):
         return left
@@ -916,27 +943,43 @@ def _probes(node: Node) -> _Probes:
         return None if left is None or right is None else left + right
     if left is None or right is None:  # And: either side's condition is necessary
         return left if right is None else right
-    return left if len(left) <= len(right) else right
+    combined = [a + b for a in left for b in right]  # both sides' conditions
+    return combined if len(combined) <= _MAX_ALTERNATIVES else min(left, right, key=len)
 
 
-def narrow_papers(query: Query, papers: Sequence[FoldedPaper]) -> list[Paper]:
-    """The papers `query` may match: a superset of its matches, found by substring search on
-    folded text, so that only those few need tokenising (a new keyword against a window)."""
+def _holding(papers: Sequence[FoldedPaper], field: SearchField, probe: str) -> list[FoldedPaper]:
+    """The papers that hold `probe` in `field` (one C-level `in` a paper)."""
+    if field is SearchField.CAT:
+        prefix = probe + "."
+        return [f for f in papers if any(c == probe or c.startswith(prefix) for c in f.categories)]
+    slots = _SLOTS_OF[field]
+    if len(slots) == 1:
+        slot = slots[0]
+        return [f for f in papers if probe in f.texts[slot]]
+    return [f for f in papers if any(probe in f.texts[slot] for slot in slots)]
+
+
+def narrow_papers(query: Query, papers: Sequence[FoldedPaper]) -> list[str]:
+    """The ids of the papers `query` may match: a superset of its matches, found by substring
+    search on folded text, so that only those few need tokenising (a new keyword against a
+    window).
+
+    Each alternative filters the list probe by probe, so after the first (and rarest-looking,
+    the longest) probe only a few papers are left to check.
+    """
     probes = _probes(query.root)
     if probes is None:
-        return [folded.paper for folded in papers]
-    kept = []
-    for folded in papers:
-        for field, probe in probes:
-            if field is SearchField.CAT:
-                if any(c == probe or c.startswith(probe + ".") for c in folded.categories):
-                    break
-            elif any(probe in text for text in folded.fields(field)):
+        return [folded.arxiv_id for folded in papers]
+    kept: dict[str, None] = {}
+    for alternative in probes:
+        left: Sequence[FoldedPaper] = papers
+        for field, probe in sorted(alternative, key=lambda fp: -len(fp[1])):
+            left = _holding(left, field, probe)
+            if not left:
                 break
-        else:
-            continue
-        kept.append(folded.paper)
-    return kept
+        for folded in left:
+            kept[folded.arxiv_id] = None
+    return list(kept)
 
 
 def match_papers(queries: Sequence[Query], papers: Sequence[Paper]) -> dict[str, set[str]]:

@@ -20,6 +20,7 @@ from digest.domain import (
     LeaseHolder,
     Outcome,
     Paper,
+    PaperText,
     RunReport,
     Subscription,
     Target,
@@ -93,6 +94,14 @@ class PaperStore(Protocol):
 
     def papers_submitted_since(self, start: datetime) -> list[Paper]:
         """Stored papers first submitted at or after `start` (a new keyword's harvest window)."""
+        ...
+
+    def texts_submitted_since(self, start: datetime) -> list[PaperText]:
+        """The searchable text of the papers `papers_submitted_since` would return."""
+        ...
+
+    def papers_by_id(self, arxiv_ids: Collection[str]) -> list[Paper]:
+        """The stored papers of these ids (unknown ids are left out)."""
         ...
 
     def commit_harvest(

@@ -54,6 +54,7 @@ from digest.domain import (
     Outcome,
     OutcomeKind,
     Paper,
+    PaperText,
     RunReport,
     Subscription,
     Target,
@@ -560,6 +561,50 @@ class SqlStore:
                 .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
             ).all()
         return [_paper(r) for r in rows]
+
+    def texts_submitted_since(self, start: datetime) -> list[PaperText]:
+        """The searchable text of the papers `papers_submitted_since` returns (no dates to
+        convert: half the cost of reading whole papers)."""
+        start = as_utc(start)
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(
+                    PaperRow.arxiv_id,
+                    PaperRow.title,
+                    PaperRow.abstract,
+                    PaperRow.authors,
+                    PaperRow.comment,
+                    PaperRow.primary_category,
+                    PaperRow.categories,
+                ).where(PaperRow.updated >= start, PaperRow.published >= start)
+            ).all()
+        return [
+            PaperText(
+                arxiv_id=r.arxiv_id,
+                title=r.title,
+                abstract=r.abstract,
+                authors=tuple(r.authors),
+                comment=r.comment,
+                primary_category=r.primary_category,
+                categories=tuple(r.categories),
+            )
+            for r in rows
+        ]
+
+    def papers_by_id(self, arxiv_ids: Collection[str]) -> list[Paper]:
+        """The stored papers of these ids, in id order (unknown ids are left out)."""
+        papers: list[Paper] = []
+        with self._transaction() as conn:
+            for id_chunk in _chunks(sorted(set(arxiv_ids))):
+                papers += [
+                    _paper(row)
+                    for row in conn.execute(
+                        select(*_PAPER_COLUMNS)
+                        .where(PaperRow.arxiv_id.in_(id_chunk))
+                        .order_by(PaperRow.arxiv_id)
+                    )
+                ]
+        return papers
 
     def commit_harvest(
         self,
