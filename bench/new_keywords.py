@@ -59,6 +59,8 @@ class Measure:
     peak_rss_mb: float = 0.0
     rss_before_mb: float = 0.0
     matched: int = 0
+    readme_rows: int = 0
+    off_category_rows: int = 0
 
     @property
     def cpu_per_keyword(self) -> float:
@@ -179,7 +181,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: add the keywords and run their backfills; what it cost."""
     import asyncio
 
-    from digest.arxiv_source import ArxivSource
+    from digest.arxiv_source import ArxivSource, expand_categories
     from digest.cycle import _Tally, backfill_keywords
     from storage.sql_store import SqlStore
 
@@ -205,6 +207,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - wall
     usage = resource.getrusage(resource.RUSAGE_SELF)
     matched = sum(store.count_matches(phrase) for phrase in spec["keywords"])
+    # What the README shows of the new keywords: rows outside arxiv.categories should be none.
+    terms = expand_categories(settings.arxiv.categories)
+    shown = [
+        paper
+        for phrase in spec["keywords"]
+        for paper in store.latest_matches(phrase, settings.readme.max_papers)
+    ]
+    off_category = sum(1 for paper in shown if not _in_categories(paper, terms))
     store.close()
     source.close()
     return {
@@ -215,7 +225,18 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": _peak_mb(),
         "rss_before_mb": before,
         "matched": matched,
+        "readme_rows": len(shown),
+        "off_category_rows": off_category,
     }
+
+
+def _in_categories(paper: Any, terms: Sequence[str]) -> bool:
+    """As `digest.arxiv_source.in_categories` (written out: the old code has no such function)."""
+    for category in paper.categories or (paper.primary_category,):
+        for term in terms:
+            if category == term or (term.endswith("*") and category.startswith(term[:-1])):
+                return True
+    return False
 
 
 def measure(papers: int, added: int, keep: Path) -> Measure:
@@ -240,7 +261,16 @@ def measure(papers: int, added: int, keep: Path) -> Measure:
             raise RuntimeError(f"worker failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
     row = Measure(papers=papers, added=added)
-    for name in ("cpu_s", "wall_s", "requests", "peak_rss_mb", "rss_before_mb", "matched"):
+    for name in (
+        "cpu_s",
+        "wall_s",
+        "requests",
+        "peak_rss_mb",
+        "rss_before_mb",
+        "matched",
+        "readme_rows",
+        "off_category_rows",
+    ):
         setattr(row, name, result[name])
     return row
 
@@ -337,14 +367,15 @@ def table(rows: Sequence[Measure]) -> str:
     """Markdown results."""
     lines = [
         "| stored papers | new keywords | CPU s | wall s | CPU s per keyword | arXiv requests "
-        "| peak RSS MB | RSS before MB | papers matched |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MB | RSS before MB | papers matched | README rows | rows off categories |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.papers:,} | {r.added} | {r.cpu_s:.2f} | {r.wall_s:.2f} "
             f"| {r.cpu_per_keyword:.3f} | {r.requests} | {r.peak_rss_mb:.0f} "
-            f"| {r.rss_before_mb:.0f} | {r.matched:,} |"
+            f"| {r.rss_before_mb:.0f} | {r.matched:,} | {r.readme_rows:,} "
+            f"| {r.off_category_rows} |"
         )
     return "\n".join(lines)
 
