@@ -2,11 +2,13 @@
 
 Issue 12's question: does a keyword added to a year-old database cost the same as one added
 on day one? For each database size (default 2,000, 50,000 and 500,000 stored papers, written
-straight into a SQLite file: up to 5,000 of them in the 7-day harvest window, the rest spread
-over the year before) and each batch (10 and 100 new plain-phrase keywords), a fresh service
+straight into a SQLite file) and each batch (10 and 100 new plain-phrase keywords), a fresh service
 process adds the keywords and runs their backfills (`digest.cycle.backfill_keywords`, no time
 budget) against the arXiv stand-in, and reports the CPU seconds, wall seconds, arXiv requests
-and peak memory of that phase, per new keyword.
+and peak memory of that phase, per new keyword. arXiv is the same for every size: a world of
+500,000 harvestable papers (a year of cs.* and stat.*, 5,000 in the last week) plus 125,000
+outside the harvested categories; a database of N papers holds the newest N it could have
+harvested.
 
 A fifth of the older papers arXiv serves are outside the harvested categories (eess, math,
 astro-ph, quant-ph, hep-th), as in the real API: the column "rows off categories" counts those
@@ -48,6 +50,7 @@ from bench.fakes import IndexedArxivStandIn
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # the corpus's "today"
 WINDOW_PAPERS = 5_000  # a week of cs.* + stat.* submissions, as in the benchmark suite
 CHUNK = 50_000  # papers generated and stored at a time (ids: 5 digits per prefix)
+WORLD = 500_000  # in-category papers arXiv holds for this bench: the largest database size
 EXISTING_KEYWORDS = 50  # tracked before the new ones arrive (matched against the window)
 
 
@@ -91,17 +94,15 @@ OFF_CATEGORIES = ("eess.IV", "math.OC", "astro-ph.IM", "quant-ph", "hep-th")
 OFF_EVERY = 5
 
 
-def _chunks(total: int) -> Iterator[tuple[int, int, datetime, datetime, str]]:
-    """(count, first number, start, end, id prefix) of each generated slice of the corpus."""
-    window = min(WINDOW_PAPERS, total)
-    yield window, 1, NOW - timedelta(days=7), NOW, "2603"
-    old = (total - window) * OFF_EVERY // (OFF_EVERY - 1)  # stored: all but the off-category
-    slices = max(1, -(-old // CHUNK))
+def _chunks() -> Iterator[tuple[int, int, datetime, datetime, str]]:
+    """(count, first number, start, end, id prefix) of each slice of the world, newest first:
+    the 7-day window, then the year before it, 50,000 papers at a time."""
+    yield WINDOW_PAPERS, 1, NOW - timedelta(days=7), NOW, "2603"
+    old = (WORLD - WINDOW_PAPERS) * OFF_EVERY // (OFF_EVERY - 1)  # plus the off-category ones
+    slices = -(-old // CHUNK)
     span = timedelta(days=358) / slices
-    for index in range(slices):
+    for index in reversed(range(slices)):
         count = min(CHUNK, old - index * CHUNK)
-        if count <= 0:
-            break
         start = NOW - timedelta(days=365) + index * span
         yield count, 1, start, start + span, f"25{index + 1:02d}"
 
@@ -116,18 +117,20 @@ def _settings(data_dir: Path, arxiv_url: str) -> Any:
 
 
 def seed_database(folder: Path, total: int, wanted: Sequence[str]) -> list[Any]:
-    """Store `total` papers in folder/daily-papers.sqlite3 (once; cached) and return the papers a
-    backfill of `wanted` could find, plus the window (what the stand-in serves)."""
+    """Store the newest `total` papers of the world in folder/daily-papers.sqlite3 (once;
+    cached), as a database that has harvested for a while would hold them, and return what the
+    stand-in serves: the window and every paper of the world a backfill of `wanted` could
+    find. The world is the same for every database size: arXiv does not shrink with us."""
     from digest.query import match_papers, parse_query
     from storage.sql_store import SqlStore
 
     database = folder / "daily-papers.sqlite3"
-    served_file = folder / "served.pickle"
-    lowered = [w.casefold() for w in wanted]
+    served_file = folder.parent / "served.pickle"
     if database.exists() and served_file.exists():
         with served_file.open("rb") as handle:
             cached: list[Any] = pickle.load(handle)  # noqa: S301 -- this bench's own cache file
         return cached
+    lowered = [w.casefold() for w in wanted]
     folder.mkdir(parents=True, exist_ok=True)
     served: list[Any] = []
     store = SqlStore(url=f"sqlite:///{database}")
@@ -137,11 +140,14 @@ def seed_database(folder: Path, total: int, wanted: Sequence[str]) -> list[Any]:
         store.add_keyword(keyword.text)
         store.mark_backfilled(keyword.text, NOW - timedelta(days=400))
     started = time.monotonic()
-    for number, papers in enumerate(_slices(total)):
+    room = total
+    for number, papers in enumerate(_slices()):
+        stored = [p for p in papers if p.primary_category not in OFF_CATEGORIES]
+        stored = stored[len(stored) - room :] if room > 0 else []  # the newest that fit
+        room -= len(stored)
         # The existing keywords were matched when their papers arrived: give the window its
         # matches (older papers' matches change nothing the backfill of a new keyword reads).
-        matches = match_papers(existing, papers) if number == 0 else {}
-        stored = [p for p in papers if p.primary_category not in OFF_CATEGORIES]
+        matches = match_papers(existing, stored) if number == 0 else {}
         for at in range(0, len(stored), 10_000):
             part = stored[at : at + 10_000]
             store.commit_harvest(
@@ -154,18 +160,17 @@ def seed_database(folder: Path, total: int, wanted: Sequence[str]) -> list[Any]:
             text = f"{paper.title} {paper.abstract}".casefold()
             if number == 0 or any(w in text for w in lowered):
                 served.append(paper)
-        print(
-            f"  stored {len(papers):,} papers ({time.monotonic() - started:.0f} s)", file=sys.stderr
-        )
+        seconds = time.monotonic() - started
+        print(f"  world slice {number}: stored {len(stored):,} ({seconds:.0f} s)", file=sys.stderr)
     store.close()
     with served_file.open("wb") as handle:
         pickle.dump(served, handle)
     return served
 
 
-def _slices(total: int) -> Iterator[list[Any]]:
-    """The corpus slice by slice, the window first; older slices hold off-category papers."""
-    for number, (count, first, start, end, prefix) in enumerate(_chunks(total)):
+def _slices() -> Iterator[list[Any]]:
+    """The world slice by slice, newest first; older slices hold off-category papers."""
+    for number, (count, first, start, end, prefix) in enumerate(_chunks()):
         papers = generate_papers(
             count, start=start, end=end, seed=int(prefix), first_number=first, id_prefix=prefix
         )
@@ -330,7 +335,7 @@ def readme_worker(spec: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(folder, "http://127.0.0.1:9/api/query")
     store = SqlStore.from_settings(settings)
     store.migrate()
-    window = next(_slices(WINDOW_PAPERS))
+    window = next(_slices())
     queries = [parse_query(q) for q in keyword_queries(spec["keywords"])]
     for query in queries:
         store.add_keyword(query.text)
