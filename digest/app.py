@@ -32,6 +32,7 @@ from digest.cycle import (
 from digest.domain import LeaseHolder, RunReport
 from digest.errors import CycleStopped
 from digest.lease import Lease, hold_lease
+from digest.schedule import latest_fire_time
 from digest.store import PaperStore
 from digest.translate import Translator, build_translator
 from storage.sql_store import SqlStore
@@ -295,28 +296,6 @@ def _build_scheduler(settings: Settings) -> Any:
     trigger = CronTrigger.from_crontab(settings.schedule.cron, timezone=settings.schedule.timezone)
     scheduler.add_job(scheduled_cycle, trigger=trigger, id=JOB_ID, replace_existing=True)
     return scheduler
-
-
-def latest_fire_time(*, cron: str, timezone: str, now: datetime) -> datetime | None:
-    """The last time at or before `now` the schedule fired (None within two years)."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    trigger = CronTrigger.from_crontab(cron, timezone=timezone)
-    window = timedelta(hours=1)
-    while window <= timedelta(days=800):
-        fire = trigger.get_next_fire_time(None, now - window)
-        if fire is not None and fire <= now:
-            # Walk forward: the window is the smallest (doubling) one holding a fire time.
-            while (following := trigger.get_next_fire_time(fire, fire + _TICK)) is not None:
-                if following > now:
-                    break
-                fire = following
-            return fire  # type: ignore[no-any-return]  # APScheduler is untyped
-        window *= 2
-    return None
-
-
-_TICK = timedelta(microseconds=1)
 
 
 def cycle_is_overdue(
