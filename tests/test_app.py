@@ -132,7 +132,7 @@ def platform_settings(
 def status(settings: Settings, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """`daily-papers status` for these settings: its exit status and output."""
     capsys.readouterr()
-    code = cmd_status(argparse.Namespace(runs=5), lambda: settings)
+    code = cmd_status(argparse.Namespace(runs=5, json=False), lambda: settings)
     return code, capsys.readouterr().out
 
 
