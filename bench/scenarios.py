@@ -356,7 +356,8 @@ async def _run_service(spec: Spec) -> Result:
             for kind in ("slack", "discord", "email"):
                 if kind not in channels:
                     continue
-                sent_before, failed_before = tally.sent, tally.failed
+                # not delivered this time: deferred to a later try, or failed for good
+                sent_before, failed_before = tally.sent, tally.failed + tally.deferred
                 batches: list[int] = []
 
                 def note_total(
@@ -376,7 +377,7 @@ async def _run_service(spec: Spec) -> Result:
                 phases[f"deliver {kind}"] = time.perf_counter() - started
                 result.sent[kind] = tally.sent - sent_before
                 result.batches[kind] = batches[-1] if batches else 0
-                result.failed += tally.failed - failed_before
+                result.failed += tally.failed + tally.deferred - failed_before
             if spec.mode == "cycle":
                 started = time.perf_counter()
                 result.readme_changed = await render_snapshot(

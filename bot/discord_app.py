@@ -33,7 +33,7 @@ from bot.commands import (
     Reply,
     invocation_text,
 )
-from bot.discord_channel import split_text, use_api_url
+from bot.discord_channel import LOGIN_REFUSED, split_text, use_api_url
 from digest.config import Settings
 from digest.domain import Target, TargetKind
 from digest.errors import PlatformUnreachable
@@ -343,9 +343,7 @@ class DiscordApp:
         try:
             await bot.login(self._token)
         except discord.LoginFailure as exc:
-            raise PlatformUnreachable(
-                "Discord refused the bot token (401 Unauthorized): check DISCORD_BOT_TOKEN"
-            ) from exc
+            raise PlatformUnreachable(LOGIN_REFUSED) from exc
         except (discord.HTTPException, discord.GatewayNotFound, *NETWORK_ERRORS) as exc:
             raise PlatformUnreachable(f"cannot log in to Discord: {_describe(exc)}") from exc
         self._synced = self._synced or bot.synced

@@ -67,6 +67,9 @@ WEBHOOK_URL = re.compile(
     r"(?P<id>[0-9]{17,20})/(?P<token>[A-Za-z0-9.\-_]{60,})/?$"
 )
 
+# What a refused bot token means for delivery and for the live connection (bot.discord_app).
+LOGIN_REFUSED = "Discord refused the bot token (401 Unauthorized): check DISCORD_BOT_TOKEN"
+
 # Discord JSON error codes that mean the target is gone or refuses us for good.
 PERMANENT_CODES = {
     10003: "Unknown Channel",
@@ -250,7 +253,14 @@ def split_text(text: str, limit: int = MAX_CONTENT) -> list[str]:
 
 
 def classify_error(exc: BaseException, *, webhook: bool = False) -> tuple[OutcomeKind, str]:
-    """Whether a failed send is worth retrying, and a reason a person can act on."""
+    """Whether a failed send is worth retrying, and a reason a person can act on.
+
+    A 401 on the bot channel (at login, or on a post once the token was reset) is our token
+    refused: UNAUTHORIZED, which pauses the subscription like Slack's `invalid_auth`. On a
+    webhook it is that webhook's own token: PERMANENT.
+    """
+    if isinstance(exc, discord.LoginFailure):
+        return OutcomeKind.UNAUTHORIZED, LOGIN_REFUSED
     if isinstance(exc, discord.HTTPException):
         code = exc.code
         known = PERMANENT_CODES.get(code)
@@ -258,8 +268,10 @@ def classify_error(exc: BaseException, *, webhook: bool = False) -> tuple[Outcom
         reason = f"Discord {exc.status} {what}" + (f" (code {code})" if code else "")
         if known or exc.status in {403, 404}:
             return OutcomeKind.PERMANENT, reason
-        if webhook and exc.status == 401:
-            return OutcomeKind.PERMANENT, reason  # the webhook's token was reset
+        if exc.status == 401:
+            if webhook:
+                return OutcomeKind.PERMANENT, reason  # the webhook's token was reset
+            return OutcomeKind.UNAUTHORIZED, LOGIN_REFUSED
         return OutcomeKind.RETRY, reason
     if isinstance(exc, discord.RateLimited):
         return OutcomeKind.RETRY, f"Discord rate limit: retry after {exc.retry_after:.0f} s"
@@ -616,6 +628,7 @@ class DiscordWebhookChannel:
 
 
 __all__ = [
+    "LOGIN_REFUSED",
     "MAX_EMBEDS",
     "MAX_EMBED_TOTAL",
     "DiscordChannel",

@@ -4,7 +4,9 @@ Every Web API call goes through slack_sdk's `AsyncWebClient` at `slack.api_url`.
 retried inside the client after exactly the `Retry-After` the server gave (bounded: a few
 retries, and never a wait longer than `max_retry_after`). What still fails becomes per-paper
 outcomes: the errors that mean "this channel will never work again" are PERMANENT (the cycle
-disables the subscription with the reason), everything else is RETRY (next cycle).
+disables the subscription with the reason), those that mean Slack refuses the bot token itself
+are UNAUTHORIZED (the subscription is paused the same way, and `status` alerts on the token),
+everything else is RETRY (next cycle).
 
 The post never loses a paper to Slack's limits: papers are packed into sections of at most
 3000 characters and messages of at most 50 blocks, and whatever does not fit in the first
@@ -60,6 +62,8 @@ PERMANENT_ERRORS: dict[str, str] = {
     "token_revoked": "the bot token was revoked; reinstall the Slack app",
     "invalid_auth": "the bot token is invalid; check SLACK_BOT_TOKEN",
 }
+# Of those, the ones about our token rather than the channel: every channel fails alike.
+TOKEN_ERRORS = frozenset({"account_inactive", "token_revoked", "invalid_auth"})
 
 
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
@@ -329,8 +333,10 @@ class SlackChannel:
         if slot > now:
             await asyncio.sleep(slot - now)
 
-    async def _post(self, channel: str, **payload: Any) -> tuple[str | None, str | None, bool]:
-        """Post one message: (ts, error, permanent). Never raises."""
+    async def _post(
+        self, channel: str, **payload: Any
+    ) -> tuple[str | None, str | None, OutcomeKind]:
+        """Post one message: (ts, error, what the error means). Never raises."""
         await self._await_turn(channel)
         try:
             response = await self._client.chat_postMessage(
@@ -342,16 +348,17 @@ class SlackChannel:
         except SlackApiError as exc:
             code = _error_code(exc)
             if code in PERMANENT_ERRORS:
-                return None, f"{code}: {PERMANENT_ERRORS[code]}", True
+                kind = OutcomeKind.UNAUTHORIZED if code in TOKEN_ERRORS else OutcomeKind.PERMANENT
+                return None, f"{code}: {PERMANENT_ERRORS[code]}", kind
             if exc.response.status_code == 429:
-                return None, "rate_limited: Slack kept answering 429", False
-            return None, code, False
+                return None, "rate_limited: Slack kept answering 429", OutcomeKind.RETRY
+            return None, code, OutcomeKind.RETRY
         except (aiohttp.ClientError, TimeoutError) as exc:
             # aiohttp's total timeout is a bare TimeoutError: name what happened instead.
             detail = str(exc) or "Slack did not answer in time"
-            return None, f"{type(exc).__name__}: {detail}", False
+            return None, f"{type(exc).__name__}: {detail}", OutcomeKind.RETRY
         ts = response.get("ts")
-        return (str(ts) if ts else ""), None, False
+        return (str(ts) if ts else ""), None, OutcomeKind.SENT
 
     async def send(self, batch: Batch) -> AsyncIterator[Sequence[Outcome]]:
         """Post the batch as one message (plus thread replies), yielding each message's outcomes."""
@@ -376,21 +383,20 @@ class SlackChannel:
             else:
                 payload["text"] = f"More new arXiv papers ({index + 1}/{len(messages)})"
                 payload["thread_ts"] = thread_ts
-            ts, error, permanent = await self._post(channel, **payload)
+            ts, error, kind = await self._post(channel, **payload)
             carried = [d for pair in message.papers for d in by_pair.pop(pair, [])]
             if error is None:
                 thread_ts = thread_ts or ts
                 yield for_deliveries(carried, OutcomeKind.SENT)
                 continue
             rest = carried + [d for group in by_pair.values() for d in group]
-            kind = OutcomeKind.PERMANENT if permanent else OutcomeKind.RETRY
             log.warning(
-                "slack.send_failed target=%s message=%d/%d error=%r permanent=%s held=%d",
+                "slack.send_failed target=%s message=%d/%d error=%r outcome=%s held=%d",
                 batch.target,
                 index + 1,
                 len(messages),
                 error,
-                permanent,
+                kind,
                 len(rest),
             )
             yield for_deliveries(rest, kind, error)

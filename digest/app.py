@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from digest import __version__
 from digest.arxiv_source import ArxivSource
@@ -32,9 +32,14 @@ from digest.cycle import (
 from digest.domain import LeaseHolder, RunReport
 from digest.errors import CycleStopped
 from digest.lease import Lease, hold_lease
+from digest.schedule import latest_fire_time
 from digest.store import PaperStore
 from digest.translate import Translator, build_translator
 from storage.sql_store import SqlStore
+
+if TYPE_CHECKING:  # imported by `serve` itself: other commands need no web server
+    from digest.metrics import Metrics
+    from digest.web import ServerClock
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +109,7 @@ class CycleRunner:
     now: Callable[[], datetime] = utcnow
     translator: Translator | None = None  # None: translation is not configured
     on_busy: Callable[[LeaseHolder], None] | None = None  # hears who holds the lease we wait for
+    on_report: Callable[[RunReport], None] | None = None  # hears each cycle run here (metrics)
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -181,6 +187,8 @@ class CycleRunner:
                         translator=self.translator,
                         stop_reason=self._stop_reason(lease),
                     )
+                    if self.on_report is not None:
+                        self.on_report(report)
                     # email.send_empty: a "nothing new" note to confirmed addresses that got
                     # no digest.
                     send_empty = getattr(self.channels.get("email"), "send_empty", None)
@@ -216,9 +224,9 @@ class CycleRunner:
 
 @contextlib.asynccontextmanager
 async def open_runner(
-    settings: Settings, *, progress: Progress = _no_progress
+    settings: Settings, *, progress: Progress = _no_progress, now: Callable[[], datetime] = utcnow
 ) -> AsyncIterator[CycleRunner]:
-    """Everything one cycle needs, opened and closed together."""
+    """Everything one cycle needs, opened and closed together; `now` is the cycles' clock."""
     async with AsyncExitStack() as stack:
         store = open_store(settings)
         stack.callback(store.close)
@@ -235,6 +243,7 @@ async def open_runner(
             channels=channels,
             progress=progress,
             translator=translator,
+            now=now,
         )
 
 
@@ -270,7 +279,7 @@ async def scheduled_cycle() -> None:
         logger.error("scheduler.no_runner")
         return
     schedule = runner.settings.schedule
-    slot = latest_fire_time(cron=schedule.cron, timezone=schedule.timezone, now=utcnow())
+    slot = latest_fire_time(cron=schedule.cron, timezone=schedule.timezone, now=runner.now())
     await runner.run(unless_started_since=slot)
 
 
@@ -295,28 +304,6 @@ def _build_scheduler(settings: Settings) -> Any:
     trigger = CronTrigger.from_crontab(settings.schedule.cron, timezone=settings.schedule.timezone)
     scheduler.add_job(scheduled_cycle, trigger=trigger, id=JOB_ID, replace_existing=True)
     return scheduler
-
-
-def latest_fire_time(*, cron: str, timezone: str, now: datetime) -> datetime | None:
-    """The last time at or before `now` the schedule fired (None within two years)."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    trigger = CronTrigger.from_crontab(cron, timezone=timezone)
-    window = timedelta(hours=1)
-    while window <= timedelta(days=800):
-        fire = trigger.get_next_fire_time(None, now - window)
-        if fire is not None and fire <= now:
-            # Walk forward: the window is the smallest (doubling) one holding a fire time.
-            while (following := trigger.get_next_fire_time(fire, fire + _TICK)) is not None:
-                if following > now:
-                    break
-                fire = following
-            return fire  # type: ignore[no-any-return]  # APScheduler is untyped
-        window *= 2
-    return None
-
-
-_TICK = timedelta(microseconds=1)
 
 
 def cycle_is_overdue(
@@ -362,27 +349,41 @@ def catch_up_slot(
     return latest_fire_time(cron=schedule.cron, timezone=schedule.timezone, now=now)
 
 
-async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> None:
     """`daily-papers serve`: the scheduler, chat bots and web server until stopped.
 
     Stopping (the event is set: SIGINT or SIGTERM) is orderly: no new cycle starts, a cycle in
     flight ends after each target's message in flight is sent and recorded, then the services
     close. Several replicas may serve one PostgreSQL database: all serve the web pages and
     chat commands, and the cycle lease lets exactly one run each scheduled cycle.
+
+    `now` is the clock of the catch-up decision, the scheduled slots, the cycles and /healthz
+    (tests move it across a scheduled time; APScheduler's own timer keeps the real one).
     """
+    from digest.metrics import Metrics
+    from digest.web import ServerClock
+
     global _ACTIVE_RUNNER
     stop = stop or asyncio.Event()
     logger.info("serve.starting version=%s config=%s", __version__, settings.source)
-    async with open_runner(settings) as runner, AsyncExitStack() as services:
+    async with open_runner(settings, now=now) as runner, AsyncExitStack() as services:
         _ACTIVE_RUNNER = runner
         try:
-            await _start_services(settings, runner, services)
+            metrics = Metrics(settings=settings, store=runner.store)
+            runner.on_report = metrics.observe_cycle
+            clock = ServerClock(now=now, started=now())
+            await _start_services(settings, runner, services, metrics=metrics, clock=clock)
             scheduler = _build_scheduler(settings)
             scheduler.start()
             services.callback(scheduler.shutdown, wait=False)
             last = await asyncio.to_thread(runner.store.get_state, STATE_LAST_SUCCESS)
             slot = catch_up_slot(
-                settings, last_success=datetime.fromisoformat(last) if last else None, now=utcnow()
+                settings, last_success=datetime.fromisoformat(last) if last else None, now=now()
             )
             if slot is not None:
                 logger.info("serve.catch_up reason=missed-schedule slot=%s", slot.isoformat())
@@ -410,7 +411,12 @@ async def _finish(task: asyncio.Task[Any]) -> None:
 
 
 async def _start_services(
-    settings: Settings, runner: CycleRunner, services: AsyncExitStack
+    settings: Settings,
+    runner: CycleRunner,
+    services: AsyncExitStack,
+    *,
+    metrics: Metrics,
+    clock: ServerClock,
 ) -> None:
     """Start the long-running adapters (chat bots, web server) that are configured."""
     from bot.commands import LANGUAGE_COMMAND, email_command
@@ -450,4 +456,6 @@ async def _start_services(
         stack=services,
         subscriptions=signup,
         routes=slack.routes() if slack is not None else (),  # none in Socket Mode
+        metrics=metrics,
+        clock=clock,
     )

@@ -104,6 +104,7 @@ class Fetch:
     requests: int  # HTTP requests made, retries included
     throttled: int  # 429 answers
     promised: int  # totalResults arXiv announced (summed over queries)
+    retries: int = 0  # requests that repeated a failed one
 
 
 class PaperSource(Protocol):
@@ -383,14 +384,22 @@ class _Run:
     received: int = 0  # entries received over all pages
     promised: int = 0  # totalResults over all queries so far
     query_promised: int = 0  # totalResults of the current query's first page
+    retries: int = 0  # requests that repeated a failed one (each page's attempts but its first)
+
+    def fetch(self, papers: dict[str, Paper]) -> Fetch:
+        """What this run brought back, with its counts."""
+        return Fetch(
+            tuple(papers.values()), self.requests, self.throttled, self.promised, self.retries
+        )
 
     @contextlib.contextmanager
     def counted_on_failure(self) -> Iterator[None]:
-        """An ArxivError leaving this block carries the requests made so far."""
+        """An ArxivError leaving this block carries the requests and retries made so far."""
         try:
             yield
         except ArxivError as exc:
             exc.requests = self.requests
+            exc.retries = self.retries
             raise
 
 
@@ -529,7 +538,7 @@ class ArxivSource:
             run.throttled,
             self._clock() - began,
         )
-        return Fetch(tuple(papers.values()), run.requests, run.throttled, run.promised)
+        return run.fetch(papers)
 
     def search(
         self, query: str, *, limit: int, progress: Callable[[int, int], None] | None = None
@@ -555,7 +564,7 @@ class ArxivSource:
             log.warning(
                 "arxiv.search_short query=%r expected=%d received=%d", query, expected, distinct
             )
-        return Fetch(tuple(papers.values()), run.requests, run.throttled, run.promised)
+        return run.fetch(papers)
 
     # -- internals ------------------------------------------------------------------------
     def _collect(
@@ -590,6 +599,7 @@ class ArxivSource:
             before_sleep=self._log_retry,
             reraise=True,
         )
+        before = run.requests
         try:
             feed: _feed.ParsedFeed = retrying(self._fetch_once, url, first_page, run)
         except _Transient as exc:
@@ -602,6 +612,8 @@ class ArxivSource:
             raise ArxivError(
                 f"arXiv request failed after {attempts} attempts: {exc.reason} ({_describe(url)})"
             ) from exc
+        finally:
+            run.retries += max(0, run.requests - before - 1)
         if first_page:
             run.query_promised = feed.header.total_results
             run.promised += feed.header.total_results

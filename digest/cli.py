@@ -10,21 +10,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, date
+from datetime import date
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from zoneinfo import ZoneInfo
 
 from digest import __version__
 from digest.config import DEFAULT_CONFIG_FILE, Settings, load_settings, starter_file
-from digest.domain import RunReport, Target, TargetKind
+from digest.domain import (
+    DeliveryRecord,
+    DeliveryStatus,
+    RunReport,
+    Subscription,
+    Target,
+    TargetKind,
+    when,
+)
 from digest.errors import ConfigError, DailyPapersError, QueryError, crash_reason
 from digest.lease import LeaseBusy
 from digest.query import parse_query, query_key
+
+if TYPE_CHECKING:
+    from digest.store import PaperStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 
@@ -158,21 +171,40 @@ def cmd_run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     if report is None:  # a signal arrived while it waited for the lease
         print("stopped before the cycle started", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
-    print(
-        f"{'ok' if report.ok else 'FAILED'}: {report.harvested} papers fetched in "
-        f"{report.requests} arXiv requests, {report.new_papers} new, {report.new_matches} new "
-        f"matches, {report.sent} delivered, {report.failed} failed, "
-        f"{report.disabled} subscriptions disabled ({report.seconds:.1f} s)"
-    )
-    if loaded.readme.enabled and not received:
+    print(f"{'ok' if report.ok else 'FAILED'}: {describe_run(report)}")
+    readme_failed = loaded.readme.enabled and not received and report.readme_error is not None
+    if readme_failed:
+        print(f"README snapshot: not written ({loaded.readme_path})")
+    elif loaded.readme.enabled and not received:
         print(f"README snapshot: {loaded.readme_path}")
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if report.error:
         print(f"error: {report.error}", file=sys.stderr)
+    if readme_failed:
+        print(
+            f"error: the README snapshot was not written: {report.readme_error}; once that is "
+            "fixed, `daily-papers readme` writes it from the database (`status` alerts until then)",
+            file=sys.stderr,
+        )
     if received:
         return 128 + received[0]  # the shell's convention for "ended by this signal"
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return EXIT_OK if report.ok and not readme_failed else EXIT_FAILED
+
+
+def describe_run(report: RunReport) -> str:
+    """A cycle's numbers in words: what arXiv gave, and each delivery outcome by its name
+    (deferred deliveries will be tried again; failed ones will not)."""
+    retried = f" ({report.retries} retried)" if report.retries else ""
+    deferred = f"{report.deferred} deferred"
+    if report.next_retry_at is not None and report.deferred:
+        deferred += f" (next try {when(report.next_retry_at)})"
+    return (
+        f"{report.harvested} papers fetched in {report.requests} arXiv requests{retried}, "
+        f"{report.new_papers} new, {report.new_matches} new matches; deliveries: "
+        f"{report.sent} sent, {deferred}, {report.failed} failed for good, "
+        f"{report.disabled} subscriptions disabled ({report.seconds:.1f} s)"
+    )
 
 
 def cmd_serve(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
@@ -194,11 +226,18 @@ def cmd_readme(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     """Render the README snapshot from the database only."""
     from digest.app import open_store
     from digest.cycle import render_snapshot, utcnow
+    from digest.monitoring import record_readme_failure
 
     loaded = settings()
     store = open_store(loaded)
+    now = utcnow()
     try:
-        changed = asyncio.run(render_snapshot(settings=loaded, store=store, now=utcnow()))
+        try:
+            changed = asyncio.run(render_snapshot(settings=loaded, store=store, now=now))
+        except DailyPapersError as exc:
+            record_readme_failure(store, loaded.readme_path, str(exc), now=now)  # status alerts
+            raise
+        record_readme_failure(store, loaded.readme_path, None, now=now)
     finally:
         store.close()
     print(f"{loaded.readme_path}: {'updated' if changed else 'unchanged'}")
@@ -206,87 +245,76 @@ def cmd_readme(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
 
 
 def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
-    """Last cycles, their numbers, alerts (an unreachable chat platform among them) and failing
-    subscriptions."""
+    """Last cycles, their numbers, the outbox, alerts and failing subscriptions; exit 1 when an
+    alert is on or the last cycle failed."""
     from digest.app import open_store
-    from digest.cycle import STATE_FAILED_CYCLES, STATE_ZERO_DAYS
-    from digest.lease import CYCLE_LEASE
-    from digest.platforms import read_platform_status
+    from digest.monitoring import find_alerts, overview_json, read_overview, status_ok
 
     loaded = settings()
     store = open_store(loaded)
     try:
-        runs = store.recent_runs(args.runs)
-        keywords = store.list_keywords()
-        subscriptions = store.list_subscriptions()
-        failed_cycles = int(store.get_state(STATE_FAILED_CYCLES) or 0)
-        zero_days = int(store.get_state(STATE_ZERO_DAYS) or 0)
-        running = store.lease_holder(CYCLE_LEASE)
-        waiting_backfills = len(store.keywords_to_backfill())
-        # What the running serve recorded about its live connections (Socket Mode, gateway).
-        unconfigured = _unconfigured_platforms(loaded)
-        platforms = [
-            read_platform_status(store, kind)
-            for kind in (TargetKind.SLACK.value, TargetKind.DISCORD.value)
-            if kind not in unconfigured
-        ]
+        overview = read_overview(loaded, store, runs=args.runs)
     finally:
         store.close()
-    print(f"config: {loaded.source}")
-    print(f"database: {_redact_url(loaded.database_url)}")
-    print(f"keywords: {len(keywords)}   subscriptions: {len(subscriptions)}")
-    if running is not None:
-        print(f"cycle running: {running.describe()}")
-    if waiting_backfills:
-        print(
-            f"keyword backfills waiting: {waiting_backfills} (the next cycle runs them after its "
-            f"deliveries, for up to arxiv.backfill_budget_seconds = "
-            f"{loaded.arxiv.backfill_budget_seconds:g})"
-        )
-    if not runs:
+    alerts = find_alerts(overview, loaded)
+    code = EXIT_OK if status_ok(overview, alerts) else EXIT_FAILED
+    if args.json:
+        print(json.dumps(overview_json(overview, alerts), indent=2, ensure_ascii=False))
+        return code
+    subscriptions = len(overview.subscriptions)
+    waiting = f" ({overview.backfills_waiting} waiting for a backfill)"
+    print(f"config: {overview.source}")
+    print(f"database: {overview.database}")
+    print(
+        f"keywords: {overview.keywords}{waiting if overview.backfills_waiting else ''}   "
+        f"subscriptions: {subscriptions}"
+    )
+    if overview.running is not None:
+        print(f"cycle running: {overview.running.describe()}")
+    if not overview.runs:
         print("no cycle has run yet: try `daily-papers run`")
-    for run in runs:
-        when = run.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for run in overview.runs:
         state = "ok    " if run.ok else "FAILED"
         print(
-            f"{when}  {state} requests={run.requests} throttled={run.throttled} "
-            f"harvested={run.harvested} new={run.new_papers} matches={run.new_matches} "
-            f"sent={run.sent} failed={run.failed} disabled={run.disabled} "
-            f"seconds={run.seconds:.1f}" + (f"  error: {run.error}" if run.error else "")
+            f"{when(run.started_at)}  {state} requests={run.requests} retries={run.retries} "
+            f"throttled={run.throttled} harvested={run.harvested} new={run.new_papers} "
+            f"matches={run.new_matches} sent={run.sent} deferred={run.deferred} "
+            f"failed={run.failed} disabled={run.disabled} seconds={run.seconds:.1f}"
+            + (f"  error: {run.error}" if run.error else "")
         )
-    problems = 0
-    if failed_cycles >= loaded.alerts.failed_cycles:
-        print(f"ALERT: {failed_cycles} cycles in a row have failed")
-        problems += 1
-    if zero_days >= loaded.alerts.zero_paper_days:
-        print(f"ALERT: zero new papers on {zero_days} announcement days in a row")
-        problems += 1
-    for platform in platforms:
-        if platform is None:
-            continue
-        since = platform.since.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    outbox = overview.outbox
+    if outbox.counts:
+        parts = [
+            f"{outbox.total('sent')} sent",
+            f"{outbox.total('pending')} due at the next cycle",
+        ]
+        deferred = f"{outbox.total('deferred')} deferred"
+        if outbox.next_retry_at is not None:
+            deferred += f" (next try {when(outbox.next_retry_at)})"
+        parts += [deferred, f"{outbox.total('failed')} failed for good"]
+        print("deliveries: " + ", ".join(parts))
+    for alert in alerts:
+        print(f"ALERT: {alert.text}")
+    for platform in overview.platforms:
         if platform.connected:
-            print(f"{platform.kind}: connected since {since}")
-        else:
-            print(f"ALERT: {platform.kind} unreachable since {since}: {platform.reason}")
-            problems += 1
-    from digest.email_subscriptions import UNCONFIRMED
-
-    # An email sign-up waits, disabled, for its link to be clicked: pending, not failing.
-    waiting = [s for s in subscriptions if not s.active and s.disabled_reason == UNCONFIRMED]
-    disabled = [s for s in subscriptions if not s.active and s not in waiting]
-    if waiting:
-        addresses = len({s.target.address for s in waiting})
+            print(f"{platform.kind}: connected since {when(platform.since)}")
+    if overview.sign_ups_waiting:
+        addresses = len({s.target.address for s in overview.sign_ups_waiting})
         print(f"email sign-ups waiting for confirmation: {addresses} address(es)")
-    for kind, variable in unconfigured.items():
-        idle = [s for s in subscriptions if s.active and s.target.kind == kind]
-        if idle:
-            print(f"{kind} subscriptions waiting for {variable} to be set: {len(idle)}")
-    if disabled:
+    variables = overview.unconfigured
+    for kind, idle in overview.waiting_for_token().items():
+        print(f"{kind} subscriptions waiting for {variables[kind]} to be set: {idle}")
+    if overview.failing:
         print("failing subscriptions:")
-        for sub in disabled:
-            print(f"  {sub.target.display}  {sub.keyword!r}: {sub.disabled_reason}")
-    return EXIT_FAILED if problems or (runs and not runs[0].ok) else EXIT_OK
+        for sub in overview.failing:
+            since = f" (disabled {when(sub.disabled_at)})" if sub.disabled_at else ""
+            print(f"  {sub.target.display}  {sub.keyword!r}: {sub.disabled_reason}{since}")
+    if overview.failing or outbox.total("failed"):
+        print(
+            "to retry: `daily-papers deliveries list --status failed` shows what failed; "
+            "`daily-papers deliveries retry TARGET` (or --all) resumes and re-opens it"
+        )
+    return code
 
 
 def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
@@ -334,10 +362,12 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     from digest.cycle import utcnow
 
     loaded = settings()
-    target = Target.parse(args.target) if getattr(args, "target", None) else None
+    if getattr(args, "target", None):
+        Target.parse(args.target)  # a malformed target is refused before the database opens
     store = open_store(loaded)
     try:
         if args.action == "list":
+            target = resolve_target(store, args.target) if args.target else None
             subs = store.list_subscriptions(target)
             if not subs:
                 print("no subscriptions")
@@ -345,7 +375,7 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                 state = "active" if sub.active else f"disabled: {sub.disabled_reason}"
                 print(f"{sub.target.display}\t{sub.keyword}\t{state}")
         elif args.action == "add":
-            target, query = Target.parse(args.target), parse_query(args.query)
+            target, query = resolve_target(store, args.target), parse_query(args.query)
             _check_subscribable(target)
             from bot.discord_channel import validate_target as valid_discord
             from bot.slack_channel import validate_target as valid_slack
@@ -361,10 +391,16 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                     f"{target.display} already has {len(existing)} subscriptions, the limit "
                     f"(limits.subscriptions_per_target = {limit})"
                 )
+            before = next(
+                (s for s in existing if query_key(s.keyword) == query_key(query.text)), None
+            )
             sub = store.add_subscription(target, query.text, now=utcnow())
-            print(f"{sub.target.display} subscribed to {sub.keyword!r}")
+            if before is None or before.active:
+                print(f"{sub.target.display} subscribed to {sub.keyword!r}")
+            else:
+                _say_resubscribed(store, before)
         else:
-            target, query = Target.parse(args.target), parse_query(args.query)
+            target, query = resolve_target(store, args.target), parse_query(args.query)
             removed = store.remove_subscription(target, query.text)
             print(
                 f"{target.display} {'unsubscribed from' if removed else 'was not subscribed to'} "
@@ -375,18 +411,51 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     return EXIT_OK
 
 
-def _unconfigured_platforms(settings: Settings) -> dict[str, str]:
-    """Chat platforms whose token is missing: kind -> the environment variable to set."""
-    tokens = {
-        TargetKind.SLACK.value: ("SLACK_BOT_TOKEN", settings.secrets.slack_bot_token),
-        TargetKind.DISCORD.value: ("DISCORD_BOT_TOKEN", settings.secrets.discord_bot_token),
-    }
-    return {kind: variable for kind, (variable, token) in tokens.items() if not token}
+def _say_resubscribed(store: PaperStore, before: Subscription) -> None:
+    """A disabled subscription is active again: say what disabled it and what it left failed
+    (re-activating does not re-send the backlog; `deliveries retry` does, on purpose)."""
+    shown = before.target.display
+    print(
+        f"{shown} subscribed to {before.keyword!r} again (it was disabled: "
+        f"{before.disabled_reason})"
+    )
+    failed = len(
+        store.list_deliveries(subscription_ids=[before.id], statuses=[DeliveryStatus.FAILED])
+    )
+    if failed:
+        print(
+            f"{failed} deliveries it left failed stay failed: `daily-papers deliveries retry "
+            f"{shown}` re-opens them for the next cycle"
+        )
+
+
+def resolve_target(store: PaperStore, text: str) -> Target:
+    """The target a person typed: KIND:ADDRESS, or the masked form `subscriptions list` shows
+    for a webhook (its token as `********`) when exactly one stored target shows that way."""
+    target = Target.parse(text)
+    if not target.masked:
+        return target
+    shown = target.display
+    matches = sorted(
+        {s.target for s in store.list_subscriptions() if s.target.display == shown}, key=str
+    )
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ConfigError(
+            f"no subscription shows as {shown}: `daily-papers subscriptions list` shows the targets"
+        )
+    raise ConfigError(
+        f"{len(matches)} targets show as {shown} (the same webhook id with different tokens): "
+        "give the full webhook URL"
+    )
 
 
 def _warn_if_undeliverable(target: Target, settings: Settings) -> None:
     """Say so when a subscription cannot be delivered until a token is set (it is still kept)."""
-    variable = _unconfigured_platforms(settings).get(target.kind)
+    from digest.monitoring import unconfigured_platforms
+
+    variable = unconfigured_platforms(settings).get(target.kind)
     if variable is not None:
         print(
             f"note: {variable} is not set, so nothing is posted to {target.kind} channels; "
@@ -407,6 +476,107 @@ def _check_subscribable(target: Target) -> None:
     if target.kind not in {kind.value for kind in TargetKind}:
         kinds = ", ".join(f"{kind.value}:" for kind in TargetKind if kind != TargetKind.EMAIL)
         raise ConfigError(f"unknown target kind {target.kind!r}: use {kinds}")
+
+
+def cmd_deliveries(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
+    """List the outbox (what failed, what waits, what was sent) or retry what failed."""
+    from digest.app import open_store
+
+    loaded = settings()
+    if getattr(args, "target", None):
+        Target.parse(args.target)  # a malformed target is refused before the database opens
+    store = open_store(loaded)
+    try:
+        target = resolve_target(store, args.target) if args.target else None
+        if args.action == "list":
+            return _list_deliveries(store, target, args.status, args.limit)
+        return _retry_deliveries(store, target, loaded)
+    finally:
+        store.close()
+
+
+def _list_deliveries(
+    store: PaperStore, target: Target | None, status: str | None, limit: int
+) -> int:
+    """`deliveries list`: one line per delivery, failed first (the dead letters)."""
+    from digest.monitoring import DEFERRED
+
+    if status is None:  # what needs attention: failed and not yet sent
+        statuses = [DeliveryStatus.FAILED, DeliveryStatus.PENDING]
+    elif status == DEFERRED:
+        statuses = [DeliveryStatus.PENDING]
+    else:
+        statuses = [DeliveryStatus(status)]
+    records = store.list_deliveries(target=target, statuses=statuses)
+    if status == DEFERRED:
+        records = [r for r in records if r.deferred]
+    elif status == DeliveryStatus.PENDING.value:
+        records = [r for r in records if not r.deferred]
+    what = status or "failed or pending"
+    if not records:
+        print(f"no {what} deliveries" + (f" for {target.display}" if target else ""))
+        return EXIT_OK
+    for record in records[:limit]:
+        print(
+            f"{_delivery_state(record)}\t{record.target.display}\t{record.keyword}\t"
+            f"{record.arxiv_id}\t{_delivery_detail(record)}"
+        )
+    if len(records) > limit:
+        print(f"... and {len(records) - limit} more (--limit)", file=sys.stderr)
+    if any(r.status is DeliveryStatus.FAILED for r in records):
+        print(
+            "failed deliveries are not tried again: `daily-papers deliveries retry TARGET` "
+            "(or --all) re-opens them for the next cycle",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _delivery_state(record: DeliveryRecord) -> str:
+    """`failed`, `deferred`, `pending` or `sent`."""
+    return "deferred" if record.deferred else record.status.value
+
+
+def _delivery_detail(record: DeliveryRecord) -> str:
+    """The last column of `deliveries list`: what happened and what happens next."""
+    tries = f" after {record.attempts} attempt{'s' if record.attempts != 1 else ''}"
+    if record.status is DeliveryStatus.SENT:
+        return f"sent {when(record.sent_at)}" if record.sent_at else "sent"
+    if record.status is DeliveryStatus.FAILED:  # attempts 0: its subscription was disabled
+        reason = record.last_error or "no reason recorded"
+        return f"failed for good{tries if record.attempts else ''}: {reason}"
+    if record.deferred:
+        return f"next try {when(record.next_attempt_at)}{tries}: {record.last_error}"
+    return "due at the next cycle"
+
+
+def _retry_deliveries(store: PaperStore, target: Target | None, loaded: Settings) -> int:
+    """`deliveries retry`: resume disabled subscriptions and re-open what they left failed."""
+    from digest.cycle import utcnow
+    from digest.email_subscriptions import UNCONFIRMED
+
+    subs = store.list_subscriptions(target)
+    if target is not None and not subs:
+        raise ConfigError(
+            f"{target.display} has no subscriptions (`daily-papers subscriptions list` shows them)"
+        )
+    # A sign-up waiting for its confirmation link is not a failure: it stays waiting.
+    chosen = [s.id for s in subs if s.active or s.disabled_reason != UNCONFIRMED]
+    done = store.reopen_deliveries(chosen, now=utcnow())
+    label = target.display if target is not None else "all targets"
+    if not (done.failed or done.deferred or done.resumed):
+        print(
+            f"{label}: nothing to retry (no failed or deferred delivery, no disabled subscription)"
+        )
+        return EXIT_OK
+    print(
+        f"{label}: {done.failed} failed deliveries re-opened, {done.deferred} deferred ones due "
+        f"now, {done.resumed} subscriptions resumed; the next cycle (or `daily-papers run`) "
+        "sends them"
+    )
+    for kind in sorted({s.target.kind for s in subs if s.id in set(chosen)}):
+        _warn_if_undeliverable(Target(kind, ""), loaded)
+    return EXIT_OK
 
 
 def cmd_email(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
@@ -459,16 +629,6 @@ def cmd_digest(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
         state = "written" if result.changed else "unchanged"
         print(f"{result.path}: {state} ({result.papers} papers, {result.translated} translated)")
     return EXIT_OK
-
-
-def _redact_url(url: str) -> str:
-    """Hide a database password."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # a malformed URL is shown as given; it holds no parseable secret
-        return url
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -537,22 +697,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the daily schedule, chat bots and web server until stopped",
-        description="Runs the cycle on [schedule] cron (at once on start when the last "
-        "successful cycle is older than the schedule), the Slack and Discord bots when their "
-        "tokens are set, and the web server on web.host:web.port (/healthz; the email sign-up "
-        "pages when email is enabled). Stops cleanly on SIGINT or SIGTERM.",
+        description="Runs the cycle on [schedule] cron (at once on a first start, and on start "
+        "when a scheduled run was missed less than schedule.misfire_grace_hours ago), the Slack "
+        "and Discord bots when their tokens are set, and the web server on web.host:web.port "
+        "(/healthz, /metrics for Prometheus; the email sign-up pages when email is enabled). "
+        "Stops cleanly on SIGINT or SIGTERM. See docs/operations.md.",
     )
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser(
         "status",
-        help="last cycles, alerts and failing subscriptions (exit 1 on problems)",
-        description="Show the config in use, the last cycles with their numbers, alerts (a chat "
-        "platform serve cannot reach among them) and disabled subscriptions. Exit status 1 "
-        "when the last cycle failed or an alert is on.",
+        help="last cycles, deliveries, alerts and failing subscriptions (exit 1 on problems)",
+        description="Show the config in use, the last cycles with their numbers (sent, "
+        "deferred for a later try, failed for good, subscriptions disabled), the outbox, "
+        "alerts (failed cycles, a chat platform unreachable or refusing our token, a "
+        "subscription disabled since the last ok cycle, a README that could not be written) "
+        "and failing subscriptions. Exit status 1 when the last cycle failed or an alert is "
+        "on. docs/operations.md explains every line and the --json shape.",
     )
     status.add_argument(
         "--runs", type=_positive_int, default=5, help="how many cycles to show (default: 5)"
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document for scripts (shape in docs/operations.md); same exit status",
     )
     status.set_defaults(func=cmd_status)
 
@@ -600,11 +769,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sa_add.add_argument("query", help="the keyword query, quoted if it has spaces")
     sa_list = sa.add_parser("list", help="list subscriptions, of one target or all")
-    sa_list.add_argument("target", nargs="?", help="only this KIND:ADDRESS (default: all)")
+    sa_list.add_argument(
+        "target", nargs="?", help="only this KIND:ADDRESS, as this list shows it (default: all)"
+    )
     sa_rm = sa.add_parser("remove", help="remove one subscription")
     sa_rm.add_argument("target", help="KIND:ADDRESS as `subscriptions list` shows it")
     sa_rm.add_argument("query", help="the subscribed query, quoted if it has spaces")
     subs.set_defaults(func=cmd_subscriptions)
+
+    deliveries = sub.add_parser(
+        "deliveries",
+        help="see what failed or waits in the outbox, and retry it",
+        description="Every (subscription, paper) delivery is a row of the outbox: pending "
+        "(due at the next cycle), deferred (failed, tried again later with backoff), sent, or "
+        "failed for good (delivery.max_attempts used up, or its subscription was disabled). "
+        "`list` shows them; `retry` re-opens the failed ones and resumes disabled "
+        "subscriptions, and the next cycle (or `daily-papers run`) sends them.",
+    )
+    da = deliveries.add_subparsers(dest="action", metavar="ACTION", required=True)
+    da_list = da.add_parser(
+        "list", help="list deliveries: failed and pending ones unless --status says otherwise"
+    )
+    da_list.add_argument(
+        "--status",
+        choices=["pending", "deferred", "failed", "sent"],
+        help="only these (deferred: pending after a failed try; default: failed and pending)",
+    )
+    da_list.add_argument(
+        "--limit", type=_positive_int, default=100, help="show at most N (default: 100)"
+    )
+    da_list.add_argument(
+        "target", nargs="?", help="only this KIND:ADDRESS, as `subscriptions list` shows it"
+    )
+    da_retry = da.add_parser(
+        "retry",
+        help="re-open failed deliveries of a target (or all) for the next cycle",
+        description="Resume the target's disabled subscriptions (email sign-ups waiting for "
+        "their confirmation stay waiting), make its failed deliveries pending again with "
+        "their attempts starting over, and its deferred ones due now. Fix the cause first "
+        "(a token, the bot's access to the channel): what fails again is disabled again.",
+    )
+    which = da_retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("target", nargs="?", help="KIND:ADDRESS, as `subscriptions list` shows it")
+    which.add_argument("--all", action="store_true", help="every target")
+    deliveries.set_defaults(func=cmd_deliveries)
 
     email = sub.add_parser(
         "email",
@@ -706,10 +914,36 @@ def configure_logging(*, verbose: bool, quiet: bool, level: str) -> None:
             logging.getLogger(noisy).setLevel(max(chosen, logging.WARNING))
 
 
+def undecodable_argument(argv: Sequence[str]) -> str | None:
+    """The error for the first argument that is not UTF-8 text, or None.
+
+    Python hands undecodable bytes of the command line over as lone surrogates; stored in the
+    database or printed they would fail later with an encoding traceback.
+    """
+    for index, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raw = os.fsencode(arg)
+            shown = raw.decode("utf-8", "backslashreplace")
+            byte = raw[len(arg[: exc.start].encode("utf-8", "surrogateescape"))]
+            return (
+                f"argument {index} ('{shown}') is not UTF-8 text (byte 0x{byte:02x} at "
+                f"position {exc.start + 1}): type it in UTF-8, or check your terminal's or "
+                "script's encoding (LANG/LC_ALL)"
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `daily-papers` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    problem = undecodable_argument(arguments)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(arguments)
     cached: list[Settings] = []
 
     def settings() -> Settings:

@@ -674,6 +674,36 @@ def _check_env_names(env: Mapping[str, str]) -> None:
             )
 
 
+def _utf8_text(path: Path, data: bytes) -> str:
+    """The file's bytes as text; ConfigError naming the file and where when it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line}, column "
+            f"{column}; save it as UTF-8 (the encoding TOML requires)"
+        ) from None
+
+
+def _check_env_encoding(env: Mapping[str, str]) -> None:
+    """Our variables must be UTF-8 text: Python passes undecodable bytes on as lone surrogates,
+    which would fail later, far from their cause."""
+    ours = {ENV_PREFIX + "CONFIG", *Secrets.ENV_NAMES.values()}
+    for variable in sorted(env):
+        if not (variable.startswith(ENV_PREFIX) or variable in ours):
+            continue
+        try:
+            env[variable].encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigError(
+                f"environment variable {variable} is not UTF-8 text (at position "
+                f"{exc.start + 1}); set it in UTF-8"
+            ) from None
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -686,6 +716,7 @@ def load_settings(
     defaults. A path given explicitly must exist.
     """
     env = dict(os.environ) if env is None else dict(env)
+    _check_env_encoding(env)
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path, require_file = env[ENV_PREFIX + "CONFIG"], True
     file_path = Path(path) if path is not None else Path(DEFAULT_CONFIG_FILE)
@@ -693,7 +724,7 @@ def load_settings(
     source = "defaults"
     if file_path.exists():
         try:
-            data = tomllib.loads(file_path.read_text(encoding="utf-8"))
+            data = tomllib.loads(_utf8_text(file_path, file_path.read_bytes()))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file_path} is not valid TOML: {exc}") from exc
         except OSError as exc:

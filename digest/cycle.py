@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -45,6 +45,8 @@ from digest.errors import (
     StoreError,
     crash_reason,
 )
+from digest.monitoring import record_readme_failure
+from digest.platforms import record_delivery_refusal
 from digest.query import (
     PaperIndex,
     Query,
@@ -97,20 +99,44 @@ class _Tally:
     """Mutable counters while a cycle runs; frozen into a RunReport at the end."""
 
     requests: int = 0
+    retries: int = 0
     throttled: int = 0
     harvested: int = 0
     new_papers: int = 0
     new_matches: int = 0
     sent: int = 0
-    failed: int = 0
+    deferred: int = 0  # failed this time, pending for a later try
+    failed: int = 0  # given up for good
     disabled: int = 0
+    next_retry: datetime | None = None
+    readme_error: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # kind -> why it refused our token
+    acknowledged: set[str] = field(default_factory=set)  # kinds that accepted a message
     warnings: list[str] = field(default_factory=list)
 
     def add_fetch(self, fetch: Fetch) -> None:
         """Count one arXiv fetch."""
         self.requests += fetch.requests
+        self.retries += fetch.retries
         self.throttled += fetch.throttled
         self.harvested += len(fetch.papers)
+
+    def add_counts(self, counts: OutcomeCounts) -> None:
+        """Count what recording one target's outcomes did to the outbox."""
+        self.sent += counts.sent
+        self.deferred += counts.retried
+        self.failed += counts.failed
+        self.disabled += counts.disabled
+        tries = [t for t in (self.next_retry, counts.next_retry) if t is not None]
+        self.next_retry = min(tries) if tries else None
+
+    def note_outcomes(self, kind: str, outcomes: Sequence[Outcome]) -> None:
+        """Remember whether this kind's platform took a message or refused our token."""
+        for outcome in outcomes:
+            if outcome.kind is OutcomeKind.SENT:
+                self.acknowledged.add(kind)
+            elif outcome.kind is OutcomeKind.UNAUTHORIZED:
+                self.refused[kind] = outcome.error or "the platform refused the token"
 
 
 def parse_keywords(queries: Sequence[str]) -> list[Query]:
@@ -183,6 +209,7 @@ async def harvest(
         )
     except ArxivError as exc:
         tally.requests += exc.requests
+        tally.retries += exc.retries
         raise
     tally.add_fetch(fetch)
     known = await asyncio.to_thread(store.known_versions, [p.arxiv_id for p in fetch.papers])
@@ -478,6 +505,7 @@ async def deliver(
                     halted = halted or f"cannot record deliveries, stopped sending: {exc}"
                     raise DeliveryHalted(halted) from exc
                 counts = counts + done
+                tally.note_outcomes(batch.target.kind, outcomes)
 
             try:
                 await _send_recorded(
@@ -486,9 +514,7 @@ async def deliver(
             except DeliveryHalted:
                 logger.error("deliver.halted target=%s error=%s", batch.target.kind, halted)
             finally:
-                tally.sent += counts.sent
-                tally.failed += counts.failed + counts.retried
-                tally.disabled += counts.disabled
+                tally.add_counts(counts)
         finished += 1
         progress("deliver", finished, len(batches))
         logger.info(
@@ -554,10 +580,33 @@ def _is_announcement_day(moment: datetime) -> bool:
     return _announcement_date(moment).weekday() < 5
 
 
+async def _record_for_status(
+    *, settings: Settings, store: PaperStore, tally: _Tally, now: datetime
+) -> None:
+    """Keep what `status` alerts on after this process is gone: a platform that refused our
+    token while delivering (cleared once it takes a message again), and a README that could not
+    be written (cleared once it is)."""
+    for kind in sorted(tally.refused.keys() | tally.acknowledged):
+        await asyncio.to_thread(
+            partial(record_delivery_refusal, store, kind, tally.refused.get(kind), now=now)
+        )
+    if settings.readme.enabled:
+        await asyncio.to_thread(
+            partial(record_readme_failure, store, settings.readme_path, tally.readme_error, now=now)
+        )
+
+
 async def _check_alerts(
-    *, settings: Settings, store: PaperStore, channels: ChannelRegistry, report: RunReport
+    *,
+    settings: Settings,
+    store: PaperStore,
+    channels: ChannelRegistry,
+    report: RunReport,
+    refused: Mapping[str, str],
 ) -> list[str]:
-    """Count failed cycles and empty announcement days in a row; alert loudly past the limits."""
+    """Count failed cycles and empty announcement days in a row; alert loudly past the limits,
+    and at once on what needs the operator: subscriptions disabled, a platform refusing our
+    token, a README that could not be written."""
     alerts: list[str] = []
     failed = int(await asyncio.to_thread(store.get_state, STATE_FAILED_CYCLES) or 0)
     failed = 0 if report.ok else failed + 1
@@ -581,7 +630,20 @@ async def _check_alerts(
                 f"arXiv returned zero new papers on {zero} announcement days in a row: "
                 "check arxiv.categories, arxiv.api_url and the arXiv status page"
             )
-    for text in alerts:
+    for kind, reason in sorted(refused.items()):
+        alerts.append(
+            f"{kind} refused our token while delivering ({reason}); its subscriptions are "
+            "paused: fix the token, then `daily-papers deliveries retry --all`"
+        )
+    if report.disabled:
+        alerts.append(
+            f"{report.disabled} subscription(s) disabled by this cycle; `daily-papers status` "
+            "names them, `daily-papers deliveries retry TARGET` resumes one once it is fixed"
+        )
+    loud = list(alerts)
+    if report.readme_error:  # told to the admin; not a run warning, `run` reports it as its error
+        loud.append(f"README snapshot not written: {report.readme_error}")
+    for text in loud:
         logger.error("alert %s", text)
         await _notify_admin(settings=settings, channels=channels, text=text)
     return alerts
@@ -719,7 +781,7 @@ async def run_cycle(
         try:
             await render_snapshot(settings=settings, store=store, now=started_at)
         except DailyPapersError as exc:
-            tally.warnings.append(f"readme: {exc}")
+            tally.readme_error = str(exc)  # an alert: reported by _check_alerts and `status`
             logger.error("readme.failed error=%s", exc)
     if stopped is None:
         try:
@@ -743,14 +805,19 @@ async def run_cycle(
         disabled=tally.disabled,
         error=error,
         warnings=tuple(tally.warnings),
+        retries=tally.retries,
+        deferred=tally.deferred,
+        next_retry_at=tally.next_retry,
+        readme_error=tally.readme_error,
     )
     if stopped is None:
         # A stopped cycle says nothing about arXiv or the channels: it counts toward no alert.
         alerts = await _check_alerts(
-            settings=settings, store=store, channels=channels, report=report
+            settings=settings, store=store, channels=channels, report=report, refused=tally.refused
         )
         if alerts:
             report = replace(report, warnings=(*report.warnings, *alerts))
+        await _record_for_status(settings=settings, store=store, tally=tally, now=started_at)
     await asyncio.to_thread(store.record_run, report)
     if report.ok:
         await asyncio.to_thread(store.set_state, STATE_LAST_SUCCESS, report.started_at.isoformat())

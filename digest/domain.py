@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 # An arXiv identifier with an optional version: new style (2501.09733v1) or old style
@@ -17,6 +17,11 @@ from enum import StrEnum
 _VERSIONED_ID = re.compile(
     r"^(?P<id>(?:\d{4}\.\d{4,5})|(?:[a-z][a-z\-]*(?:\.[A-Z]{2})?/\d{7}))(?:v(?P<version>\d+))?$"
 )
+
+
+def when(moment: datetime) -> str:
+    """A moment as people are shown it in status lines and messages: `2026-12-06 21:00 UTC`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def split_arxiv_id(raw: str) -> tuple[str, int]:
@@ -118,6 +123,15 @@ class Target:
         head, _, secret = self.address.rstrip("/").rpartition("/")
         return f"{self.kind}:{head}/{'*' * min(len(secret), 8)}"
 
+    @property
+    def masked(self) -> bool:
+        """True when this is a `display` form (a URL whose last segment is only `*`), which
+        names the stored target it was shown for but not its secret."""
+        if "://" not in self.address:
+            return False
+        secret = self.address.rstrip("/").rpartition("/")[2]
+        return bool(secret) and set(secret) == {"*"}
+
     @classmethod
     def parse(cls, text: str) -> Target:
         """Parse `slack:C0123` / `discord:1234` / `email:a@b.org` / `discord_webhook:https://...`."""
@@ -140,10 +154,15 @@ class Subscription:
     active: bool = True
     disabled_reason: str | None = None
     created_at: datetime | None = None
+    disabled_at: datetime | None = None  # when it was last disabled (None: never, or legacy)
 
 
 class DeliveryStatus(StrEnum):
-    """The outbox states of one (subscription, paper) delivery."""
+    """The outbox states of one (subscription, paper) delivery.
+
+    A pending delivery that failed before (attempts > 0) is *deferred*: it waits for its next
+    try (`next_attempt_at`). FAILED is for good: `daily-papers deliveries retry` re-opens it.
+    """
 
     PENDING = "pending"
     SENT = "sent"
@@ -158,6 +177,36 @@ class Delivery:
     keyword: str
     paper: Paper
     attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One outbox row as the operator sees it (`daily-papers deliveries list`)."""
+
+    target: Target
+    keyword: str
+    arxiv_id: str
+    title: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+    sent_at: datetime | None
+
+    @property
+    def deferred(self) -> bool:
+        """Pending after a failed try: waits for `next_attempt_at`."""
+        return self.status is DeliveryStatus.PENDING and self.attempts > 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxCount:
+    """How many outbox rows of one target kind are in one state (`status`, metrics)."""
+
+    kind: str  # the target kind ("slack", "email", ...)
+    status: str  # a DeliveryStatus value, or "deferred" (pending after a failed try)
+    count: int
+    next_attempt_at: datetime | None = None  # deferred: the earliest next try
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +257,16 @@ class OutcomeKind(StrEnum):
     SENT = "sent"
     RETRY = "retry"  # transient: rate limit exhausted, 5xx, timeout; try again next cycle
     PERMANENT = "permanent"  # the target is gone or refuses us: disable the subscription
+    # The platform refused our own token (Slack invalid_auth, a Discord bot 401): every target
+    # of the kind would fail alike. Recorded like PERMANENT (the subscription is paused with the
+    # reason, until the token is fixed and `deliveries retry` resumes it); the cycle also
+    # records the refusal for `status`.
+    UNAUTHORIZED = "unauthorized"
+
+    @property
+    def disables(self) -> bool:
+        """True when this outcome disables (pauses) its subscription."""
+        return self in {OutcomeKind.PERMANENT, OutcomeKind.UNAUTHORIZED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,11 +319,17 @@ class RunReport:
     harvested: int = 0  # entries received from arXiv (harvest + backfill)
     new_papers: int = 0  # papers never stored before
     new_matches: int = 0
-    sent: int = 0
-    failed: int = 0
-    disabled: int = 0
+    sent: int = 0  # deliveries the platforms acknowledged
+    failed: int = 0  # deliveries given up for good (attempts used up, or subscription disabled)
+    disabled: int = 0  # subscriptions disabled (or paused: a refused token) by this cycle
     error: str | None = None
     warnings: Sequence[str] = ()
+    retries: int = 0  # arXiv requests that repeated a failed one
+    deferred: int = 0  # deliveries that failed this time and wait for their next try
+    next_retry_at: datetime | None = None  # the earliest next try of those
+    # Why the README snapshot could not be written or committed (this run only: `status`
+    # reads the lasting state from the store).
+    readme_error: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -275,11 +340,16 @@ class RunReport:
         """The one event-style log line for this cycle."""
         status = "cycle.finished" if self.ok else "cycle.failed"
         line = (
-            f"{status} requests={self.requests} throttled={self.throttled} "
-            f"harvested={self.harvested} new_papers={self.new_papers} "
-            f"new_matches={self.new_matches} sent={self.sent} failed={self.failed} "
-            f"disabled={self.disabled} seconds={self.seconds:.1f}"
+            f"{status} requests={self.requests} retries={self.retries} "
+            f"throttled={self.throttled} harvested={self.harvested} "
+            f"new_papers={self.new_papers} new_matches={self.new_matches} sent={self.sent} "
+            f"deferred={self.deferred} failed={self.failed} disabled={self.disabled} "
+            f"seconds={self.seconds:.1f}"
         )
+        if self.next_retry_at is not None:
+            line += f" next_retry={self.next_retry_at.isoformat(timespec='seconds')}"
+        if self.readme_error:
+            line += f" readme_error={self.readme_error!r}"
         if self.error:
             line += f" error={self.error!r}"
         return line

@@ -28,10 +28,12 @@ class QueryError(DailyPapersError):
 class ArxivError(DailyPapersError):
     """arXiv answered with an error, refused us, or kept failing after the retries.
 
-    `requests` is how many HTTP requests the failed fetch had made (the run report counts them).
+    `requests` is how many HTTP requests the failed fetch had made, `retries` how many of them
+    repeated a failed one (the run report counts both).
     """
 
     requests: int = 0
+    retries: int = 0
 
 
 class HarvestIncomplete(ArxivError):

@@ -20,6 +20,10 @@ that lasted resets it, which neither library's attempt-counted retry expresses.
 
 The record is one small JSON value per platform in the store's key/value state
 (`platform.<kind>`), so `status`, in another process, reads what the running `serve` sees.
+Delivery keeps a second record of the same form beside it (`platform.<kind>.delivery`): the
+cycle, in `serve` or in a lone `run`, records that the platform refused our token while
+delivering (`token_refused`, the reason, since when) and clears it once the platform takes a
+message again; `status` alerts on both records alike.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from digest.store import PaperStore
 log = logging.getLogger(__name__)
 
 CONNECTED, UNREACHABLE = "connected", "unreachable"
+TOKEN_REFUSED = "token_refused"  # noqa: S105 -- a state's name, not a secret
 STATE_PREFIX = "platform."  # + kind: the store's state key of a platform's record
+DELIVERY_SUFFIX = ".delivery"  # + after the kind: what delivery last heard from the platform
 CLOSE_SECONDS = 5.0  # a close that hangs (a peer that never answers) must not hold up shutdown
 # What a platform being down or unreachable raises in the adapters' HTTP and WebSocket clients
 # (both aiohttp): an expected failure, one log line without a traceback.
@@ -125,10 +131,32 @@ class PlatformStatus:
             return None
 
 
-def read_platform_status(store: PaperStore, kind: str) -> PlatformStatus | None:
-    """The last record the running `serve` left for `kind`; None when there is none."""
-    text = store.get_state(STATE_PREFIX + kind)
+def read_platform_status(
+    store: PaperStore, kind: str, *, delivery: bool = False
+) -> PlatformStatus | None:
+    """The last record the running `serve` left for `kind` (with `delivery`: the record of a
+    token refused while delivering); None when there is none."""
+    text = store.get_state(STATE_PREFIX + kind + (DELIVERY_SUFFIX if delivery else ""))
     return None if text is None else PlatformStatus.from_json(kind, text)
+
+
+def record_delivery_refusal(
+    store: PaperStore, kind: str, reason: str | None, *, now: datetime
+) -> None:
+    """Record that `kind` refused our token while delivering (`reason`), keeping the moment it
+    began; with None, that it took a message, which clears the record. Writes only changes."""
+    before = read_platform_status(store, kind, delivery=True)
+    key = STATE_PREFIX + kind + DELIVERY_SUFFIX
+    if reason is None:
+        if before is not None:
+            store.set_state(key, None)
+            log.info("platform.token_accepted kind=%s", kind)
+        return
+    if before is not None and before.reason == reason:
+        return
+    since = before.since if before is not None else now
+    store.set_state(key, PlatformStatus(kind, TOKEN_REFUSED, since, reason).to_json())
+    log.error("platform.token_refused kind=%s reason=%r", kind, reason)
 
 
 def describe_error(exc: BaseException) -> str:

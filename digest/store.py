@@ -10,14 +10,17 @@ harvests the same window again and nothing is lost.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from digest.domain import (
     Batch,
+    DeliveryRecord,
+    DeliveryStatus,
     Keyword,
     LeaseHolder,
+    OutboxCount,
     Outcome,
     Paper,
     PaperText,
@@ -42,18 +45,59 @@ class OutcomeCounts:
     """What `record_outcomes` did to the outbox."""
 
     sent: int = 0
-    retried: int = 0
+    retried: int = 0  # deferred: failed this time, pending again for a later try
     failed: int = 0  # gave up on the delivery (too many attempts, or its subscription disabled)
-    disabled: int = 0  # subscriptions disabled by a permanent error
+    disabled: int = 0  # subscriptions disabled by a permanent error (or paused: token refused)
+    # The earliest next try of the deferred ones (a detail for messages, not compared).
+    next_retry: datetime | None = field(default=None, compare=False)
 
     def __add__(self, other: OutcomeCounts) -> OutcomeCounts:
         """Both counts together (a target's messages are recorded one by one)."""
+        tries = [t for t in (self.next_retry, other.next_retry) if t is not None]
         return OutcomeCounts(
             sent=self.sent + other.sent,
             retried=self.retried + other.retried,
             failed=self.failed + other.failed,
             disabled=self.disabled + other.disabled,
+            next_retry=min(tries) if tries else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Reopened:
+    """What `reopen_deliveries` did."""
+
+    failed: int = 0  # failed deliveries made pending again (attempts start over)
+    deferred: int = 0  # deferred deliveries made due now
+    resumed: int = 0  # disabled subscriptions made active again
+
+
+@dataclass(frozen=True, slots=True)
+class RunTotals:
+    """Sums over every recorded cycle (the deployment's counters, for /metrics)."""
+
+    cycles_ok: int = 0
+    cycles_failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    harvested: int = 0
+    new_papers: int = 0
+    new_matches: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    disabled: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionCount:
+    """How many subscriptions of one kind are active, or disabled for one reason."""
+
+    kind: str
+    active: bool
+    reason: str | None  # disabled_reason (None when active)
+    count: int
 
 
 class PaperStore(Protocol):
@@ -175,6 +219,10 @@ class PaperStore(Protocol):
         """Stop delivering to a subscription, keeping the reason for `status` and `list`."""
         ...
 
+    def count_subscriptions(self) -> list[SubscriptionCount]:
+        """Subscriptions counted by kind, active or not, and reason (for /metrics)."""
+        ...
+
     def get_target_option(self, target: Target, name: str) -> str | None:
         """A per-target setting (for example the translation language of a channel)."""
         ...
@@ -192,6 +240,28 @@ class PaperStore(Protocol):
 
     def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> OutcomeCounts:
         """Mark deliveries sent, schedule retries with backoff, disable on permanent errors."""
+        ...
+
+    def list_deliveries(
+        self,
+        *,
+        target: Target | None = None,
+        statuses: Collection[DeliveryStatus] | None = None,
+        subscription_ids: Collection[int] | None = None,
+        limit: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Outbox rows (of one target, these statuses, these subscriptions), failed first,
+        then pending by next try, then sent newest first; at most `limit`."""
+        ...
+
+    def count_outbox(self) -> list[OutboxCount]:
+        """The outbox counted by target kind and status, deferred apart from pending."""
+        ...
+
+    def reopen_deliveries(self, subscription_ids: Collection[int], *, now: datetime) -> Reopened:
+        """Retry what these subscriptions left undelivered: re-activate the disabled ones, make
+        their failed deliveries pending again (attempts start over) and the deferred ones due
+        at `now`, so the next cycle sends them."""
         ...
 
     def check_writable(self) -> None:
@@ -235,6 +305,14 @@ class PaperStore(Protocol):
 
     def recent_runs(self, limit: int = 10) -> list[RunReport]:
         """The latest cycles, newest first."""
+        ...
+
+    def last_ok_run(self) -> RunReport | None:
+        """The latest cycle that succeeded, or None."""
+        ...
+
+    def run_totals(self) -> RunTotals:
+        """Sums over every recorded cycle."""
         ...
 
     def get_state(self, key: str) -> str | None:

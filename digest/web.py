@@ -9,7 +9,9 @@
 - `GET /manage?token=` / `POST /manage`: change keywords or leave, no password;
 - `GET /unsubscribe?token=` shows one button; `POST /unsubscribe?token=` is RFC 8058's
   one-click unsubscribe: no cookies, no login, idempotent, always 200 for a valid token;
-- `GET /healthz`: JSON, 200 when the database answers.
+- `GET /healthz`: JSON, 200 when the last cycle is recent by the schedule and the database
+  answers, 503 with the reason otherwise (`digest.monitoring.assess_health`);
+- `GET /metrics`: Prometheus metrics (`digest.metrics`).
 
 Pages are server-rendered from `templates/web/*.html.j2` (autoescaped) with a strict
 Content-Security-Policy (no scripts at all) and `Referrer-Policy: no-referrer`, because the
@@ -25,6 +27,9 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -38,6 +43,8 @@ from digest.email_subscriptions import (
     TokenError,
 )
 from digest.errors import ConfigError, DailyPapersError
+from digest.metrics import CONTENT_TYPE, Metrics
+from digest.monitoring import check_health, health_json
 from digest.render import get_environment
 from digest.store import PaperStore
 
@@ -59,7 +66,23 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",  # pages show an address and tokens: keep them out of caches
 }
 
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ServerClock:
+    """The clock /healthz judges by, and when this server started (a fresh install is healthy
+    for a while after it: `serve` runs its first cycle at once)."""
+
+    now: Callable[[], datetime] = _utcnow
+    started: datetime = field(default_factory=_utcnow)
+
+
 SUBSCRIPTIONS_KEY = web.AppKey("subscriptions", EmailSubscriptions)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+CLOCK_KEY = web.AppKey("clock", ServerClock)
 STORE_KEY = web.AppKey("store", PaperStore)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 LIMITER_KEY = web.AppKey("form_limiter", RateLimiter)
@@ -358,21 +381,35 @@ async def unsubscribe_post(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
-    """200 with the last run when the database answers, 503 when it does not."""
-    store = request.app[STORE_KEY]
+    """200 when the last cycle is recent (by the schedule) and the database answers; else 503.
+    The JSON says why either way."""
+    clock = request.app[CLOCK_KEY]
+    check = partial(
+        check_health,
+        request.app[SETTINGS_KEY],
+        request.app[STORE_KEY],
+        server_started=clock.started,
+        now=clock.now(),
+    )
     try:
-        runs = await asyncio.to_thread(store.recent_runs, 1)
+        health = await asyncio.to_thread(check)
     except DailyPapersError as exc:
         log.error("web.healthz_failed error=%s", exc)
-        return web.json_response({"status": "error", "error": "database unavailable"}, status=503)
-    last = runs[0] if runs else None
-    return web.json_response(
-        {
-            "status": "ok",
-            "last_run": last.finished_at.isoformat() if last else None,
-            "last_run_ok": last.ok if last else None,
+        body = {
+            "status": "error",
+            "reason": "database unavailable",
+            "error": "database unavailable",
         }
-    )
+        return web.json_response(body, status=503)
+    if not health.ok:
+        log.warning("web.healthz_unhealthy reason=%r", health.reason)
+    return web.json_response(health_json(health), status=200 if health.ok else 503)
+
+
+async def metrics_page(request: web.Request) -> web.StreamResponse:
+    """Prometheus metrics: the deployment's, read from the database now, and this process's."""
+    body = await asyncio.to_thread(request.app[METRICS_KEY].render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -389,22 +426,28 @@ def build_web_app(
     subscriptions: EmailSubscriptions | None = None,
     routes: Iterable[web.AbstractRouteDef] = (),
     form_limiter: RateLimiter | None = None,
+    metrics: Metrics | None = None,
+    clock: ServerClock | None = None,
 ) -> web.Application:
     """The one aiohttp application; sign-up pages only when `subscriptions` is given.
 
     `routes` are mounted as they are (e.g. `web.post("/slack/events", handler)`); more can be
-    added through `app.router` until the server starts.
+    added through `app.router` until the server starts. `metrics` holds this process's counters
+    (`serve` shares it with its cycles); `clock` is what /healthz judges by.
     """
     app = web.Application(middlewares=[_security_headers], client_max_size=MAX_FORM_BYTES * 4)
     app[SETTINGS_KEY] = settings
     app[STORE_KEY] = store
     app[LIMITER_KEY] = form_limiter or RateLimiter(limit=FORM_LIMIT, window=FORM_WINDOW)
+    app[METRICS_KEY] = metrics or Metrics(settings=settings, store=store)
+    app[CLOCK_KEY] = clock or ServerClock()
     if subscriptions is not None:
         app[SUBSCRIPTIONS_KEY] = subscriptions
     app.add_routes(
         [
             web.get("/", index),
             web.get("/healthz", healthz),
+            web.get("/metrics", metrics_page),
             web.get("/subscribe", subscribe_get),
             web.post("/subscribe", subscribe_post),
             web.get("/confirm", confirm_get),
@@ -476,9 +519,18 @@ async def start_web(
     stack: contextlib.AsyncExitStack,
     subscriptions: EmailSubscriptions | None = None,
     routes: Iterable[web.AbstractRouteDef] = (),
+    metrics: Metrics | None = None,
+    clock: ServerClock | None = None,
 ) -> WebServer:
     """`serve`'s entry point: the web app on web.host:web.port, stopped with `stack`."""
-    app = build_web_app(settings=settings, store=store, subscriptions=subscriptions, routes=routes)
+    app = build_web_app(
+        settings=settings,
+        store=store,
+        subscriptions=subscriptions,
+        routes=routes,
+        metrics=metrics,
+        clock=clock,
+    )
     server = WebServer(app=app, host=settings.web.host, port=settings.web.port)
     try:
         await stack.enter_async_context(server)
@@ -492,6 +544,7 @@ async def start_web(
 
 __all__ = [
     "SECURITY_HEADERS",
+    "ServerClock",
     "WebServer",
     "build_web_app",
     "message_page",

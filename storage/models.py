@@ -26,8 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import false
 
-# Table names of other libraries that share our database and are not ours to migrate:
-# APScheduler's SQLAlchemyJobStore keeps the `serve` schedule in the same database.
+# Table names of other libraries that may share our database and are not ours to migrate:
+# APScheduler's job store, left by versions that kept the `serve` schedule in the database (it
+# is kept in memory now: docs/operations.md, "The schedule across restarts").
 FOREIGN_TABLES = frozenset({"apscheduler_jobs"})
 
 
@@ -150,6 +151,7 @@ class SubscriptionRow(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # status alerts on recent
 
     __table_args__ = (
         UniqueConstraint(
@@ -231,6 +233,9 @@ class RunRow(Base):
     disabled: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     warnings: Mapped[list[str]] = mapped_column(JSON)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    deferred: Mapped[int] = mapped_column(Integer, default=0)
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_runs_started_at", "started_at"),)
 

@@ -48,9 +48,11 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from digest.domain import (
     Batch,
     Delivery,
+    DeliveryRecord,
     DeliveryStatus,
     Keyword,
     LeaseHolder,
+    OutboxCount,
     Outcome,
     OutcomeKind,
     Paper,
@@ -61,7 +63,13 @@ from digest.domain import (
 )
 from digest.errors import StoreError
 from digest.query import query_key
-from digest.store import HarvestCommit, OutcomeCounts
+from digest.store import (
+    HarvestCommit,
+    OutcomeCounts,
+    Reopened,
+    RunTotals,
+    SubscriptionCount,
+)
 from storage.models import (
     DeliveryRow,
     KeywordRow,
@@ -1001,7 +1009,7 @@ class SqlStore:
                     conn.execute(
                         update(SubscriptionRow)
                         .where(SubscriptionRow.id == row.id)
-                        .values(active=True, disabled_reason=None)
+                        .values(active=True, disabled_reason=None, disabled_at=None)
                     )
         return Subscription(
             id=subscription_id,
@@ -1043,6 +1051,7 @@ class SqlStore:
                 SubscriptionRow.active,
                 SubscriptionRow.disabled_reason,
                 SubscriptionRow.created_at,
+                SubscriptionRow.disabled_at,
                 KeywordRow.query,
             )
             .join(KeywordRow, KeywordRow.id == SubscriptionRow.keyword_id)
@@ -1065,6 +1074,7 @@ class SqlStore:
                 active=bool(r.active),
                 disabled_reason=r.disabled_reason,
                 created_at=r.created_at,
+                disabled_at=r.disabled_at,
             )
             for r in rows
         ]
@@ -1076,10 +1086,15 @@ class SqlStore:
         the target with a backlog.
         """
         with self._transaction(write=True) as conn:
-            self._disable(conn, [subscription_id], {subscription_id: reason})
+            self._disable(conn, [subscription_id], {subscription_id: reason}, now=_utcnow())
 
     def _disable(
-        self, conn: Connection, subscription_ids: Sequence[int], reasons: Mapping[int, str]
+        self,
+        conn: Connection,
+        subscription_ids: Sequence[int],
+        reasons: Mapping[int, str],
+        *,
+        now: datetime,
     ) -> tuple[int, int]:
         """Disable these subscriptions; (subscriptions newly disabled, deliveries failed)."""
         disabled = failed = 0
@@ -1088,7 +1103,7 @@ class SqlStore:
             disabled += conn.execute(
                 update(SubscriptionRow)
                 .where(SubscriptionRow.id == subscription_id, SubscriptionRow.active)
-                .values(active=False, disabled_reason=reason)
+                .values(active=False, disabled_reason=reason, disabled_at=now)
             ).rowcount
             failed += conn.execute(
                 update(DeliveryRow)
@@ -1100,6 +1115,33 @@ class SqlStore:
             ).rowcount
             log.warning("store.subscription_disabled id=%d reason=%r", subscription_id, reason)
         return disabled, failed
+
+    def count_subscriptions(self) -> list[SubscriptionCount]:
+        """Subscriptions counted by kind, active or not, and reason."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(
+                    SubscriptionRow.target_kind,
+                    SubscriptionRow.active,
+                    SubscriptionRow.disabled_reason,
+                    func.count().label("n"),
+                )
+                .group_by(
+                    SubscriptionRow.target_kind,
+                    SubscriptionRow.active,
+                    SubscriptionRow.disabled_reason,
+                )
+                .order_by(SubscriptionRow.target_kind)
+            ).all()
+        return [
+            SubscriptionCount(
+                kind=r.target_kind,
+                active=bool(r.active),
+                reason=None if r.active else r.disabled_reason,
+                count=int(r.n),
+            )
+            for r in rows
+        ]
 
     @staticmethod
     def _target_is(target: Target) -> tuple[Any, Any]:
@@ -1226,8 +1268,8 @@ class SqlStore:
         - SENT: status sent, sent_at = now, attempts + 1.
         - RETRY: attempts + 1, last_error kept, next attempt at now + retry_base *
           2**(attempts - 1) (capped at retry_max); at max_attempts the delivery is failed.
-        - PERMANENT: the subscription is disabled with the error as its reason and all its
-          pending deliveries are failed.
+        - PERMANENT or UNAUTHORIZED: the subscription is disabled with the error as its reason
+          and all its pending deliveries are failed.
         Outcomes for deliveries that are no longer pending (already recorded) are ignored, so
         recording the same outcomes twice changes nothing.
         """
@@ -1243,7 +1285,7 @@ class SqlStore:
             reasons: dict[int, str] = {}
             for outcome in outcomes:
                 key = (outcome.subscription_id, outcome.arxiv_id)
-                if outcome.kind is OutcomeKind.PERMANENT:
+                if outcome.kind.disables:
                     reasons.setdefault(outcome.subscription_id, outcome.error or "permanent error")
                     continue
                 if key not in pending:
@@ -1262,12 +1304,154 @@ class SqlStore:
             self._update_deliveries(conn, sent, ("status", "attempts", "sent_at"))
             self._update_deliveries(conn, gave_up, ("status", "attempts", "last_error"))
             self._update_deliveries(conn, retried, ("status", "attempts", "last_error", "due"))
-            disabled, failed = self._disable(conn, sorted(reasons), reasons)
+            disabled, failed = self._disable(conn, sorted(reasons), reasons, now=now)
         if gave_up:
             log.warning("store.deliveries_gave_up count=%d", len(gave_up))
         return OutcomeCounts(
-            sent=len(sent), retried=len(retried), failed=len(gave_up) + failed, disabled=disabled
+            sent=len(sent),
+            retried=len(retried),
+            failed=len(gave_up) + failed,
+            disabled=disabled,
+            next_retry=min((p["due"] for p in retried), default=None),
         )
+
+    def list_deliveries(
+        self,
+        *,
+        target: Target | None = None,
+        statuses: Collection[DeliveryStatus] | None = None,
+        subscription_ids: Collection[int] | None = None,
+        limit: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Outbox rows for the operator: failed first, then pending by next try, then sent
+        newest first; of one target, these statuses or these subscriptions when given."""
+        order = case(
+            (DeliveryRow.status == DeliveryStatus.FAILED.value, 0),
+            (DeliveryRow.status == DeliveryStatus.PENDING.value, 1),
+            else_=2,
+        )
+        stmt = (
+            select(
+                SubscriptionRow.target_kind,
+                SubscriptionRow.target_address,
+                KeywordRow.query,
+                DeliveryRow.arxiv_id,
+                PaperRow.title,
+                DeliveryRow.status,
+                DeliveryRow.attempts,
+                DeliveryRow.last_error,
+                DeliveryRow.next_attempt_at,
+                DeliveryRow.sent_at,
+            )
+            .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
+            .join(KeywordRow, KeywordRow.id == SubscriptionRow.keyword_id)
+            .join(PaperRow, PaperRow.arxiv_id == DeliveryRow.arxiv_id)
+            .order_by(
+                order,
+                DeliveryRow.next_attempt_at,
+                DeliveryRow.sent_at.desc(),
+                SubscriptionRow.id,
+                DeliveryRow.arxiv_id,
+            )
+        )
+        if target is not None:
+            stmt = stmt.where(
+                SubscriptionRow.target_kind == target.kind,
+                SubscriptionRow.target_address == target.address,
+            )
+        if statuses is not None:
+            stmt = stmt.where(DeliveryRow.status.in_(sorted(s.value for s in statuses)))
+        if subscription_ids is not None:
+            stmt = stmt.where(DeliveryRow.subscription_id.in_(sorted(subscription_ids)))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._transaction() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            DeliveryRecord(
+                target=Target(kind=r.target_kind, address=r.target_address),
+                keyword=r.query,
+                arxiv_id=r.arxiv_id,
+                title=r.title,
+                status=DeliveryStatus(r.status),
+                attempts=r.attempts,
+                last_error=r.last_error,
+                next_attempt_at=r.next_attempt_at,
+                sent_at=r.sent_at,
+            )
+            for r in rows
+        ]
+
+    def count_outbox(self) -> list[OutboxCount]:
+        """The outbox by target kind and status, deferred (pending after a failed try) apart,
+        with the earliest next try of the deferred ones; one aggregate query."""
+        deferred = (DeliveryRow.status == DeliveryStatus.PENDING.value) & (DeliveryRow.attempts > 0)
+        # A subquery names the state once: grouping by the CASE itself would repeat its bound
+        # values, which PostgreSQL does not take for the same expression.
+        rows_by_state = (
+            select(
+                SubscriptionRow.target_kind.label("kind"),
+                case((deferred, literal("deferred")), else_=DeliveryRow.status).label("state"),
+                DeliveryRow.next_attempt_at,
+            )
+            .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
+            .subquery()
+        )
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(
+                    rows_by_state.c.kind,
+                    rows_by_state.c.state,
+                    func.count().label("n"),
+                    func.min(rows_by_state.c.next_attempt_at).label("next_attempt_at"),
+                )
+                .group_by(rows_by_state.c.kind, rows_by_state.c.state)
+                .order_by(rows_by_state.c.kind, rows_by_state.c.state)
+            ).all()
+        return [
+            OutboxCount(
+                kind=r.kind,
+                status=r.state,
+                count=int(r.n),
+                # min() over a label loses the column type: re-read it as the stored UTC time
+                next_attempt_at=_as_time(r.next_attempt_at) if r.state == "deferred" else None,
+            )
+            for r in rows
+        ]
+
+    def reopen_deliveries(self, subscription_ids: Collection[int], *, now: datetime) -> Reopened:
+        """Re-activate these subscriptions where disabled, make their failed deliveries pending
+        with attempts starting over, and their deferred ones due at `now`; one transaction."""
+        now = as_utc(now)
+        resumed = failed = deferred = 0
+        with self._transaction(write=True) as conn:
+            for chunk in _chunks(sorted(set(subscription_ids))):
+                resumed += conn.execute(
+                    update(SubscriptionRow)
+                    .where(SubscriptionRow.id.in_(chunk), ~SubscriptionRow.active)
+                    .values(active=True, disabled_reason=None, disabled_at=None)
+                ).rowcount
+                failed += conn.execute(
+                    update(DeliveryRow)
+                    .where(
+                        DeliveryRow.subscription_id.in_(chunk),
+                        DeliveryRow.status == DeliveryStatus.FAILED.value,
+                    )
+                    .values(status=DeliveryStatus.PENDING.value, attempts=0, next_attempt_at=now)
+                ).rowcount
+                deferred += conn.execute(
+                    update(DeliveryRow)
+                    .where(
+                        DeliveryRow.subscription_id.in_(chunk),
+                        DeliveryRow.status == DeliveryStatus.PENDING.value,
+                        DeliveryRow.next_attempt_at > now,
+                    )
+                    .values(next_attempt_at=now)
+                ).rowcount
+        log.info(
+            "store.deliveries_reopened failed=%d deferred=%d resumed=%d", failed, deferred, resumed
+        )
+        return Reopened(failed=failed, deferred=deferred, resumed=resumed)
 
     def _update_deliveries(
         self, conn: Connection, params: list[dict[str, Any]], columns: Sequence[str]
@@ -1445,6 +1629,9 @@ class SqlStore:
                     disabled=report.disabled,
                     error=report.error,
                     warnings=list(report.warnings),
+                    retries=report.retries,
+                    deferred=report.deferred,
+                    next_retry_at=report.next_retry_at,
                 )
             )
 
@@ -1454,24 +1641,63 @@ class SqlStore:
             rows = conn.execute(
                 select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc()).limit(limit)
             ).all()
-        return [
-            RunReport(
-                started_at=r.started_at,
-                finished_at=r.finished_at,
-                ok=bool(r.ok),
-                requests=r.requests,
-                throttled=r.throttled,
-                harvested=r.harvested,
-                new_papers=r.new_papers,
-                new_matches=r.new_matches,
-                sent=r.sent,
-                failed=r.failed,
-                disabled=r.disabled,
-                error=r.error,
-                warnings=tuple(r.warnings or ()),
-            )
-            for r in rows
-        ]
+        return [self._run(r) for r in rows]
+
+    def last_ok_run(self) -> RunReport | None:
+        """The latest cycle that succeeded, or None."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                select(RunRow)
+                .where(RunRow.ok)
+                .order_by(RunRow.started_at.desc(), RunRow.id.desc())
+                .limit(1)
+            ).one_or_none()
+        return None if row is None else self._run(row)
+
+    @staticmethod
+    def _run(r: Any) -> RunReport:
+        return RunReport(
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            ok=bool(r.ok),
+            requests=r.requests,
+            throttled=r.throttled,
+            harvested=r.harvested,
+            new_papers=r.new_papers,
+            new_matches=r.new_matches,
+            sent=r.sent,
+            failed=r.failed,
+            disabled=r.disabled,
+            error=r.error,
+            warnings=tuple(r.warnings or ()),
+            retries=r.retries,
+            deferred=r.deferred,
+            next_retry_at=r.next_retry_at,
+        )
+
+    def run_totals(self) -> RunTotals:
+        """Sums over every recorded cycle (one aggregate query)."""
+        summed = (
+            RunRow.requests,
+            RunRow.retries,
+            RunRow.throttled,
+            RunRow.harvested,
+            RunRow.new_papers,
+            RunRow.new_matches,
+            RunRow.sent,
+            RunRow.deferred,
+            RunRow.failed,
+            RunRow.disabled,
+        )
+        with self._transaction() as conn:
+            row = conn.execute(
+                select(
+                    func.count().filter(RunRow.ok).label("cycles_ok"),
+                    func.count().filter(~RunRow.ok).label("cycles_failed"),
+                    *(func.coalesce(func.sum(c), 0).label(c.key) for c in summed),
+                )
+            ).one()
+        return RunTotals(**{name: int(value) for name, value in row._mapping.items()})
 
     def get_state(self, key: str) -> str | None:
         """A small named value kept between runs (alert bookkeeping and the like)."""
@@ -1491,3 +1717,12 @@ class SqlStore:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _as_time(value: Any) -> datetime | None:
+    """An aggregate's timestamp as an aware UTC datetime (SQLite hands back text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return as_utc(value)

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ def platform_settings(
 def status(settings: Settings, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """`daily-papers status` for these settings: its exit status and output."""
     capsys.readouterr()
-    code = cmd_status(argparse.Namespace(runs=5), lambda: settings)
+    code = cmd_status(argparse.Namespace(runs=5, json=False), lambda: settings)
     return code, capsys.readouterr().out
 
 
@@ -346,3 +346,103 @@ def test_serve_process_with_slack_down_stops_on_sigterm(
     assert "platform.unreachable kind=slack" in stderr
     assert "serve.stopped" in stderr
     assert "Traceback" not in stderr
+
+
+# -- the schedule across a restart (misfire grace) -----------------------------------------------
+
+# A cron that fires once in four years, so APScheduler's real-time timer never fires during the
+# test: the only cycles are the start-up ones, decided by the clock the test moves.
+LEAP_DAY_CRON = "0 21 29 2 *"
+LEAP_DAY_SLOT = datetime(2024, 3, 1, 2, 0, tzinfo=UTC)  # 21:00 New York on Feb 29, 2024
+
+
+class MovableClock:
+    """A clock the test sets: serve's catch-up, slots, cycles and /healthz all read it."""
+
+    def __init__(self, moment: datetime) -> None:
+        self.moment = moment
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+
+def recorded_starts(settings: Settings) -> list[datetime]:
+    """When each recorded cycle started, oldest first."""
+    with SqlStore.from_settings(settings) as store:
+        return sorted(run.started_at for run in store.recent_runs(50))
+
+
+async def serve_once(
+    settings: Settings, clock: MovableClock, caplog: pytest.LogCaptureFixture, *, cycles: int
+) -> dict[str, Any]:
+    """Start serve at the clock's time, wait until it is ready and `cycles` cycles are recorded
+    in all, read /healthz, and stop it; returns /healthz's JSON."""
+    caplog.clear()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop=stop, now=clock))
+    try:
+        await wait_until(lambda: "serve.ready" in " ".join(caplog.messages) or task.done())
+        with SqlStore.from_settings(settings) as store:
+            await wait_until(lambda: len(store.recent_runs(50)) >= cycles)
+        url = f"http://127.0.0.1:{settings.web.port}/healthz"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            health = await response.json()
+            assert response.status == 200, health
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    return dict(health)
+
+
+async def test_serve_stopped_over_a_scheduled_time_catches_it_up_once(
+    tmp_path: Path, arxiv: ArxivStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve stopped over a scheduled time and started again within misfire_grace_hours runs
+    the missed cycle at once, and only once: a later start within the same grace runs none."""
+    caplog.set_level(logging.INFO)
+    settings = platform_settings(
+        tmp_path,
+        arxiv,
+        Secrets(),
+        schedule={"cron": LEAP_DAY_CRON, "timezone": "America/New_York", "misfire_grace_hours": 6},
+    )
+    clock = MovableClock(LEAP_DAY_SLOT - timedelta(days=1))
+    await serve_once(settings, clock, caplog, cycles=1)  # a first start runs one cycle
+    assert recorded_starts(settings) == [clock.moment]
+
+    clock.moment = LEAP_DAY_SLOT + timedelta(hours=3)  # stopped over the slot; back within grace
+    health = await serve_once(settings, clock, caplog, cycles=2)
+    assert [m for m in caplog.messages if m.startswith("serve.catch_up")] == [
+        "serve.catch_up reason=missed-schedule slot=2024-02-29T21:00:00-05:00"
+    ]
+    assert recorded_starts(settings) == [LEAP_DAY_SLOT - timedelta(days=1), clock.moment]
+    assert health["reason"] == "the last cycle started at 2024-03-01 05:00 UTC"
+
+    clock.moment = LEAP_DAY_SLOT + timedelta(hours=5)  # restarted again, same grace
+    await serve_once(settings, clock, caplog, cycles=2)
+    assert not [m for m in caplog.messages if m.startswith("serve.catch_up")]
+    assert len(recorded_starts(settings)) == 2  # the slot ran once
+
+
+async def test_serve_started_after_the_grace_waits_for_the_next_scheduled_time(
+    tmp_path: Path, arxiv: ArxivStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scheduled time missed longer than misfire_grace_hours ago is not caught up on start,
+    and /healthz still answers 200: serve rightly waits for the next scheduled time."""
+    caplog.set_level(logging.INFO)
+    settings = platform_settings(
+        tmp_path,
+        arxiv,
+        Secrets(),
+        schedule={"cron": LEAP_DAY_CRON, "timezone": "America/New_York", "misfire_grace_hours": 6},
+    )
+    clock = MovableClock(LEAP_DAY_SLOT - timedelta(days=1))
+    await serve_once(settings, clock, caplog, cycles=1)
+    clock.moment = LEAP_DAY_SLOT + timedelta(hours=7)
+    health = await serve_once(settings, clock, caplog, cycles=1)
+    assert not [m for m in caplog.messages if m.startswith("serve.catch_up")]
+    assert len(recorded_starts(settings)) == 1
+    assert health["status"] == "ok"
+    assert (
+        health["reason"] == "started after the grace of 2024-03-01 02:00 UTC; waiting for the next"
+    )

@@ -221,7 +221,7 @@ async def test_status_counts_the_backfills_waiting(
         store.add_keyword("video")
         store.add_keyword(PHRASE)
     cmd_status(argparse.Namespace(runs=5, json=False), lambda: settings)
-    assert "keyword backfills waiting: 2" in capsys.readouterr().out
+    assert "keywords: 2 (2 waiting for a backfill)" in capsys.readouterr().out
 
 
 async def test_a_steady_cycle_matches_and_writes_only_what_is_new(

@@ -183,7 +183,8 @@ def test_subscriptions_add_checks_slack_ids_and_says_when_nothing_will_post(
 def test_status_counts_email_sign_ups_apart_from_failing_subscriptions(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An unconfirmed sign-up is pending, not failing; a disabled Slack channel is failing."""
+    """An unconfirmed sign-up is pending, not failing; a disabled Slack channel is failing and,
+    disabled with no ok cycle since, an alert (exit 1)."""
     from datetime import UTC, datetime
 
     from digest.app import open_store
@@ -196,10 +197,11 @@ def test_status_counts_email_sign_ups_apart_from_failing_subscriptions(
         store.disable_subscription(pending.id, "unconfirmed")
         gone = store.add_subscription(Target("slack", "C0123"), "llm", now=now)
         store.disable_subscription(gone.id, "channel_not_found")
-    assert main(["status"]) == 0
+    assert main(["status"]) == 1
     out = capsys.readouterr().out
     assert "email sign-ups waiting for confirmation: 1 address(es)" in out
-    assert "slack:C0123  'llm': channel_not_found" in out
+    assert "slack:C0123  'llm': channel_not_found (disabled " in out
+    assert "ALERT: 1 subscription(s) disabled and no cycle has succeeded yet" in out
     assert "unconfirmed" not in out
 
 

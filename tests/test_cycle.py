@@ -181,6 +181,7 @@ async def test_arxiv_down_postpones_backfills_and_counts_the_failed_requests(
     attempts = settings.arxiv.retries + 1
     assert len(server.requests) == attempts  # the harvest's first page only, no backfill query
     assert failed.requests == attempts
+    assert failed.retries == attempts - 1  # every request after the first repeated it
     assert any("2 keyword backfill(s) postponed" in w for w in failed.warnings)
     assert failed.error is not None
     assert len(failed.error) < 250, failed.error
@@ -191,6 +192,18 @@ async def test_arxiv_down_postpones_backfills_and_counts_the_failed_requests(
     assert ok.ok
     backfills = [r for r in server.requests if "submittedDate" not in r.search_query]
     assert len(backfills) == 2
+
+
+async def test_a_retried_arxiv_request_is_counted_as_a_retry(
+    tmp_path: Path, server: ArxivStandIn
+) -> None:
+    """A 503 once, then the page: the cycle succeeds with one retry among its requests."""
+    settings = make_settings(tmp_path, server, keywords={"queries": []})
+    server.script(ServerError(503))
+    report = await cycle(settings, Clock(REFERENCE_DAY))
+    assert report.ok
+    assert (report.requests, report.retries) == (len(server.requests), 1)
+    assert report.requests >= 2
 
 
 async def test_catch_up_after_missed_days_reaches_back_to_the_watermark(
@@ -322,7 +335,9 @@ async def test_a_crashing_channel_does_not_stop_the_others(
         settings, Clock(REFERENCE_DAY), {"slack": Broken(kind="slack"), "discord": discord}
     )
     assert report.sent == len(discord.sent_ids()) > 0
-    assert report.failed == report.sent  # the same papers, owed to the broken target
+    # the same papers, owed to the broken target: deferred to a later try, not failed for good
+    assert report.deferred == report.sent
+    assert report.failed == 0
 
 
 async def test_a_revision_is_not_new_again_unless_configured(

@@ -13,6 +13,7 @@ import discord.http
 import pytest
 
 from bot.discord_channel import (
+    LOGIN_REFUSED,
     MAX_EMBED_TOTAL,
     MAX_EMBEDS,
     DiscordChannel,
@@ -349,6 +350,36 @@ async def test_failure_table(
     outcomes = await send_all(channel, make_batch([make_paper(1), make_paper(2)]))
     assert {o.kind for o in outcomes} == {kind}
     assert all(reason in (o.error or "") for o in outcomes)
+
+
+async def test_a_refused_bot_token_is_unauthorized_at_login_and_on_a_post(
+    fake: FakeDiscord, channel: DiscordChannel
+) -> None:
+    """Discord refusing the bot token (401) pauses delivery like Slack's invalid_auth: at login,
+    and on a post after the token was reset, every delivery is UNAUTHORIZED with the reason."""
+    fake.accepted_token = "another-token"
+    outcomes = await send_all(channel, make_batch([make_paper(1), make_paper(2)]))
+    assert {(o.kind, o.error) for o in outcomes} == {(OutcomeKind.UNAUTHORIZED, LOGIN_REFUSED)}
+    assert fake.calls_to(ROUTE) == []  # never got past the login
+
+    fake.accepted_token = "bot-token"
+    assert [o.kind for o in await send_all(channel, make_batch([make_paper(3)]))] == [
+        OutcomeKind.SENT
+    ]
+    fake.script(ROUTE, FakeDiscord.error(401, 0, "401: Unauthorized"))  # reset meanwhile
+    outcomes = await send_all(channel, make_batch([make_paper(4)]))
+    assert [(o.kind, o.error) for o in outcomes] == [(OutcomeKind.UNAUTHORIZED, LOGIN_REFUSED)]
+
+
+async def test_a_webhook_401_is_that_webhooks_own_token(
+    fake: FakeDiscord, webhook_channel: DiscordWebhookChannel
+) -> None:
+    """A 401 on a webhook means its URL's token was reset: PERMANENT for that target only."""
+    fake.script(HOOK_ROUTE, FakeDiscord.error(401, 50027, "Invalid Webhook Token"))
+    outcomes = await send_all(
+        webhook_channel, make_batch([make_paper(1)], target=Target("discord_webhook", HOOK_URL))
+    )
+    assert [o.kind for o in outcomes] == [OutcomeKind.PERMANENT]
 
 
 async def test_connection_refused_is_retry(channel: DiscordChannel) -> None:

@@ -8,6 +8,7 @@ look at; the checks themselves are made in the browser (layout width, colours, l
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from tests.reference_digest import REFERENCE_LANGUAGE, load_reference_digest
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("DAILY_PAPERS_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -63,7 +64,7 @@ class Clock:
 async def browser() -> AsyncIterator[Browser]:
     """Debian's chromium, headless, through Playwright."""
     if not HAVE_CHROMIUM:
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (./scripts/test does)")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS

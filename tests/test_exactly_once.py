@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,14 +229,24 @@ def test_run_waits_for_the_lease_or_exits_3_with_no_wait(tmp_path: Path) -> None
         assert "replica-b pid 4242 since" in busy.stderr
         assert stage.messages() == 0
         waiting = stage.start()
-        time.sleep(1.5)
-        assert waiting.poll() is None  # still waiting for the lease
-        assert stage.messages() == 0
+        lines: list[str] = []
+        reader = threading.Thread(
+            target=lambda: lines.extend(iter(waiting.stderr.readline, "")),  # type: ignore[union-attr]
+            daemon=True,
+        )
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("waiting: ") for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            assert waiting.poll() is None, "".join(lines)
+            time.sleep(0.05)
+        assert stage.messages() == 0  # nothing is sent while another holds the lease
         with stage.open_store() as store:
             store.release_lease(CYCLE_LEASE, owner="other")
-        _, err = waiting.communicate(timeout=120)
-        assert waiting.returncode == 0, err
-        assert "waiting: a cycle is already running on replica-b pid 4242" in err
+        assert waiting.wait(timeout=120) == 0
+        reader.join(timeout=10)
+        err = "".join(lines)
+        assert "waiting: a cycle is already running on replica-b pid 4242 since" in err
         assert_exactly_once(stage.tally())
 
 

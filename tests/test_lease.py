@@ -99,7 +99,8 @@ async def test_hold_lease_waits_for_the_holder_and_hears_who_it_is(store: SqlSto
 
     await asyncio.gather(first(), second())
     assert order == ["first", "first done", "second"]
-    assert len(heard) == 1
+    assert heard  # told at least once (a loaded machine may poll it again), always the same one
+    assert len({holder.owner for holder in heard}) == 1
     assert heard[0].pid > 0
 
 

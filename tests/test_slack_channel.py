@@ -15,6 +15,7 @@ from bot.slack_channel import (
     MAX_BLOCKS,
     MAX_SECTION_CHARS,
     PERMANENT_ERRORS,
+    TOKEN_ERRORS,
     SlackChannel,
     build_web_client,
     escape_mrkdwn,
@@ -239,11 +240,14 @@ async def test_retry_after_longer_than_allowed_is_not_waited(slack: FakeSlackApi
 
 @pytest.mark.parametrize("code", sorted(PERMANENT_ERRORS))
 async def test_permanent_errors_disable_with_reason(slack: FakeSlackApi, code: str) -> None:
-    """Each error that means the channel is gone or refuses us is PERMANENT, named in the reason."""
+    """Each error that means the channel is gone is PERMANENT, one that means Slack refuses the
+    bot token UNAUTHORIZED (both pause the subscription), named in the reason."""
     slack.script("chat.postMessage", error(code))
     batch = _reference_batch("Video Understanding")
     outcomes = await send_all(_channel(slack), batch)
-    assert {o.kind for o in outcomes} == {OutcomeKind.PERMANENT}
+    expected = OutcomeKind.UNAUTHORIZED if code in TOKEN_ERRORS else OutcomeKind.PERMANENT
+    assert {o.kind for o in outcomes} == {expected}
+    assert expected.disables
     assert len(outcomes) == len(batch.deliveries)
     assert all(o.error and o.error.startswith(code) for o in outcomes)
 

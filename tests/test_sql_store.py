@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from digest.domain import Outcome, OutcomeKind, Paper, RunReport, Target
+from digest.domain import DeliveryStatus, Outcome, OutcomeKind, Paper, RunReport, Target
 from digest.errors import StoreError
-from digest.store import HarvestCommit, OutcomeCounts, PaperStore
+from digest.store import HarvestCommit, OutcomeCounts, PaperStore, Reopened, RunTotals
 from storage.sql_store import SqlStore, redact_url
 from tests.reference_papers import load_reference_papers, load_reference_sections
 
@@ -533,11 +533,103 @@ def test_runs_round_trip_newest_first(store: SqlStore) -> None:
         disabled=1,
         error="arXiv answered 503 four times",
         warnings=("no new papers on two announcement days",),
+        retries=3,
+        deferred=4,
+        next_retry_at=T0 + timedelta(days=1, hours=1),
     )
     store.record_run(old)
     store.record_run(new)
     assert store.recent_runs() == [new, old]
     assert store.recent_runs(limit=1) == [new]
+
+
+def test_run_totals_and_the_last_ok_run(store: SqlStore) -> None:
+    """run_totals sums every cycle (counting ok and failed ones); last_ok_run skips failures."""
+    assert store.run_totals() == RunTotals()
+    assert store.last_ok_run() is None
+    ok = RunReport(T0, T0, ok=True, requests=3, retries=1, harvested=10, sent=5, deferred=2)
+    failed = RunReport(T0 + timedelta(days=1), T0 + timedelta(days=1), ok=False, requests=5)
+    store.record_run(ok)
+    store.record_run(failed)
+    assert store.run_totals() == RunTotals(
+        cycles_ok=1, cycles_failed=1, requests=8, retries=1, harvested=10, sent=5, deferred=2
+    )
+    assert store.last_ok_run() == ok
+
+
+# -- the operator's view of the outbox --------------------------------------------------------
+
+
+def test_outbox_listed_counted_and_reopened(store: SqlStore) -> None:
+    """Deliveries are listed failed first, counted by kind and state (deferred apart, with its
+    next try), and reopen_deliveries resumes the subscription, re-opens the failed ones with
+    attempts starting over and brings the deferred ones forward."""
+    slack = store.add_subscription(SLACK, LLM, now=T0)
+    email = store.add_subscription(EMAIL, LLM, now=T0)
+    harvest(store, [paper("2501.00001", day=1), paper("2501.00002", day=2)])
+    later = T0 + timedelta(minutes=30)
+    store.record_outcomes(
+        [
+            Outcome(email.id, "2501.00001", OutcomeKind.SENT),
+            Outcome(email.id, "2501.00002", OutcomeKind.RETRY, "451 greylisted"),
+            Outcome(slack.id, "2501.00001", OutcomeKind.UNAUTHORIZED, "invalid_auth: check it"),
+        ],
+        now=T0,
+    )
+    (slack_now,) = store.list_subscriptions(SLACK)
+    assert (slack_now.active, slack_now.disabled_reason) == (False, "invalid_auth: check it")
+    assert slack_now.disabled_at == T0
+
+    records = store.list_deliveries()
+    assert [(r.target, r.arxiv_id, r.status.value, r.deferred) for r in records] == [
+        (SLACK, "2501.00001", "failed", False),
+        (SLACK, "2501.00002", "failed", False),
+        (EMAIL, "2501.00002", "pending", True),
+        (EMAIL, "2501.00001", "sent", False),
+    ]
+    assert records[0].last_error == "invalid_auth: check it"
+    assert records[3].sent_at == T0
+    assert store.list_deliveries(target=EMAIL, statuses=[DeliveryStatus.SENT]) == records[3:]
+    assert len(store.list_deliveries(subscription_ids=[slack.id], limit=1)) == 1
+
+    counts = {(c.kind, c.status): c for c in store.count_outbox()}
+    assert {key: c.count for key, c in counts.items()} == {
+        ("email", "deferred"): 1,
+        ("email", "sent"): 1,
+        ("slack", "failed"): 2,
+    }
+    assert counts[("email", "deferred")].next_attempt_at == later  # the store's 30 min base
+    assert counts[("slack", "failed")].next_attempt_at is None
+
+    done = store.reopen_deliveries([slack.id, email.id], now=T0 + timedelta(minutes=1))
+    assert done == Reopened(failed=2, deferred=1, resumed=1)
+    (slack_now,) = store.list_subscriptions(SLACK)
+    assert (slack_now.active, slack_now.disabled_reason, slack_now.disabled_at) == (
+        True,
+        None,
+        None,
+    )
+    due = store.pending_batches(now=T0 + timedelta(minutes=1))
+    assert {(b.target, d.paper.arxiv_id, d.attempts) for b in due for d in b.deliveries} == {
+        (SLACK, "2501.00001", 0),
+        (SLACK, "2501.00002", 0),
+        (EMAIL, "2501.00002", 1),
+    }
+    assert store.reopen_deliveries([slack.id], now=T0 + timedelta(minutes=1)) == Reopened()
+
+
+def test_subscriptions_counted_by_kind_state_and_reason(store: SqlStore) -> None:
+    """count_subscriptions groups by kind, active or not, and the reason of disabled ones."""
+    store.add_subscription(SLACK, LLM, now=T0)
+    gone = store.add_subscription(SLACK, "Diffusion", now=T0)
+    store.disable_subscription(gone.id, "channel_not_found")
+    store.add_subscription(EMAIL, LLM, now=T0)
+    rows = {(c.kind, c.active, c.reason): c.count for c in store.count_subscriptions()}
+    assert rows == {
+        ("email", True, None): 1,
+        ("slack", True, None): 1,
+        ("slack", False, "channel_not_found"): 1,
+    }
 
 
 def test_state_set_get_delete(store: SqlStore) -> None:

@@ -5,7 +5,7 @@ translated) as that day's new papers in the Markdown digest archive; the flag ke
 history.
 
 Revision ID: 0006_backfilled_papers
-Revises: 0003_leases
+Revises: 0005_operator_view
 Create Date: 2026-12-06
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_backfilled_papers"
-down_revision: str | None = "0003_leases"
+down_revision: str | None = "0005_operator_view"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
