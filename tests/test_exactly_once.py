@@ -367,7 +367,7 @@ def test_two_serve_replicas_run_each_scheduled_cycle_once(
         minutes = [run.replace(second=0, microsecond=0) for run in runs]
         assert len(minutes) == len(set(minutes)), runs  # no slot ran twice
         assert sum(log.count("cycle.skipped reason=already-started") for log in logs) >= 3
-        assert runs[-1] - runs[1] >= timedelta(minutes=2)  # three scheduled slots
+        assert runs[-1] - runs[1] > timedelta(minutes=1, seconds=30)  # three scheduled slots
         assert_exactly_once(stage.tally())
 
 
