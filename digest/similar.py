@@ -42,9 +42,9 @@ The model (`train_similarity`)
 
 Relevance order (`rank_by_relevance`)
     For a broad keyword's papers in a digest: the same features and classifier with the keyword's
-    own recent matches as positives against the background; without a background, cosine
-    similarity to the positives' centroid; without positives, BM25 of the keyword's words; ties
-    (and no signal at all) newest first.
+    own recent matches as positives against the background; without a background, Rocchio
+    (the positives' centroid against the papers' own); without positives, BM25 of the keyword's
+    words; ties (and no signal at all) newest first.
 """
 
 from __future__ import annotations
@@ -331,6 +331,12 @@ def prepare_papers(
     """Tokenise papers once for `score`, `select`, `train_similarity` and `rank_by_relevance`."""
     batch = tuple(papers)
     analyze = _analyzer(params.ngram_max)
+    if not batch:  # the hasher cannot transform nothing
+        return PreparedPapers(
+            papers=batch,
+            ngram_max=params.ngram_max,
+            counts=sparse.csr_matrix((0, HASH_BUCKETS), dtype=np.float64),
+        )
     counts = _hasher().transform(analyze(paper_text(paper)) for paper in batch).tocsr()
     return PreparedPapers(papers=batch, ngram_max=params.ngram_max, counts=counts)
 
@@ -366,7 +372,9 @@ class _Features:
     others: Any  # sparse rows, one per other paper
 
 
-def _features(seeds: Sequence[Paper], others: Any, params: SimilarityParams) -> _Features:
+def _features(
+    seeds: Sequence[Paper], others: Any, params: SimilarityParams, *, max_df: float | None = None
+) -> _Features:
     """The terms enough seeds share, weighed in seeds and in `others` (hashed counts, one row
     per other paper); SimilarityError when the seeds share no informative term."""
     analyze = _analyzer(params.ngram_max)
@@ -381,7 +389,8 @@ def _features(seeds: Sequence[Paper], others: Any, params: SimilarityParams) -> 
     df = np.array([support[term] for term in shared], dtype=np.float64)
     df += np.asarray((other_rows > 0).sum(axis=0), dtype=np.float64).ravel()
     total = len(seeds) + others.shape[0]
-    informative = np.flatnonzero(df <= params.max_df * total)
+    limit = params.max_df if max_df is None else max_df
+    informative = np.flatnonzero(df <= limit * total)
     if informative.size == 0:
         raise SimilarityError(
             "like: the seed papers share too few words to learn a topic from; pick papers "
@@ -713,10 +722,17 @@ def bm25_scores(query_text: str, papers: Sequence[Paper]) -> list[float]:
 def _centroid_scores(
     positives: Sequence[Paper], papers: Sequence[Paper], params: SimilarityParams
 ) -> list[float]:
-    """Cosine similarity of each paper to the positives' mean vector (no background needed)."""
-    features = _features(positives, prepare_papers(papers, params=params).counts, params)
-    centroid = np.asarray(features.seeds.mean(axis=0)).ravel()
-    return [float(x) for x in np.asarray(features.others @ centroid).ravel()]
+    """Rocchio without a background: each paper's similarity to the positives' mean vector
+    minus its similarity to the papers' own mean, so what every paper says (the sentences all
+    abstracts share) cancels out and what the positives say more than the batch counts."""
+    # No max_df cut: the positives are a large share of so few papers, and their topic's own
+    # terms would be cut as "common".
+    features = _features(
+        positives, prepare_papers(papers, params=params).counts, params, max_df=1.0
+    )
+    direction = np.asarray(features.seeds.mean(axis=0)).ravel()
+    direction -= np.asarray(features.others.mean(axis=0)).ravel()
+    return [float(x) for x in np.asarray(features.others @ direction).ravel()]
 
 
 def rank_by_relevance(
@@ -730,8 +746,9 @@ def rank_by_relevance(
     """A broad keyword's papers, most relevant first; ties newest first. Never raises.
 
     With `positives` (the keyword's recent matches) and a `background` (recent stored papers,
-    possibly prepared): the like: classifier's scores. With positives only: similarity to their
-    centroid. Otherwise BM25 of `query_text`; with neither, newest first.
+    possibly prepared): the like: classifier's scores. With positives only: Rocchio (closer to
+    the positives' centroid than to the papers' own). Otherwise BM25 of `query_text`; with
+    neither, newest first.
     """
     scores: list[float] | None = None
     usable = _distinct_seeds(positives or ())
