@@ -32,10 +32,12 @@ The model (`train_similarity`)
     topic's seeds spread out and let more in). The background's score distribution was not used:
     the background holds unlabelled papers of the seeds' topic (8 % of it for a popular topic), so
     its upper tail says little about what is off-topic.
-    Cost: one pass of tokenising over seeds + background (linear in `max_background`, about
-    1.5 s for 10,000 papers on a 2-core machine) and `folds` + 1 fits on a matrix with only the
-    seed vocabulary's columns (a few hundred); scoring tokenises the papers once (about 0.5 s per
-    5,000). `python -m bench.similar` measures both.
+    Cost: tokenising seeds + background once (hashed term counts, linear in `max_background`)
+    and `folds` + 1 fits on a matrix with only the seed vocabulary's columns (a few hundred):
+    about 1.7 s at the default 10,000 background papers on a 2-core machine. Scoring tokenises
+    the papers (about 0.6 s per 5,000), or, once a batch is tokenised with `prepare_papers`,
+    costs a few hundredths of a second per model: one tokenising serves every `like:` model.
+    `python -m bench.similar` measures all three.
     The fitted model is a few hundred terms with their idf and weights: `dumps` / `loads` write
     it as JSON (no pickle: a cache read back cannot run code), and `seed_key` tells the caller
     when it is stale (seeds or versions or parameters changed).
@@ -72,9 +74,7 @@ from digest.query import And, AndNot, Node, Or, SearchField, Term, parse_query, 
 
 LIKE_PREFIX = "like:"
 MIN_SEEDS = 3  # fewer seeds share too little to tell the topic from a coincidence
-MAX_SEEDS = (
-    50  # a longer list is a library, not a topic; also keeps training and the id fetch small
-)
+MAX_SEEDS = 50  # a longer list is a library, not a topic; it also bounds the seeds' id fetch
 MIN_BACKGROUND = 50  # fewer stored papers cannot show what is *not* like the seeds
 MODEL_FORMAT = 1  # bumped when `SimilarityModel`'s JSON changes; older caches are retrained
 
