@@ -34,7 +34,7 @@ The model (`train_similarity`)
     its upper tail says little about what is off-topic.
     Cost: tokenising seeds + background once (hashed term counts, linear in `max_background`)
     and `folds` + 1 fits on a matrix with only the seed vocabulary's columns (a few hundred):
-    about 1 s at the default 5,000 background papers on a 2-core machine. Scoring tokenises
+    about 1.7 s at the default 10,000 background papers on a 2-core machine. Scoring tokenises
     the papers (about 0.6 s per 5,000), or, once a batch is tokenised with `prepare_papers`,
     costs a few hundredths of a second per model: one tokenising serves every `like:` model.
     `python -m bench.similar` measures all three.
@@ -262,12 +262,13 @@ def resolve_seeds(query: LikeQuery, fetched: Iterable[Paper]) -> tuple[Paper, ..
 class SimilarityParams:
     """The knobs of training; part of the model's identity (changing one retrains)."""
 
-    # The most recent stored papers the seeds are compared against: the cost bound, and also a
-    # quality bound. The background holds unlabelled papers of the seeds' own topic (8 % for a
-    # popular one); the more of them, the more they outweigh 10 seeds: on bench.similar,
+    # The most recent stored papers the seeds are compared against: the cost bound, and a
+    # quality trade-off measured with bench.similar. More background holds more unlabelled
+    # papers of the seeds' own topic (8 % for a popular one), which outweigh 10 seeds:
     # "language models" kept precision 0.99 at 5,000, 0.94 at 10,000, 0.82 at 20,000 and 0.66
-    # at 50,000, while training time grew with the count.
-    max_background: int = 5_000
+    # at 50,000. Less background holds fewer near misses for a niche topic: "mobile
+    # retrieval-augmented generation" fell from precision 1.00 at 10,000 to 0.23 at 5,000.
+    max_background: int = 10_000
     max_positives: int = 200  # for relevance order: the most recent matches used as positives
     ngram_max: int = (
         2  # words and word bigrams ("anomaly detection" is not "anomaly" + "detection")
@@ -584,10 +585,10 @@ def train_similarity(
     """Train a `like:` model of the seeds against the most recent background papers.
 
     Bounded cost: only the `params.max_background` most recent background papers (by update,
-    seeds excluded; 5,000 by default) are tokenised, once (or none, if `background` was
+    seeds excluded; 10,000 by default) are tokenised, once (or none, if `background` was
     prepared), and the classifier is fitted `folds` + 1 times (11 by default) on a matrix with
     one column per seed-vocabulary term (a few hundred); at most `params.max_positives` seeds
-    (the most recent) are used. About 1 s at 5,000 background papers on a 2-core machine.
+    (the most recent) are used. About 1.7 s at 10,000 background papers on a 2-core machine.
     Deterministic: the result depends on the papers, not on their order. `calibrate=False`
     skips the threshold (relevance order needs only scores). SimilarityError with fewer than
     3 seeds, fewer than `MIN_BACKGROUND` background papers, or seeds without a shared term.
