@@ -384,6 +384,8 @@ def parse_page(body: bytes) -> Page:
     )
 
 
+# `etree._Element` below is the element class lxml documents as public, underscore and all
+# (https://lxml.de/api/lxml.etree._Element-class.html); lxml ships no types, so mypy sees Any.
 def _paper_from_entry(
     entry: etree._Element, arxiv_id: str, version: int, published: datetime, updated: datetime
 ) -> Paper:
@@ -737,7 +739,7 @@ class ArxivSource:
         return page
 
     def _fetch_once(self, url: str, start: int, run: _Run) -> Page:
-        """A single HTTP request and its classification: feed, transient failure, or error."""
+        """One HTTP request, classified: a page, a transient failure, or an error."""
         with self._lock:
             self._await_turn()
             run.requests += 1
