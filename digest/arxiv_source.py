@@ -26,9 +26,10 @@ Why not the `arxiv` package (arxiv.py), which this module used to build on: its 
 `Client.results()`, the only public way to get a page. `Client.results()` does its own HTTP and
 none of it is acceptable here: a hard-coded `arxiv.py/<version>` User-Agent (arXiv asks callers
 to say who they are; there is no parameter for it), no request timeout (a stalled connection
-hangs the cycle), no `Retry-After`, its own wall-clock `time.sleep` delay and immediate retries
-without backoff (neither injectable, so neither testable without real waiting), and XML read in
-lxml's recover mode, so a body cut mid-entry silently becomes a shorter page. Using it meant
+hangs the cycle), no `Retry-After`, retries of every non-200 answer alike (a rejected query
+included) spaced only by its own wall-clock `time.sleep` delay, with no backoff (neither the
+sleep nor the clock injectable, so not testable without real waiting), and XML read in lxml's
+recover mode, so a body cut mid-entry silently becomes a shorter page. Using it meant
 overriding its private `Client._parse_feed` and calling its private `arxiv._feed.parse`, which
 is why the package was pinned to one version. What is left of the public API once fetching and
 parsing are ours (`Search` holding five values, enum members that are arXiv's parameter strings,
