@@ -1,20 +1,39 @@
-"""The only code that talks to arXiv: a polite, robust page fetcher under the `arxiv` package.
+"""The only code that talks to arXiv: fetch one page, parse one page, page through a query.
 
-Design: `arxiv.Client` keeps doing what it is good at (building query URLs, paging through
-`results()`, parsing the Atom feed into `arxiv.Result`). One of its hooks, `_parse_feed(url)`,
-fetches a single page; `_PoliteClient` overrides it and hands the page to `ArxivSource`, which
-adds what the package lacks:
+arXiv's API is one GET that answers one page of Atom; this module owns both ends of that wire
+(STYLE habit 15), in three small pieces:
 
-- one `requests.Session` (one kept-alive connection) with a User-Agent naming the project and
-  the operator's contact, and a request timeout;
-- a monotonic-clock gap of at least `delay_seconds` between any two requests, retries included;
-- arXiv's error entry (`<id>` containing `/api/errors#`, sent with HTTP 400 or 200) detected in
-  the raw bytes and raised as `ArxivError` with arXiv's own text (the package silently drops
-  that entry because it has no `<published>`); a bad query is not retried;
-- retries with exponential backoff and jitter on 429, 5xx, timeouts, connection errors,
-  malformed and unexpectedly empty pages, with `Retry-After` obeyed. A page is checked strictly
-  before the package parses it (`parse_page`): the package reads XML in lxml's recover mode, so
-  a body cut mid-entry would pass as a shorter page, and a cut date raises a bare ValueError.
+- `build_query_url`: a page's URL from arXiv's documented parameters (`search_query`, `sortBy`,
+  `sortOrder`, `start`, `max_results`), urlencoded;
+- `ArxivSource._fetch_once`: one polite request. One `requests.Session` (one kept-alive
+  connection) with a User-Agent naming the project and the operator's contact and a request
+  timeout; a monotonic-clock gap of at least `delay_seconds` between any two requests, retries
+  included; arXiv's error entry (`<id>` containing `/api/errors#`, sent with HTTP 400 or 200)
+  raised as `ArxivError` with arXiv's own text, never retried; 429, 5xx, timeouts, connection
+  errors, malformed and unexpectedly empty pages retried with exponential backoff and jitter,
+  `Retry-After` obeyed;
+- `parse_page`: one answer into `Paper`s and opensearch's numbers, with lxml (no network, no
+  entities) and strictly: a cut body, invalid UTF-8, broken markup, HTML instead of Atom, a bad
+  date or an entry without an id or dates is a `MalformedPage` (asked for again), never a
+  shorter page.
+
+`ArxivSource._collect` pages over `start`/`max_results` itself: it stops at totalResults (or the
+limit), asks for the rest from where a short page stopped, and treats an empty page in the
+middle as a transient failure; `harvest` checks that every promised entry arrived.
+
+Why not the `arxiv` package (arxiv.py), which this module used to build on: its public API is
+`Search` (five query parameters), the `SortCriterion`/`SortOrder` enums, `Result`, and
+`Client.results()`, the only public way to get a page. `Client.results()` does its own HTTP and
+none of it is acceptable here: a hard-coded `arxiv.py/<version>` User-Agent (arXiv asks callers
+to say who they are; there is no parameter for it), no request timeout (a stalled connection
+hangs the cycle), no `Retry-After`, retries of every non-200 answer alike (a rejected query
+included) spaced only by its own wall-clock `time.sleep` delay, with no backoff (neither the
+sleep nor the clock injectable, so not testable without real waiting), and XML read in lxml's
+recover mode, so a body cut mid-entry silently becomes a shorter page. Using it meant
+overriding its private `Client._parse_feed` and calling its private `arxiv._feed.parse`, which
+is why the package was pinned to one version. What is left of the public API once fetching and
+parsing are ours (`Search` holding five values, enum members that are arXiv's parameter strings,
+a `Result` we would only convert) is not worth a dependency, so the project no longer has one.
 
 Retries use tenacity, the maintained engine under stamina, directly: stamina's synchronous retry
 loop always sleeps through `time.sleep` and its only test knob is a process-global switch
@@ -39,13 +58,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from types import TracebackType
-from typing import Protocol
+from typing import Literal, Protocol
+from urllib.parse import urlencode
 
-import arxiv
 import requests
 import tenacity
-from arxiv import _feed
-from lxml import etree  # type: ignore[import-untyped]  # arxiv's own parser; no stubs shipped
+from lxml import etree  # type: ignore[import-untyped]  # lxml ships no type information
 
 from digest import __version__
 from digest.config import Settings
@@ -89,7 +107,10 @@ ALL_CATEGORIES: tuple[str, ...] = (
 _CATEGORY = re.compile(r"^[a-z][a-z\-]*(?:\.[A-Za-z\-]+|\.\*|\*)?$")
 _ERROR_ID = "/api/errors#"
 _ATOM_NS = b"http://www.w3.org/2005/Atom"
+# The namespaces of arXiv's Atom (API user manual, "Details of Atom Results Returned"), in
+# lxml's `{namespace}tag` form: matched by namespace, whatever prefix a page declares.
 _ATOM = "{http://www.w3.org/2005/Atom}"
+_ARXIV = "{http://arxiv.org/schemas/atom}"
 _OPENSEARCH = "{http://a9.com/-/spec/opensearch/1.1/}"
 _REASON_CHARS = 160  # a reason quoted from a parser or urllib3 is cut here: error lines stay short
 _WHITESPACE = re.compile(r"\s+")
@@ -105,6 +126,27 @@ class Fetch:
     throttled: int  # 429 answers
     promised: int  # totalResults arXiv announced (summed over queries)
     retries: int = 0  # requests that repeated a failed one
+
+
+# arXiv's sortBy and sortOrder values (API user manual, "Sort order for return results").
+SortBy = Literal["relevance", "lastUpdatedDate", "submittedDate"]
+SortOrder = Literal["ascending", "descending"]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One API answer, parsed: its papers in page order and the page's opensearch numbers."""
+
+    papers: tuple[Paper, ...]
+    total_results: int  # opensearch:totalResults: entries matching the query over all pages
+    start_index: int  # opensearch:startIndex (0 when absent)
+    items_per_page: int  # opensearch:itemsPerPage (0 when absent)
+    skipped: tuple[str, ...] = ()  # ids of entries whose id is not an arXiv identifier
+
+    @property
+    def entries(self) -> int:
+        """How many entries arXiv sent on this page, usable or not."""
+        return len(self.papers) + len(self.skipped)
 
 
 class PaperSource(Protocol):
@@ -223,24 +265,27 @@ def in_categories(paper: Paper, terms: Sequence[str]) -> bool:
     return False
 
 
-def paper_from_result(result: arxiv.Result) -> Paper:
-    """Convert a parsed feed entry to a `Paper` (id and version split, whitespace collapsed)."""
-    arxiv_id, version = split_arxiv_id(result.entry_id)
-    categories = tuple(dict.fromkeys(c for c in result.categories if c))
-    return Paper(
-        arxiv_id=arxiv_id,
-        version=version,
-        title=_collapse(result.title),
-        authors=tuple(_collapse(a.name) for a in result.authors),
-        abstract=_collapse(result.summary),
-        published=result.published,
-        updated=result.updated,
-        primary_category=result.primary_category or (categories[0] if categories else ""),
-        categories=categories,
-        comment=_collapse(result.comment) or None,
-        journal_ref=_collapse(result.journal_ref) or None,
-        doi=_collapse(result.doi) or None,
+def build_query_url(
+    api_url: str,
+    *,
+    query: str,
+    sort_by: SortBy,
+    sort_order: SortOrder,
+    start: int,
+    max_results: int,
+) -> str:
+    """The URL of one page of a query, in arXiv's documented parameters (urlencoded)."""
+    params = urlencode(
+        {
+            "search_query": query,
+            "sortBy": sort_by,
+            "sortOrder": sort_order,
+            "start": start,
+            "max_results": max_results,
+        }
     )
+    joiner = "&" if "?" in api_url else "?"
+    return f"{api_url}{joiner}{params}"
 
 
 def _collapse(text: str | None) -> str:
@@ -280,13 +325,13 @@ class MalformedPage(Exception):
     """
 
 
-def parse_page(body: bytes) -> _feed.ParsedFeed:
-    """Parse one API answer; `MalformedPage` unless it is a complete, readable Atom page.
+def parse_page(body: bytes) -> Page:
+    """One API answer as `Paper`s; `MalformedPage` unless it is a complete, readable Atom page.
 
-    Strict where the package is lenient: well-formed XML (a cut body, invalid UTF-8 or broken
-    markup is refused, never "recovered" into fewer entries), an Atom `<feed>` root with a
-    numeric totalResults, and every `<entry>` readable (the package raises on a bad date and
-    silently drops an entry without an id or dates, which would pass as a short page).
+    Strict: well-formed XML (a cut body, invalid UTF-8 or broken markup is refused, never
+    "recovered" into fewer entries), an Atom `<feed>` root with a numeric totalResults, and
+    every `<entry>` with an id and readable dates (an entry without them would pass as a short
+    page). An entry whose id is not an arXiv identifier is listed in `Page.skipped`.
     """
     if not body.strip():
         raise MalformedPage("empty body")
@@ -300,24 +345,102 @@ def parse_page(body: bytes) -> _feed.ParsedFeed:
     if root.tag != f"{_ATOM}feed":
         raise MalformedPage(f"not an Atom feed (root element {_shorten(str(root.tag))})")
     try:
-        int((root.findtext(f"{_OPENSEARCH}totalResults") or "").strip())
+        total_results = int((_text(root, f"{_OPENSEARCH}totalResults") or "").strip())
     except ValueError:
         raise MalformedPage("no numeric opensearch:totalResults") from None
-    entries = len(root.findall(f"{_ATOM}entry"))
-    del root  # a 2,000-entry tree: never hold it while the package builds its own
+    papers: list[Paper] = []
+    skipped: list[str] = []
+    entries = incomplete = 0
+    for entry in root.iterfind(f"{_ATOM}entry"):
+        entries += 1
+        entry_id = _text(entry, f"{_ATOM}id")
+        if not entry_id:
+            incomplete += 1
+            continue
+        try:
+            updated = _parse_datetime(_text(entry, f"{_ATOM}updated"))
+            published = _parse_datetime(_text(entry, f"{_ATOM}published"))
+        except (ValueError, OverflowError) as exc:
+            raise MalformedPage(
+                f"unreadable entry ({type(exc).__name__}: {_shorten(str(exc))})"
+            ) from exc
+        if updated is None or published is None:
+            incomplete += 1
+            continue
+        try:
+            arxiv_id, version = split_arxiv_id(entry_id)
+        except ValueError:
+            skipped.append(entry_id)  # arXiv did send it: the caller counts it as received
+            continue
+        papers.append(_paper_from_entry(entry, arxiv_id, version, published, updated))
+    if incomplete:
+        raise MalformedPage(f"{incomplete} of {entries} entries lack an id or a date")
+    return Page(
+        papers=tuple(papers),
+        total_results=total_results,
+        # Informational only (nothing is decided on them), so as lenient as arXiv's own
+        # clients: absent or not a number reads as 0.
+        start_index=_header_number(root, "startIndex"),
+        items_per_page=_header_number(root, "itemsPerPage"),
+        skipped=tuple(skipped),
+    )
+
+
+# `etree._Element` below is the element class lxml documents as public, underscore and all
+# (https://lxml.de/api/lxml.etree._Element-class.html); lxml ships no types, so mypy sees Any.
+def _paper_from_entry(
+    entry: etree._Element, arxiv_id: str, version: int, published: datetime, updated: datetime
+) -> Paper:
+    """An `<entry>`'s fields as a `Paper`: whitespace collapsed, categories deduplicated,
+    empty optional fields None, the first category standing in for a missing primary one."""
+    categories = tuple(
+        dict.fromkeys(term for c in entry.iterfind(f"{_ATOM}category") if (term := c.get("term")))
+    )
+    primary = entry.find(f"{_ARXIV}primary_category")
+    primary_category = primary.get("term") if primary is not None else None
+    return Paper(
+        arxiv_id=arxiv_id,
+        version=version,
+        title=_collapse(_text(entry, f"{_ATOM}title")),
+        authors=tuple(
+            _collapse(_text(author, f"{_ATOM}name")) for author in entry.iterfind(f"{_ATOM}author")
+        ),
+        abstract=_collapse(_text(entry, f"{_ATOM}summary")),
+        published=published,
+        updated=updated,
+        primary_category=primary_category or (categories[0] if categories else ""),
+        categories=categories,
+        comment=_collapse(_text(entry, f"{_ARXIV}comment")) or None,
+        journal_ref=_collapse(_text(entry, f"{_ARXIV}journal_ref")) or None,
+        doi=_collapse(_text(entry, f"{_ARXIV}doi")) or None,
+    )
+
+
+def _text(element: etree._Element, tag: str) -> str | None:
+    """The text of `element`'s first `tag` child (None when there is no such child or no text).
+
+    Only the text before a first nested element, as arXiv's plain-text fields never nest any.
+    """
+    child = element.find(tag)
+    return None if child is None else child.text
+
+
+def _parse_datetime(text: str | None) -> datetime | None:
+    """An Atom date (RFC 3339: `2016-05-26T17:59:46Z`) as an aware UTC datetime; naive is UTC."""
+    if text is None:
+        return None
+    when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+def _header_number(root: etree._Element, name: str) -> int:
+    """An opensearch number of the feed, 0 when absent or not a number."""
     try:
-        feed = _feed.parse(body)
-    except Exception as exc:  # the package's parser on foreign bytes: any failure is the page's
-        raise MalformedPage(
-            f"unreadable entry ({type(exc).__name__}: {_shorten(str(exc))})"
-        ) from exc
-    if feed.malformed:
-        raise MalformedPage(f"unreadable feed ({_shorten(str(feed.error))})")
-    if len(feed.results) != entries:
-        raise MalformedPage(
-            f"{entries - len(feed.results)} of {entries} entries lack an id or a date"
-        )
-    return feed
+        return int((_text(root, f"{_OPENSEARCH}{name}") or "").strip())
+    except ValueError:
+        return 0
 
 
 def _shorten(text: str) -> str:
@@ -401,25 +524,6 @@ class _Run:
             exc.requests = self.requests
             exc.retries = self.retries
             raise
-
-
-class _PoliteClient(arxiv.Client):  # type: ignore[misc]  # arxiv ships no type information
-    """`arxiv.Client` whose page fetch goes through `ArxivSource` (delay, retries, errors)."""
-
-    def __init__(self, *, source: ArxivSource, run: _Run, api_url: str, page_size: int) -> None:
-        # The package's own delay and retries are off: ArxivSource enforces both.
-        super().__init__(page_size=page_size, delay_seconds=0.0, num_retries=0)
-        self._session.close()  # never used; ArxivSource owns the one session
-        self._source = source
-        self._run = run
-        joiner = "&" if "?" in api_url else "?"
-        # query_url_format is a str.format template: braces in the URL must be doubled.
-        self.query_url_format = api_url.replace("{", "{{").replace("}", "}}") + joiner + "{}"
-
-    def _parse_feed(
-        self, url: str, first_page: bool = True, _try_index: int = 0
-    ) -> _feed.ParsedFeed:
-        return self._source._fetch_page(url, first_page=first_page, run=self._run)
 
 
 class ArxivSource:
@@ -516,14 +620,15 @@ class ArxivSource:
         papers: dict[str, Paper] = {}
         began = self._clock()
         for query in queries:
-            search = arxiv.Search(
-                query=query,
-                max_results=None,
-                sort_by=arxiv.SortCriterion.SubmittedDate,
-                sort_order=arxiv.SortOrder.Ascending,
-            )
             with run.counted_on_failure():
-                distinct = self._collect(search, run=run, page_size=self._page_size, into=papers)
+                distinct = self._collect(
+                    query,
+                    sort_by="submittedDate",
+                    sort_order="ascending",
+                    limit=None,
+                    run=run,
+                    into=papers,
+                )
                 if distinct < run.query_promised:
                     raise HarvestIncomplete(
                         f"arXiv promised {run.query_promised} entries for {query!r} but "
@@ -548,15 +653,14 @@ class ArxivSource:
         papers: dict[str, Paper] = {}
         if limit <= 0:
             return Fetch((), 0, 0, 0)
-        search = arxiv.Search(
-            query=query,
-            max_results=limit,
-            sort_by=arxiv.SortCriterion.LastUpdatedDate,
-            sort_order=arxiv.SortOrder.Descending,
-        )
         with run.counted_on_failure():
             distinct = self._collect(
-                search, run=run, page_size=min(self._page_size, limit), into=papers
+                query,
+                sort_by="lastUpdatedDate",
+                sort_order="descending",
+                limit=limit,
+                run=run,
+                into=papers,
             )
         expected = min(run.query_promised, limit)
         if distinct < expected:
@@ -568,28 +672,52 @@ class ArxivSource:
 
     # -- internals ------------------------------------------------------------------------
     def _collect(
-        self, search: arxiv.Search, *, run: _Run, page_size: int, into: dict[str, Paper]
+        self,
+        query: str,
+        *,
+        sort_by: SortBy,
+        sort_order: SortOrder,
+        limit: int | None,
+        run: _Run,
+        into: dict[str, Paper],
     ) -> int:
-        """Page through one query; add its papers to `into`; return its distinct entry count."""
-        client = _PoliteClient(source=self, run=run, api_url=self._api_url, page_size=page_size)
+        """Page through one query (at most `limit` entries); add its papers to `into` (highest
+        version kept); return how many distinct entries arrived."""
         run.query_promised = 0
         distinct: set[str] = set()
-        results: Iterator[arxiv.Result] = client.results(search)
-        for result in results:
-            try:
-                paper = paper_from_result(result)
-            except ValueError:
+        start = 0
+        while limit is None or start < limit:
+            # Never more than what is left to read: the last page of a search asks for the rest.
+            wanted = self._page_size if limit is None else min(self._page_size, limit - start)
+            url = build_query_url(
+                self._api_url,
+                query=query,
+                sort_by=sort_by,
+                sort_order=sort_order,
+                start=start,
+                max_results=wanted,
+            )
+            page = self._fetch_page(url, start=start, run=run)
+            if page.entries == 0:
+                break  # nothing was promised (`_fetch_once` retries any other empty page)
+            for entry_id in page.skipped:
                 # Counted as received (arXiv did deliver it) but unusable: skip, say so.
-                log.warning("arxiv.skip entry_id=%s reason=unparseable-id", result.entry_id)
-                distinct.add(result.entry_id)
-                continue
-            distinct.add(paper.arxiv_id)
-            known = into.get(paper.arxiv_id)
-            if known is None or paper.version > known.version:
-                into[paper.arxiv_id] = paper
+                log.warning("arxiv.skip entry_id=%s reason=unparseable-id", entry_id)
+                distinct.add(entry_id)
+            # A server sending more than it was asked for does not stretch a search's limit.
+            kept = page.papers if limit is None else page.papers[: limit - start]
+            for paper in kept:
+                distinct.add(paper.arxiv_id)
+                known = into.get(paper.arxiv_id)
+                if known is None or paper.version > known.version:
+                    into[paper.arxiv_id] = paper
+            # From where this page stopped: a short page is completed by the next request.
+            start += page.entries
+            if start >= run.query_promised:
+                break
         return len(distinct)
 
-    def _fetch_page(self, url: str, *, first_page: bool, run: _Run) -> _feed.ParsedFeed:
+    def _fetch_page(self, url: str, *, start: int, run: _Run) -> Page:
         """One page, politely, with retries; raises ArxivError when it cannot be had."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self._retries + 1),
@@ -601,29 +729,30 @@ class ArxivSource:
         )
         before = run.requests
         try:
-            feed: _feed.ParsedFeed = retrying(self._fetch_once, url, first_page, run)
+            page: Page = retrying(self._fetch_once, url, start, run)
         except _Transient as exc:
             attempts = self._retries + 1
             if exc.empty:
                 raise HarvestIncomplete(
                     f"arXiv kept answering an empty page after {attempts} attempts while "
-                    f"{run.query_promised} entries were promised ({_describe(url)})"
+                    f"{run.query_promised} entries were promised ({self._describe(start)})"
                 ) from exc
             raise ArxivError(
-                f"arXiv request failed after {attempts} attempts: {exc.reason} ({_describe(url)})"
+                f"arXiv request failed after {attempts} attempts: {exc.reason} "
+                f"({self._describe(start)})"
             ) from exc
         finally:
             run.retries += max(0, run.requests - before - 1)
-        if first_page:
-            run.query_promised = feed.header.total_results
-            run.promised += feed.header.total_results
-        run.received += len(feed.results)
+        if start == 0:  # a query's first page: what arXiv promises for the whole query
+            run.query_promised = page.total_results
+            run.promised += page.total_results
+        run.received += page.entries
         if run.progress is not None:
             run.progress(run.received, run.promised)
-        return feed
+        return page
 
-    def _fetch_once(self, url: str, first_page: bool, run: _Run) -> _feed.ParsedFeed:
-        """A single HTTP request and its classification: feed, transient failure, or error."""
+    def _fetch_once(self, url: str, start: int, run: _Run) -> Page:
+        """One HTTP request, classified: a page, a transient failure, or an error."""
         with self._lock:
             self._await_turn()
             run.requests += 1
@@ -653,7 +782,7 @@ class ArxivSource:
         if message is not None:
             # A bad query: asking again gives the same answer.
             raise ArxivError(
-                f"arXiv rejected the request: {message} (HTTP {status}, {_describe(url)})"
+                f"arXiv rejected the request: {message} (HTTP {status}, {self._describe(start)})"
             )
         retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
         if retry_after is not None and retry_after > self._backoff_max:
@@ -669,16 +798,15 @@ class ArxivSource:
         if status >= 500:
             raise _Transient(f"HTTP {status}", retry_after=retry_after)
         if status != 200:
-            raise ArxivError(f"arXiv answered HTTP {status} for {_describe(url)}")
+            raise ArxivError(f"arXiv answered HTTP {status} for {self._describe(start)}")
         try:
-            feed = parse_page(body)
+            page = parse_page(body)
         except MalformedPage as exc:
             raise _Transient(f"malformed answer: {exc}") from exc
-        start = _start_of(url)
-        if not feed.results and (not first_page or feed.header.total_results > start):
+        if page.entries == 0 and (start > 0 or page.total_results > 0):
             # arXiv sporadically answers an empty page in the middle of a result set.
             raise _Transient("empty page", empty=True)
-        return feed
+        return page
 
     def _await_turn(self) -> None:
         """Sleep until `delay_seconds` after the previous answer and past any Retry-After."""
@@ -709,25 +837,18 @@ class ArxivSource:
             "arxiv.retry attempt=%d wait=%.2f reason=%s", state.attempt_number, wait, reason
         )
 
+    def _describe(self, start: int) -> str:
+        """A page short enough for an error line: the endpoint and the page's offset.
+
+        The full URL (hundreds of characters of categories and dates) is in the request log.
+        """
+        endpoint = self._api_url.split("?", 1)[0]
+        return f"{endpoint}, results from {start}"
+
     def _log_request(self, url: str, status: str, started: float) -> None:
         log.info(
             "arxiv.request url=%s status=%s seconds=%.2f", url, status, self._clock() - started
         )
-
-
-def _describe(url: str) -> str:
-    """A query URL short enough for an error line: the endpoint and the page's offset.
-
-    The full URL (hundreds of characters of categories and dates) is in the request log.
-    """
-    endpoint = url.split("?", 1)[0]
-    return f"{endpoint}, results from {_start_of(url)}"
-
-
-def _start_of(url: str) -> int:
-    """The `start=` parameter of a query URL (0 when absent)."""
-    match = re.search(r"[?&]start=(\d+)", url)
-    return int(match.group(1)) if match else 0
 
 
 def _no_wait(seconds: float) -> None:
@@ -739,12 +860,16 @@ __all__ = [
     "ArxivSource",
     "Fetch",
     "MalformedPage",
+    "Page",
     "PaperSource",
+    "SortBy",
+    "SortOrder",
+    "arxiv_error_message",
     "backfill_queries",
+    "build_query_url",
     "build_user_agent",
     "expand_categories",
     "harvest_queries",
     "in_categories",
-    "paper_from_result",
     "parse_page",
 ]

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
-from arxiv import _feed
 
+from digest.arxiv_source import parse_page
 from digest.domain import Paper
 from tests.fakes.arxiv_server import (
     ArxivStandIn,
@@ -71,8 +71,8 @@ def get(server: ArxivStandIn, **params: str) -> requests.Response:
 
 
 def ids(response: requests.Response) -> list[str]:
-    """The versioned ids of a feed, in order, through the arxiv package's parser."""
-    return [r.get_short_id() for r in _feed.parse(response.content).results]
+    """The versioned ids of a feed, in order, through the client's own parser."""
+    return [p.versioned_id for p in parse_page(response.content).papers]
 
 
 def matches(query: str) -> set[int]:
@@ -141,8 +141,8 @@ def test_paging_totals_and_sorting(stand_in: ArxivStandIn):
         start="3",
         max_results="3",
     )
-    header = _feed.parse(first.content).header
-    assert (header.total_results, header.items_per_page, header.start_index) == (4, 3, 0)
+    page = parse_page(first.content)
+    assert (page.total_results, page.items_per_page, page.start_index) == (4, 3, 0)
     assert ids(first) + ids(second) == [
         "2503.00000v1",
         "2503.00001v1",
@@ -167,11 +167,11 @@ def test_id_list_and_its_errors(stand_in: ArxivStandIn):
 def test_feed_is_escaped_and_parses_like_a_recorded_one(stand_in: ArxivStandIn):
     """Markup characters survive the round trip; the structure matches the recorded feed."""
     response = get(stand_in, search_query="ti:quantum")
-    (result,) = _feed.parse(response.content).results
-    assert result.title == 'Quantum criticality <revisited> & "more"'
-    assert result.authors[0].name == "Adrian Del Maestro"
-    assert result.primary_category == "hep-th"
-    assert result.published == BASE + timedelta(hours=3)
+    (parsed,) = parse_page(response.content).papers
+    assert parsed.title == 'Quantum criticality <revisited> & "more"'
+    assert parsed.authors[0] == "Adrian Del Maestro"
+    assert parsed.primary_category == "hep-th"
+    assert parsed.published == BASE + timedelta(hours=3)
     recorded_body = recorded("q_testing_s0_m10_bc5a6c384fe9.json").body
     for element in (
         b"<opensearch:totalResults>",
@@ -208,7 +208,7 @@ def test_scripted_answers_are_consumed_in_order_and_matched(stand_in: ArxivStand
     assert b"/api/errors#" in error.content
     assert get(stand_in, search_query="all:video", start="0").status_code == 200
     for _ in range(2):
-        assert _feed.parse(get(stand_in, start="7").content).header.total_results == 0
+        assert parse_page(get(stand_in, start="7").content).total_results == 0
     assert len(stand_in.requests) == 6
 
 

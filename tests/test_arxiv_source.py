@@ -1,12 +1,17 @@
-"""ArxivSource through the real `arxiv` package and `requests`, against the local stand-in."""
+"""ArxivSource through `requests` against the local stand-in; parse_page on recorded pages."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -14,6 +19,7 @@ from digest.arxiv_source import (
     ALL_CATEGORIES,
     ArxivSource,
     MalformedPage,
+    build_query_url,
     build_user_agent,
     harvest_queries,
     parse_page,
@@ -654,8 +660,254 @@ def test_every_recorded_answer_passes_the_strict_check(name: str):
         with pytest.raises(MalformedPage, match="lack an id or a date"):
             parse_page(answer.body)  # the error feed's entry has no dates; caught before this
         return
-    feed = parse_page(answer.body)
-    assert len(feed.results) == answer.body.count(b"<entry")
+    page = parse_page(answer.body)
+    assert page.entries == answer.body.count(b"<entry")
+
+
+# -- our own URL and parser (no `arxiv` package) ---------------------------------------------
+
+PARSED = Path(__file__).resolve().parent / "fixtures" / "arxiv_parsed"
+EXPECTED: dict[str, dict[str, object]] = json.loads(
+    (PARSED / "expected.json").read_text(encoding="utf-8")
+)
+
+
+def page_body(key: str) -> bytes:
+    """The bytes of a page named in expected.json (`arxiv/<recorded>` or `arxiv_parsed/<file>`)."""
+    folder, name = key.split("/", 1)
+    return recorded(name).body if folder == "arxiv" else (PARSED / name).read_bytes()
+
+
+def as_expected(paper: Paper) -> dict[str, object]:
+    """A paper in expected.json's form: the abstract as SHA-256 and start, dates in ISO 8601."""
+    fields = asdict(paper)
+    abstract = fields.pop("abstract")
+    fields.update(
+        authors=list(paper.authors),
+        categories=list(paper.categories),
+        abstract_sha256=hashlib.sha256(abstract.encode()).hexdigest(),
+        abstract_start=abstract[:60],
+        published=paper.published.isoformat(),
+        updated=paper.updated.isoformat(),
+    )
+    return fields
+
+
+def test_expected_papers_cover_every_recorded_page():
+    """A recorded page added later needs its expected Papers too (tests/fixtures/arxiv_parsed)."""
+    pages = {f"arxiv/{p.name}" for p in FIXTURES.iterdir() if p.suffix in {".json", ".xml"}}
+    assert len(pages) == 9
+    assert pages | {"arxiv_parsed/edge_cases.xml"} == EXPECTED.keys()
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED))
+def test_recorded_pages_parse_into_the_same_papers(key: str):
+    """Each page gives the Papers, skipped ids and numbers the arxiv-package parser gave."""
+    expected = EXPECTED[key]
+    if "malformed" in expected:
+        with pytest.raises(MalformedPage) as caught:
+            parse_page(page_body(key))
+        assert str(caught.value) == expected["malformed"]
+        return
+    page = parse_page(page_body(key))
+    assert [as_expected(p) for p in page.papers] == expected["papers"]
+    assert list(page.skipped) == expected["skipped"]
+    numbers = (page.total_results, page.start_index, page.items_per_page)
+    assert numbers == (
+        expected["total_results"],
+        expected["start_index"],
+        expected["items_per_page"],
+    )
+    assert all(p.published.tzinfo is UTC and p.updated.tzinfo is UTC for p in page.papers)
+
+
+def test_entities_are_neither_read_nor_expanded(tmp_path: Path):
+    """A page declaring a file entity and a text entity gets neither into a paper."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-FILE-CONTENT", encoding="utf-8")
+    entry = make_paper(1)
+    body = render_feed([entry], query="q", id_list="", start=0, max_results=1, total=1)
+    doctype = (
+        f'<!DOCTYPE feed [<!ENTITY file SYSTEM "{secret.as_uri()}">'
+        '<!ENTITY word "EXPANDED-TEXT">]>\n'
+    ).encode()
+    body = body.replace(b"<feed ", doctype + b"<feed ", 1)
+    body = body.replace(b"Synthetic paper 1</title>", b"Synthetic paper 1 &file; &word;</title>")
+    body = body.replace(b"Abstract of", b"&word; Abstract of")
+    (paper,) = parse_page(body).papers
+    for text in (paper.title, paper.abstract):
+        assert "SECRET" not in text
+        assert "EXPANDED" not in text
+    assert paper.title.startswith("Synthetic paper 1")
+
+
+def test_query_url_carries_arxiv_parameters_urlencoded():
+    """search_query, sortBy, sortOrder, start and max_results, encoded; the endpoint's own
+    query string (braces included) is kept."""
+    url = build_query_url(
+        "http://127.0.0.1:9/api/query",
+        query='ti:"video anomaly" AND cat:cs.*',
+        sort_by="submittedDate",
+        sort_order="ascending",
+        start=4000,
+        max_results=2000,
+    )
+    parts = urlsplit(url)
+    assert (parts.path, " " in url, '"' in url) == ("/api/query", False, False)
+    assert parse_qsl(parts.query) == [
+        ("search_query", 'ti:"video anomaly" AND cat:cs.*'),
+        ("sortBy", "submittedDate"),
+        ("sortOrder", "ascending"),
+        ("start", "4000"),
+        ("max_results", "2000"),
+    ]
+    mirror = build_query_url(
+        "https://mirror.example/q?key={k}",
+        query="all:x",
+        sort_by="lastUpdatedDate",
+        sort_order="descending",
+        start=0,
+        max_results=10,
+    )
+    assert mirror.startswith("https://mirror.example/q?key={k}&search_query=all%3Ax&")
+
+
+def test_search_pages_ask_for_no_more_than_the_limit(server: ArxivStandIn, clock: FakeClock):
+    """limit 5 in pages of 2: the last request asks only for the one entry still wanted."""
+    with make_source(server, clock, page_size=2) as source:
+        fetch = source.search('ti:"synthetic paper"', limit=5)
+    pages = [(r.params["start"], r.params["max_results"]) for r in server.requests]
+    assert pages == [("0", "2"), ("2", "2"), ("4", "1")]
+    assert len(fetch.papers) == 5
+
+
+def test_a_page_longer_than_asked_does_not_stretch_the_limit(
+    server: ArxivStandIn, clock: FakeClock
+):
+    """A server ignoring max_results: a search still keeps at most `limit` papers, in order."""
+    body = render_feed(
+        [make_paper(n) for n in range(3)], query="q", id_list="", start=0, max_results=3, total=3
+    )
+    server.replay(Replay(200, body))
+    with make_source(server, clock) as source:
+        fetch = source.search("all:synthetic", limit=2)
+    assert [p.arxiv_id for p in fetch.papers] == ["2502.00000", "2502.00001"]
+    assert len(server.requests) == 1
+
+
+def test_entry_with_a_foreign_id_is_skipped_and_said(
+    server: ArxivStandIn, clock: FakeClock, caplog: pytest.LogCaptureFixture
+):
+    """An entry whose id is not an arXiv id is logged and skipped; the page's others are kept."""
+    server.replay(Replay(200, (PARSED / "edge_cases.xml").read_bytes()))
+    caplog.set_level(logging.WARNING, logger="digest.arxiv_source")
+    with make_source(server, clock) as source:
+        fetch = source.search("all:edge", limit=10)
+    by_id = {p.arxiv_id: p for p in fetch.papers}
+    assert sorted(by_id) == [
+        "2402.00001",
+        "2403.00002",
+        "2501.09733",
+        "hep-th/9901001",
+        "math.GT/0309136",
+    ]
+    assert by_id["2403.00002"].version == 2  # the page's two versions: the higher one kept
+    assert (fetch.requests, fetch.promised) == (1, 7)
+    skip = "arxiv.skip entry_id=http://example.org/not-an-arxiv-id reason=unparseable-id"
+    assert skip in caplog.messages
+
+
+def private_arxiv_names(source: str) -> list[str]:
+    """What Python source takes from the `arxiv` package that is not its public API: `_` names
+    it imports or reads, and `_` methods it overrides in a subclass of an arxiv class."""
+    tree = ast.parse(source)
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+    found: list[str] = []
+    modules: set[str] = set()  # local names bound to the arxiv package
+    members: set[str] = set()  # local names bound to something imported from it
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] != "arxiv":
+                    continue
+                if any(private(p) for p in parts[1:]):
+                    found.append(f"import {alias.name}")
+                modules.add(alias.asname or "arxiv")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            parts = node.module.split(".")
+            if parts[0] != "arxiv":
+                continue
+            if any(private(p) for p in parts[1:]):
+                found.append(f"from {node.module} import ...")
+            for alias in node.names:
+                if private(alias.name):
+                    found.append(f"from {node.module} import {alias.name}")
+                members.add(alias.asname or alias.name)
+
+    def from_arxiv(base: ast.expr) -> bool:
+        if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
+            return base.value.id in modules
+        return isinstance(base, ast.Name) and base.id in members
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id in modules and private(node.attr):
+                found.append(f"{node.value.id}.{node.attr}")
+        elif isinstance(node, ast.ClassDef) and any(from_arxiv(b) for b in node.bases):
+            found += [
+                f"{node.name}.{f.name}"
+                for f in node.body
+                if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) and private(f.name)
+            ]
+    return sorted(found)
+
+
+def test_private_arxiv_names_are_found():
+    """The check below sees each way the old module used arxiv's internals, and nothing public."""
+    old_ways = """
+import arxiv
+import arxiv._feed as feed_module
+from arxiv import _feed, Client, Search
+from arxiv._feed import parse
+
+class PoliteClient(arxiv.Client):
+    def _parse_feed(self, url, first_page=True, _try_index=0): ...
+    def results(self, search): ...
+
+class Other(Client):
+    def _format_url(self, search, start, page_size): ...
+
+agent = arxiv._USER_AGENT
+"""
+    assert private_arxiv_names(old_ways) == [
+        "Other._format_url",
+        "PoliteClient._parse_feed",
+        "arxiv._USER_AGENT",
+        "from arxiv import _feed",
+        "from arxiv._feed import ...",
+        "import arxiv._feed",
+    ]
+    public = "import arxiv\nfrom arxiv import Search\narxiv.Client().results(Search())\n"
+    assert private_arxiv_names(public + "print(arxiv.__version__)\n") == []
+
+
+def test_no_module_uses_private_arxiv_names():
+    """Nothing in digest/, bot/ or storage/ reaches into the `arxiv` package's internals."""
+    root = Path(__file__).resolve().parent.parent
+    modules = [
+        path for package in ("digest", "bot", "storage") for path in (root / package).rglob("*.py")
+    ]
+    assert len(modules) > 20
+    offenders = {
+        str(path.relative_to(root)): names
+        for path in modules
+        if (names := private_arxiv_names(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}
 
 
 # -- politeness -------------------------------------------------------------------------------
