@@ -282,6 +282,10 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     return EXIT_FAILED if problems or (runs and not runs[0].ok) else EXIT_OK
 
 
+# How `keywords list` names who asked for a keyword (digest.domain.KeywordOrigin values).
+_ORIGIN_WORDS = {"operator": "database", "chat": "chat channel", "email": "email reader"}
+
+
 def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Add, list or remove tracked keywords stored in the database."""
     from digest.app import open_store
@@ -293,10 +297,12 @@ def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> 
     store = open_store(loaded)
     try:
         if args.action == "list":
+            chat = loaded.keywords.publish_chat_queries
             for keyword in store.list_keywords():
-                origin = "config" if keyword.from_config else "database"
+                origin = "config" if keyword.from_config else _ORIGIN_WORDS[keyword.origin]
+                listed = "" if keyword.is_public(chat_queries=chat) else ", private"
                 count = store.count_matches(keyword.query)
-                print(f"{keyword.query}\t({origin}, {count} matching papers stored)")
+                print(f"{keyword.query}\t({origin}{listed}, {count} matching papers stored)")
         elif args.action == "add":
             for query in queries:
                 added = store.add_keyword(query.text)

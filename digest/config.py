@@ -244,6 +244,12 @@ class KeywordSettings:
         "(ti: abs: au: cat: all:, quotes, AND OR ANDNOT, parentheses) is accepted too.",
         _queries,
     )
+    publish_chat_queries: bool = _opt(
+        True,
+        "List the queries chat channels follow in the README and on the sign-up page. Email "
+        "readers' own queries are never listed, unless you add them to the config or with "
+        "`daily-papers keywords add`.",
+    )
 
 
 @dataclass(frozen=True)

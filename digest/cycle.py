@@ -30,7 +30,16 @@ from digest.archive import refresh_archive
 from digest.arxiv_source import Fetch, PaperSource
 from digest.channels import Channel, ChannelRegistry
 from digest.config import Settings
-from digest.domain import Batch, Outcome, OutcomeKind, Paper, RunReport, Target, for_deliveries
+from digest.domain import (
+    Batch,
+    Outcome,
+    OutcomeKind,
+    Paper,
+    RunReport,
+    Target,
+    for_deliveries,
+    public_keywords,
+)
 from digest.errors import (
     ArxivError,
     CycleStopped,
@@ -435,8 +444,14 @@ async def deliver(
 
 
 async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetime) -> bool:
-    """Re-render the README snapshot; True when the file changed (and was committed if asked)."""
-    keywords = [k.query for k in await asyncio.to_thread(store.list_keywords)]
+    """Re-render the README snapshot; True when the file changed (and was committed if asked).
+
+    Only public keywords get a section: an email reader's own query is never published, and
+    chat channels' queries only while keywords.publish_chat_queries is on.
+    """
+    tracked = await asyncio.to_thread(store.list_keywords)
+    chat = settings.keywords.publish_chat_queries
+    keywords = [k.query for k in public_keywords(tracked, chat_queries=chat)]
     limit = settings.readme.max_papers
     today = now.astimezone(ZoneInfo(settings.readme.timezone)).date()
     latest = {text: await asyncio.to_thread(store.latest_matches, text, limit) for text in keywords}

@@ -64,7 +64,7 @@ class PaperStore(Protocol):
         ...
 
     def add_keyword(self, query: str, *, from_config: bool = False) -> bool:
-        """Track `query` (already validated); True when it was not tracked before."""
+        """Track `query` (already validated) as the operator's; True when it was new."""
         ...
 
     def remove_keyword(self, query: str) -> bool:
@@ -138,8 +138,14 @@ class PaperStore(Protocol):
         ...
 
     # -- subscriptions --------------------------------------------------------------------
-    def add_subscription(self, target: Target, query: str, *, now: datetime) -> Subscription:
-        """Subscribe `target` to `query` (tracking it if needed); re-activates a disabled one."""
+    def add_subscription(
+        self, target: Target, query: str, *, now: datetime, pending_reason: str | None = None
+    ) -> Subscription:
+        """Subscribe `target` to `query` (tracking it if needed); re-activates a disabled one.
+
+        With `pending_reason` the subscription is stored inactive with that reason (waiting
+        for a confirmation) instead; an active one stays active.
+        """
         ...
 
     def remove_subscription(self, target: Target, query: str) -> bool:

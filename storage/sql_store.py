@@ -50,6 +50,7 @@ from digest.domain import (
     Delivery,
     DeliveryStatus,
     Keyword,
+    KeywordOrigin,
     LeaseHolder,
     Outcome,
     OutcomeKind,
@@ -57,6 +58,8 @@ from digest.domain import (
     RunReport,
     Subscription,
     Target,
+    keyword_origin,
+    outranks,
 )
 from digest.errors import StoreError
 from digest.query import query_key
@@ -403,9 +406,15 @@ class SqlStore:
         ).scalar_one_or_none()
 
     def _ensure_keyword(
-        self, conn: Connection, query: str, *, from_config: bool, now: datetime
+        self,
+        conn: Connection,
+        query: str,
+        *,
+        from_config: bool,
+        now: datetime,
+        origin: KeywordOrigin = KeywordOrigin.OPERATOR,
     ) -> tuple[int, str, bool]:
-        """(id, stored query text, True when newly tracked)."""
+        """(id, stored query text, True when newly tracked); `origin` only ever raises it."""
         text = query.strip()
         inserted = conn.execute(
             self._insert(KeywordRow)
@@ -413,6 +422,7 @@ class SqlStore:
                 query=text,
                 key=_keyword_key(text),
                 from_config=from_config,
+                origin=origin.value,
                 created_at=now,
                 backfilled_at=None,
             )
@@ -421,31 +431,39 @@ class SqlStore:
             .returning(KeywordRow.id)
         ).scalar_one_or_none()
         row = conn.execute(
-            select(KeywordRow.id, KeywordRow.query, KeywordRow.from_config).where(
-                KeywordRow.key == _keyword_key(text)
-            )
+            select(
+                KeywordRow.id, KeywordRow.query, KeywordRow.from_config, KeywordRow.origin
+            ).where(KeywordRow.key == _keyword_key(text))
         ).one()
         if from_config and not row.from_config:
             # a keyword a user added that now also sits in the config file: config ones
             # are listed first and are not removed through chat
             conn.execute(update(KeywordRow).where(KeywordRow.id == row.id).values(from_config=True))
+        if outranks(origin, row.origin):
+            # e.g. the operator adds an email reader's private query: now it may be listed
+            conn.execute(
+                update(KeywordRow).where(KeywordRow.id == row.id).values(origin=origin.value)
+            )
         return row.id, row.query, inserted is not None
 
     def list_keywords(self) -> list[Keyword]:
         """Every tracked keyword: config ones first, then the others, each in insertion order."""
         with self._transaction() as conn:
             rows = conn.execute(
-                select(KeywordRow.query, KeywordRow.from_config).order_by(
+                select(KeywordRow.query, KeywordRow.from_config, KeywordRow.origin).order_by(
                     KeywordRow.from_config.desc(), KeywordRow.id
                 )
             ).all()
-        return [Keyword(query=r.query, from_config=bool(r.from_config)) for r in rows]
+        return [
+            Keyword(query=r.query, from_config=bool(r.from_config), origin=r.origin) for r in rows
+        ]
 
     def add_keyword(self, query: str, *, from_config: bool = False) -> bool:
-        """Track `query` (already validated); True when it was not tracked before.
+        """Track `query` (already validated) as the operator's; True when it was not tracked.
 
         Lookups are case- and whitespace-insensitive: `LLM  Agents` is the same keyword as
-        `llm agents`, and the text first added is the one shown.
+        `llm agents`, and the text first added is the one shown. A keyword an email reader or
+        a chat channel asked for becomes the operator's (listed publicly).
         """
         with self._transaction(write=True) as conn:
             _, _, created = self._ensure_keyword(
@@ -840,15 +858,20 @@ class SqlStore:
         return [_paper(r) for r in rows]
 
     # -- subscriptions --------------------------------------------------------------------
-    def add_subscription(self, target: Target, query: str, *, now: datetime) -> Subscription:
+    def add_subscription(
+        self, target: Target, query: str, *, now: datetime, pending_reason: str | None = None
+    ) -> Subscription:
         """Subscribe `target` to `query`, tracking the keyword if needed.
 
         An existing subscription is returned as is; a disabled one is re-activated and its
-        reason cleared. Papers harvested before this moment are not owed to it.
+        reason cleared. Papers harvested before this moment are not owed to it. With
+        `pending_reason` (an email sign-up waiting for its confirmation) the subscription is
+        stored inactive with that reason instead; an active one stays active. A keyword new to
+        the service takes its origin from the target's kind (`keyword_origin`).
         """
         with self._transaction(write=True) as conn:
             keyword_id, keyword_text, _ = self._ensure_keyword(
-                conn, query, from_config=False, now=now
+                conn, query, from_config=False, now=now, origin=keyword_origin(target.kind)
             )
             where = (
                 SubscriptionRow.target_kind == target.kind,
@@ -857,9 +880,13 @@ class SqlStore:
             )
             row = conn.execute(
                 select(
-                    SubscriptionRow.id, SubscriptionRow.active, SubscriptionRow.created_at
+                    SubscriptionRow.id,
+                    SubscriptionRow.active,
+                    SubscriptionRow.disabled_reason,
+                    SubscriptionRow.created_at,
                 ).where(*where)
             ).one_or_none()
+            active, reason = pending_reason is None, pending_reason
             if row is None:
                 subscription_id = conn.execute(
                     insert(SubscriptionRow)
@@ -867,8 +894,8 @@ class SqlStore:
                         target_kind=target.kind,
                         target_address=target.address,
                         keyword_id=keyword_id,
-                        active=True,
-                        disabled_reason=None,
+                        active=active,
+                        disabled_reason=reason,
                         created_at=now,
                     )
                     .returning(SubscriptionRow.id)
@@ -876,18 +903,20 @@ class SqlStore:
                 created_at = as_utc(now)
             else:
                 subscription_id, created_at = row.id, row.created_at
-                if not row.active:
+                if row.active:
+                    active, reason = True, None
+                else:
                     conn.execute(
                         update(SubscriptionRow)
                         .where(SubscriptionRow.id == row.id)
-                        .values(active=True, disabled_reason=None)
+                        .values(active=active, disabled_reason=reason)
                     )
         return Subscription(
             id=subscription_id,
             target=target,
             keyword=keyword_text,
-            active=True,
-            disabled_reason=None,
+            active=active,
+            disabled_reason=reason,
             created_at=created_at,
         )
 
