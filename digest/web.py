@@ -32,6 +32,8 @@ from multidict import MultiDictProxy
 
 from digest.config import Settings
 from digest.email_subscriptions import (
+    CONFIRM_TTL,
+    MANAGE_TTL,
     EmailSubscriptions,
     RateLimiter,
     SubscriberView,
@@ -119,14 +121,37 @@ def _client(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def _token_page(exc: TokenError) -> web.Response:
+# What to do with a link that does not work, by the link's purpose: each kind of link lives
+# for a different time, and a reader trying to leave must never be offered to subscribe.
+_BAD_LINK_ADVICE: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "confirm": (
+        f"Confirmation links work for {int(CONFIRM_TTL.total_seconds() // 3600)} hours. "
+        "Sign up again to get a new one.",
+        [("/subscribe", "Sign up again")],
+    ),
+    "manage": (
+        f"Links to change your keywords work for {MANAGE_TTL.days} days, and every digest "
+        "carries a fresh one: use the Change keywords link of your newest digest.",
+        [],
+    ),
+    "unsubscribe": (
+        "Unsubscribe links never expire, so this one was changed or cut short on its way here. "
+        "Use the Unsubscribe link at the bottom of any digest (the whole link), or the "
+        "Unsubscribe button your mail app shows next to the sender.",
+        [],
+    ),
+    "day": (
+        f"Links to a day's papers work for {MANAGE_TTL.days} days; every digest that leaves "
+        "papers out carries a fresh one.",
+        [],
+    ),
+}
+
+
+def _token_page(exc: TokenError, purpose: str) -> web.Response:
+    advice, links = _BAD_LINK_ADVICE[purpose]
     return message_page(
-        "This link does not work",
-        str(exc),
-        "Links in older emails stop working after a while; the newest email has a fresh one.",
-        status=400,
-        error=True,
-        links=[("/subscribe", "Subscribe again")],
+        "This link does not work", str(exc), advice, status=400, error=True, links=links
     )
 
 
@@ -219,7 +244,7 @@ async def confirm_get(request: web.Request) -> web.StreamResponse:
     try:
         claims = service.verify(token, "confirm")
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "confirm")
     view = await service.view(claims.address)
     return render_page("confirm.html.j2", title="Confirm", view=view, token=token)
 
@@ -232,7 +257,7 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
     try:
         view, activated = await service.confirm(token)
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "confirm")
     if not view.active:  # unsubscribed since the link was sent, or removed by the operator
         return message_page(
             "Nothing to confirm",
@@ -263,8 +288,7 @@ async def _manage_page(
     status: int = 200,
 ) -> web.Response:
     tracked = await service.tracked_keywords()
-    mine = [*view.active, *view.pending, *(q for q, _ in view.disabled)]
-    keywords = list(dict.fromkeys([*mine, *tracked]))
+    keywords = list(dict.fromkeys([*view.keywords, *tracked]))
     unsubscribe = service.unsubscribe_token(view.address)
     return render_page(
         "manage.html.j2",
@@ -289,7 +313,7 @@ async def manage_get(request: web.Request) -> web.StreamResponse:
     try:
         claims = service.verify(token, "manage")
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "manage")
     return await _manage_page(request, service, token, await service.view(claims.address))
 
 
@@ -304,7 +328,7 @@ async def manage_post(request: web.Request) -> web.StreamResponse:
         claims = service.verify(token, "manage")
         view = await service.update(token, [*chosen, *_lines(queries)])
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "manage")
     except DailyPapersError as exc:
         view = await service.view(claims.address)
         return await _manage_page(request, service, token, view, error=str(exc), status=400)
@@ -313,6 +337,16 @@ async def manage_post(request: web.Request) -> web.StreamResponse:
             "You are unsubscribed",
             f"No more daily emails go to {view.address}.",
             links=[("/subscribe", "Subscribe again")],
+        )
+    if not view.confirmed:
+        # Unsubscribed since this link was mailed (or never confirmed): starting again takes
+        # the same double opt-in as any sign-up.
+        return message_page(
+            "Check your inbox",
+            f"{view.address} is not confirmed, so nothing was started. We sent a confirmation "
+            "link there (at most one per hour, so if one came a moment ago, use that one); "
+            "your keywords start once it is clicked.",
+            items=view.pending,
         )
     return await _manage_page(request, service, token, view, notice="Your keywords are saved.")
 
@@ -327,7 +361,7 @@ async def unsubscribe_get(request: web.Request) -> web.StreamResponse:
     try:
         claims = service.verify(token, "unsubscribe")
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "unsubscribe")
     return render_page(
         "unsubscribe.html.j2",
         title="Unsubscribe",
@@ -346,7 +380,7 @@ async def unsubscribe_post(request: web.Request) -> web.StreamResponse:
     try:
         address = await service.unsubscribe(token)
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "unsubscribe")
     return message_page(
         "You are unsubscribed",
         f"No more daily emails go to {address}.",
