@@ -181,9 +181,8 @@ async def test_slack_escaping_is_undone_so_a_query_is_the_same_as_from_the_cli(
     make_running: Callable[..., Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`/papers subscribe R&D robotics` arrives as `R&amp;D`: stored as typed, one with the CLI's."""
+    """`subscribe R&D robotics` arrives as `R&amp;D`: stored as typed, the same as the CLI's."""
     running: Running = await make_running()
     reply = await running.command("subscribe R&amp;D robotics")
     assert reply["text"].startswith("<@U0MEMBER> subscribed this channel to `R&amp;D robotics`")
