@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +28,9 @@ from digest.lease import LeaseBusy
 from digest.query import parse_query, query_key
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+# The reader of our output went away (`daily-papers digest --print | head`): the status of a
+# Unix tool that SIGPIPE stopped.
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
 
 DESCRIPTION = """\
 Watch arXiv for your keywords and deliver what is new: a DailyArXiv-style README
@@ -705,6 +709,16 @@ def configure_logging(*, verbose: bool, quiet: bool, level: str) -> None:
             logging.getLogger(noisy).setLevel(max(chosen, logging.WARNING))
 
 
+def _stdout_closed() -> int:
+    """Stop quietly when stdout's reader has gone (`| head`), as Unix tools do."""
+    # Python flushes stdout once more at exit, which would fail again and print a traceback:
+    # point it at /dev/null first.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `daily-papers` console script."""
     parser = build_parser()
@@ -721,6 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         code: int = args.func(args, settings)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
+    except BrokenPipeError:
+        return _stdout_closed()
     except QueryError as exc:
         print(f"error: invalid query: {exc}", file=sys.stderr)
         return EXIT_USAGE
