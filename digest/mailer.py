@@ -74,6 +74,14 @@ WRAP_WIDTH = 76  # plain-text lines that fit an 80-column reader with room for q
 MAX_AUTHORS = 30  # huge collaborations list hundreds; the arXiv page has them all
 SUBJECT_MAX = 110  # longer subjects are cut by every mail list view anyway
 SMTP_TIMEOUT = 60.0  # seconds per SMTP command: a stuck relay must not hold the cycle
+# Seconds for each step of opening a session (TCP connect and greeting, EHLO, STARTTLS, login):
+# a working relay answers within milliseconds, and one that accepts connections but never
+# speaks must not hold each message (and each sign-up) for a whole SMTP_TIMEOUT.
+CONNECT_TIMEOUT = 5.0
+TEST_CONNECT_TIMEOUT = 0.3  # service.test_mode: the stand-ins answer at once or never
+# After a session could not be opened, every message fails at once for this long (about the
+# rest of a cycle's delivery): one unreachable relay costs one timeout, not one per message.
+RELAY_DOWN_SECONDS = 300.0
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -450,6 +458,7 @@ class SendResult:
 
     status: SendStatus
     detail: str = ""
+    attempted: bool = True  # False: not tried, the relay was found down moments ago
 
 
 def _response_error(exc: aiosmtplib.SMTPResponseException) -> str:
@@ -469,6 +478,8 @@ class SmtpPool:
         password: str = "",
         size: int = 4,
         timeout: float = SMTP_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        down_seconds: float = RELAY_DOWN_SECONDS,
         tls_context: ssl.SSLContext | None = None,
         idle_seconds: float = IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -479,29 +490,58 @@ class SmtpPool:
         self._username = username
         self._password = password
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._down_seconds = down_seconds
         self._tls_context = tls_context
         self._idle_seconds = idle_seconds
         self._clock = clock
         self._slots = asyncio.Semaphore(size)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._down_until = float("-inf")
+        self._down_reason = ""
         self.connections_opened = 0  # for the log line and tests: reuse is observable
+        self.connections_tried = 0  # sessions asked for, opened or not
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A new session, opened within `connect_timeout` per step; on failure the relay is
+        taken to be down for `down_seconds` and the error is raised."""
+        self.connections_tried += 1
         smtp = aiosmtplib.SMTP(
             hostname=self.hostname,
             port=self.port,
-            timeout=self._timeout,
+            # Every step of the opening (connect and greeting, EHLO, STARTTLS, login) gets the
+            # short timeout; the messages themselves then get the command timeout.
+            timeout=self._connect_timeout,
             use_tls=self.security == "tls",
             # None would mean "if offered"; an explicit setting must not be silently skipped.
             start_tls=self.security == "starttls",
             tls_context=self._tls_context,
         )
-        await smtp.connect()
-        if self._username:
-            await smtp.login(self._username, self._password)
+        try:
+            await smtp.connect()
+            if self._username:
+                await smtp.login(self._username, self._password)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            smtp.close()
+            self._down_until = self._clock() + self._down_seconds
+            self._down_reason = f"{type(exc).__name__}: {exc}"[:200]
+            log.warning(
+                "smtp.relay_down host=%s port=%d for_seconds=%.0f error=%r",
+                self.hostname,
+                self.port,
+                self._down_seconds,
+                self._down_reason,
+            )
+            raise
+        smtp.timeout = self._timeout
         self.connections_opened += 1
         log.debug("smtp.connected host=%s port=%d", self.hostname, self.port)
         return smtp
+
+    @property
+    def down(self) -> bool:
+        """Whether a session failed to open less than `down_seconds` ago (sends fail at once)."""
+        return self._clock() < self._down_until
 
     def _take_idle(self) -> aiosmtplib.SMTP | None:
         while self._idle:
@@ -514,6 +554,14 @@ class SmtpPool:
     async def send(self, sender: str, recipient: str, data: bytes, *, utf8: bool) -> SendResult:
         """Hand one message to the relay over a pooled session; never raises."""
         async with self._slots:
+            if self.down:
+                # Not tried: the relay could not be reached moments ago (RETRY, as any
+                # transport failure); the next cycle tries again.
+                return SendResult(
+                    SendStatus.RETRY,
+                    f"the mail server is unreachable ({self._down_reason})",
+                    attempted=False,
+                )
             reused = self._take_idle()
             smtp = reused
             try:
@@ -612,6 +660,9 @@ class EmailChannel:
             username=settings.email.smtp_username,
             password=settings.secrets.smtp_password,
             size=settings.email.concurrency,
+            connect_timeout=(
+                TEST_CONNECT_TIMEOUT if settings.service.test_mode else CONNECT_TIMEOUT
+            ),
         )
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
 
@@ -715,7 +766,10 @@ class EmailChannel:
                 log.info("email.digest_sent papers=%d", len(batch.papers))
                 return for_deliveries(deliveries, OutcomeKind.SENT)
             if result.status is SendStatus.RETRY:
-                log.warning("email.digest_deferred detail=%r", result.detail)
+                # One line per digest the relay answered; while it is down, smtp.relay_down
+                # said so once and the digests it never saw are only worth a debug line.
+                level = logging.WARNING if result.attempted else logging.DEBUG
+                log.log(level, "email.digest_deferred detail=%r", result.detail)
                 return for_deliveries(deliveries, OutcomeKind.RETRY, result.detail)
             failures = await self._count_refusal(target, result, failures)
             if failures >= FAILURE_LIMIT:

@@ -9,6 +9,7 @@ import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -25,10 +26,16 @@ from digest.email_subscriptions import (
     OPTION_FAILURES,
     UNCONFIRMED,
     EmailLinks,
+    EmailSubscriptions,
+    SubscriptionError,
 )
 from digest.errors import ConfigError
 from digest.mailer import (
+    CONNECT_TIMEOUT,
     FAILURE_LIMIT,
+    RELAY_DOWN_SECONDS,
+    SMTP_TIMEOUT,
+    TEST_CONNECT_TIMEOUT,
     EmailChannel,
     RenderedEmail,
     SmtpPool,
@@ -458,6 +465,81 @@ async def test_unreachable_relay_and_timeouts_are_transient(sqlite_store: SqlSto
         outcomes = await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
         await channel.close()
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
+
+
+@asynccontextmanager
+async def silent_relay() -> AsyncIterator[tuple[int, list[float]]]:
+    """A server on 127.0.0.1 that accepts connections and never says a word (no greeting)."""
+    accepted: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(loop.time())
+        try:
+            await reader.read()  # until the client gives up
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_relay_that_never_answers_is_down_for_the_cycle_after_one_short_wait(
+    sqlite_store: SqlStore,
+) -> None:
+    """TCP accepted, no greeting: one connect times out in a moment, then every digest and
+    sign-up fails at once (RETRY) until the relay is tried again after RELAY_DOWN_SECONDS."""
+    monotonic = [1000.0]
+    async with silent_relay() as (port, accepted):
+        settings = email_settings(None, email={"smtp_port": port})
+        channel = make_channel(
+            settings,
+            sqlite_store,
+            connect_timeout=TEST_CONNECT_TIMEOUT,
+            clock=lambda: monotonic[0],
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for n in range(5):
+            batch = batch_for(f"reader{n}@lab.example.org", [(n + 1, "k", paper())])
+            outcomes = await send_all(channel, batch)
+            assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
+        assert "unreachable" in outcomes[0].error  # type: ignore[operator]
+        # One connection tried, one short wait (test mode's connect timeout), not 5 x 60 s.
+        assert len(accepted) == 1
+        assert loop.time() - started < TEST_CONNECT_TIMEOUT + 1.5
+        # A sign-up meanwhile is told at once that the mail could not go out.
+        signup = EmailSubscriptions(store=sqlite_store, settings=settings, sender=channel)
+        sqlite_store.add_keyword("k", from_config=True)
+        asked = loop.time()
+        with pytest.raises(SubscriptionError, match="could not be sent"):
+            await signup.request(ALICE, ["k"])
+        assert loop.time() - asked < 1.0
+        assert len(accepted) == 1
+        # Once the window has passed, the relay is tried again.
+        monotonic[0] += RELAY_DOWN_SECONDS
+        await send_all(channel, batch_for(ALICE, [(9, "k", paper())]))
+        assert len(accepted) == 2
+        await channel.close()
+
+
+async def test_the_channel_uses_short_connect_timeouts(sqlite_store: SqlStore) -> None:
+    """EmailChannel's own pool: the test-mode connect timeout, never the 60 s command one."""
+    async with silent_relay() as (port, _):
+        settings = email_settings(None, email={"smtp_port": port})
+        channel = EmailChannel.from_settings(settings, store=sqlite_store)
+        assert channel is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcomes = await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
+        assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
+        assert loop.time() - started < TEST_CONNECT_TIMEOUT + 1.0
+        await channel.close()
+    assert TEST_CONNECT_TIMEOUT < CONNECT_TIMEOUT <= 10 < SMTP_TIMEOUT
 
 
 async def test_unconfirmed_address_is_never_mailed(
