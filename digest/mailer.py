@@ -40,7 +40,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
@@ -52,6 +52,7 @@ from zoneinfo import ZoneInfo
 import aiosmtplib
 import css_inline
 
+from digest.archive import day_bounds
 from digest.config import Settings
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.email_subscriptions import (
@@ -821,18 +822,22 @@ class EmailChannel:
         """The 'nothing new' note for confirmed addresses that got no mail today.
 
         Call once after the cycle's deliveries. Does nothing unless `email.send_empty`. An
-        address counts as served when `send` handled a digest for it today (whatever the
-        relay said) or it already got the note, so a second cycle on the same day sends none.
-        Returns how many notes were accepted.
+        address counts as served when it was sent papers today or is still owed some (the
+        outbox says so, also for digests sent before `send_empty` was switched on), when `send`
+        handled a digest for it today (whatever the relay said), or when it already got the
+        note, so a second cycle on the same day sends none. Returns how many notes were
+        accepted.
         """
         if not self.settings.email.send_empty:
             return 0
         now = now or self._clock()
         today = self._today(now)
+        start_of_day, _ = day_bounds(date.fromisoformat(today), self.settings.service.timezone)
+        served = await asyncio.to_thread(self.store.targets_served_since, EMAIL, start_of_day)
         subs = await asyncio.to_thread(self.store.list_subscriptions, None, active_only=True)
         keywords: dict[str, list[str]] = {}
         for sub in subs:
-            if sub.target.kind == EMAIL:
+            if sub.target.kind == EMAIL and sub.target.address not in served:
                 keywords.setdefault(sub.target.address, []).append(sub.keyword)
         sent = 0
         for address, queries in keywords.items():

@@ -177,6 +177,10 @@ class PaperStore(Protocol):
         """Due pending deliveries grouped one batch per target (of these kinds, or all)."""
         ...
 
+    def targets_served_since(self, kind: str, since: datetime) -> set[str]:
+        """Addresses of `kind` targets sent a delivery at or after `since`, or still owed one."""
+        ...
+
     def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> OutcomeCounts:
         """Mark deliveries sent, schedule retries with backoff, disable on permanent errors."""
         ...

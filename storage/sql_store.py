@@ -1121,6 +1121,22 @@ class SqlStore:
             for target, deliveries in grouped.items()
         ]
 
+    def targets_served_since(self, kind: str, since: datetime) -> set[str]:
+        """Addresses of `kind` targets sent a delivery at or after `since`, or still owed one
+        (pending, due or waiting for a retry): who needs no "nothing new today" note."""
+        stmt = (
+            select(SubscriptionRow.target_address)
+            .distinct()
+            .join(DeliveryRow, DeliveryRow.subscription_id == SubscriptionRow.id)
+            .where(
+                SubscriptionRow.target_kind == kind,
+                (DeliveryRow.status == DeliveryStatus.PENDING.value)
+                | (DeliveryRow.sent_at >= as_utc(since)),
+            )
+        )
+        with self._transaction() as conn:
+            return set(conn.execute(stmt).scalars())
+
     def _retry_delay(self, attempts: int) -> timedelta:
         """retry_base * 2**(attempts-1), capped at retry_max."""
         exponent = max(attempts - 1, 0)

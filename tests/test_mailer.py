@@ -620,6 +620,41 @@ async def test_send_empty_notes_once_a_day_for_confirmed_addresses_without_a_dig
     assert len(smtp.handler.to(ALICE)) == 1  # only the digest
 
 
+async def test_send_empty_switched_on_mid_day_spares_who_already_got_a_digest(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """A digest went out while send_empty was off; turned on later that day, no note for it."""
+    bob, carol = "bob@lab.example.org", "carol@lab.example.org"
+    for address in (ALICE, bob, carol):
+        target = Target("email", address)
+        sqlite_store.add_subscription(target, "things", now=NOW - timedelta(days=1))
+        sqlite_store.set_target_option(target, OPTION_CONFIRMED, NOW.isoformat())
+    sqlite_store.add_subscription(Target("email", carol), "stuff", now=NOW - timedelta(days=1))
+    sqlite_store.commit_harvest(
+        papers=[paper("2501.00001"), paper("2501.00002")],
+        matches={"things": ["2501.00001"], "stuff": ["2501.00002"]},
+        deliverable=["2501.00001", "2501.00002"],
+        now=NOW,
+    )
+    morning = make_channel(email_settings(smtp), sqlite_store)  # send_empty off
+    for batch in sqlite_store.pending_batches(now=NOW, kinds={"email"}):
+        if batch.target.address == carol:
+            continue  # carol's digest waits for a retry: she is owed papers, not "nothing"
+        sqlite_store.record_outcomes(await send_all(morning, batch), now=NOW)
+    await morning.close()
+    digests = len(smtp.messages)
+    assert digests == 2  # alice and bob
+
+    evening = NOW + timedelta(hours=8)  # the same day (UTC)
+    channel = make_channel(email_settings(smtp, email={"send_empty": True}), sqlite_store)
+    assert await channel.send_empty(now=evening) == 0
+    assert len(smtp.messages) == digests
+    # The next day, with nothing new, the note goes to those who are owed nothing.
+    assert await channel.send_empty(now=evening + timedelta(days=1)) == 2
+    await channel.close()
+    assert {m.rcpt_tos[0] for m in smtp.messages[digests:]} == {ALICE, bob}
+
+
 async def test_notify_sends_plain_text(smtp: FakeSmtpServer, sqlite_store: SqlStore) -> None:
     """Operator alerts arrive as plain text; a refused one reports False."""
     channel = make_channel(email_settings(smtp), sqlite_store)

@@ -677,3 +677,23 @@ def test_a_pending_subscription_is_stored_inactive_in_one_step(store: SqlStore) 
     assert active.active
     again = store.add_subscription(email, "LLM Agents", now=T0, pending_reason="unconfirmed")
     assert (again.active, again.disabled_reason) == (True, None)
+
+
+def test_targets_served_since_counts_sent_today_and_still_owed(store: SqlStore) -> None:
+    """Sent at or after the moment, or pending (due or waiting for a retry): served."""
+    a, b, c = (Target("email", f"{n}@lab.org") for n in "abc")
+    subs = [store.add_subscription(t, LLM, now=T0 - timedelta(days=2)) for t in (a, b, c)]
+    store.add_subscription(Target("slack", "C1"), LLM, now=T0 - timedelta(days=2))
+    harvest(store, [paper("2501.00001")], now=T0 - timedelta(days=1))
+    store.record_outcomes([Outcome(subs[0].id, "2501.00001", OutcomeKind.SENT)], now=T0)
+    store.record_outcomes(
+        [Outcome(subs[1].id, "2501.00001", OutcomeKind.SENT)], now=T0 - timedelta(days=1)
+    )
+    store.record_outcomes(
+        [Outcome(subs[2].id, "2501.00001", OutcomeKind.RETRY, "451")], now=T0 - timedelta(days=1)
+    )
+    assert store.targets_served_since("email", T0 - timedelta(hours=1)) == {
+        "a@lab.org",
+        "c@lab.org",
+    }
+    assert store.targets_served_since("slack", T0) == {"C1"}  # still owed its paper
