@@ -34,10 +34,11 @@ import contextlib
 import functools
 import hashlib
 import logging
+import re
 import secrets
 import ssl
-import textwrap
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -212,10 +213,61 @@ def digest_sections(batch: Batch) -> list[Section]:
     return sections
 
 
-@functools.lru_cache(maxsize=4096)  # the same abstracts are folded for many readers per cycle
-def wrap_text(text: str) -> str:
-    """Fold one paragraph at WRAP_WIDTH columns without breaking words or URLs."""
-    return textwrap.fill(text, width=WRAP_WIDTH, break_long_words=False, break_on_hyphens=False)
+# Folding the plain-text part. A line may break at a space, or between two characters of a
+# script written without spaces (Chinese, Japanese, Korean), which take two columns each; never
+# inside a word or URL, before closing punctuation or after opening punctuation. A word or URL
+# longer than a line stays whole on a line of its own (a broken URL cannot be clicked).
+_WIDE = (
+    "\u1100-\u115f\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf"
+    "\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6"
+    "\U00020000-\U0003fffd"
+)
+_OPENING = "（「『【〔〈《〘〚“‘［｛｟"
+_CLOSING = "、。，．：；！？）」』】〕〉》〙〛”’］｝｠％ー々ゝゞ"
+_ATOM = re.compile(rf"\s+|[{_OPENING}]*(?:[{_WIDE}]|[^\s{_WIDE}]+)[{_CLOSING}]*")
+
+
+def text_columns(text: str) -> int:
+    """How many columns `text` takes in a fixed-width font (wide East Asian characters: 2)."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+# Lines repeat across readers (the same abstract reaches many digests): fold each once.
+@functools.lru_cache(maxsize=8192)
+def fold_line(line: str, width: int = WRAP_WIDTH) -> tuple[str, ...]:
+    """One line folded into lines of at most `width` columns, keeping its indentation."""
+    if text_columns(line) <= width:
+        return (line,)
+    body = line.lstrip(" ")
+    indent = line[: len(line) - len(body)]
+    lines: list[str] = []
+    current, used, space = "", 0, False
+    for atom in _ATOM.findall(body):
+        if atom.isspace():
+            space = bool(current)
+            continue
+        columns = text_columns(atom)
+        gap = 1 if space else 0
+        if current and len(indent) + used + gap + columns > width:
+            lines.append(indent + current)
+            current, used = atom, columns
+        else:
+            current, used = current + " " * gap + atom, used + gap + columns
+        space = False
+    lines.append(indent + current)
+    return tuple(lines)
+
+
+def fold_text(text: str, width: int = WRAP_WIDTH) -> str:
+    """Every line of a plain-text part folded at `width` columns (what narrow readers show)."""
+    return "\n".join(
+        folded for line in text.split("\n") for folded in fold_line(line.rstrip(), width)
+    )
 
 
 # css-inline: no network (remote stylesheets never exist here, and must never be fetched), and
@@ -228,12 +280,18 @@ def inline_css(html: str) -> str:
     return str(_INLINER.inline(html))
 
 
+def render_email_text(name: str, **context: Any) -> str:
+    """The plain-text part from `templates/email/<name>.txt.j2`, folded at WRAP_WIDTH."""
+    return fold_text(get_environment().get_template(f"email/{name}.txt.j2").render(**context))
+
+
+def render_email_html(name: str, **context: Any) -> str:
+    """The HTML part from `templates/email/<name>.html.j2`, its CSS inlined."""
+    return inline_css(get_environment().get_template(f"email/{name}.html.j2").render(**context))
+
+
 def _render(name: str, **context: Any) -> tuple[str, str]:
-    env = get_environment()
-    context.setdefault("wrap", wrap_text)
-    text = env.get_template(f"email/{name}.txt.j2").render(**context)
-    html = env.get_template(f"email/{name}.html.j2").render(**context)
-    return text, inline_css(html)
+    return render_email_text(name, **context), render_email_html(name, **context)
 
 
 def _subject(count: int, keywords: Sequence[str]) -> str:

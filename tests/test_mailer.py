@@ -41,8 +41,10 @@ from digest.mailer import (
     SmtpPool,
     compose_message,
     digest_sections,
+    fold_text,
     message_bytes,
     render_digest,
+    text_columns,
 )
 from storage.sql_store import SqlStore
 from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
@@ -139,6 +141,17 @@ def parts(msg: EmailMessage) -> tuple[str, str]:
 def flat(text: str) -> str:
     """Whitespace collapsed, so wrapped plain text compares with the original."""
     return " ".join(text.split())
+
+
+def squeeze(text: str) -> str:
+    """Whitespace removed, so text folded between Chinese characters compares too."""
+    return "".join(text.split())
+
+
+def assert_folded(text: str) -> None:
+    """Every line fits 76 columns, unless it is one word or URL that cannot be broken."""
+    for line in text.splitlines():
+        assert text_columns(line) <= 76 or len(line.split()) == 1, line
 
 
 @pytest.fixture
@@ -338,11 +351,65 @@ async def test_translations_are_rendered_when_the_batch_has_them(
     text, html = parts(smtp.messages[0].message)
     page = parse_html(html)
     for entry in entries:
-        assert f"Title (ZH): {entry.title_zh}" in text
-        assert flat(f"Abstract (ZH): {entry.abstract_zh}") in flat(text)
+        # Chinese is folded between characters, with no space to mark the break.
+        assert squeeze(f"Title (ZH): {entry.title_zh}") in squeeze(text)
+        assert squeeze(f"Abstract (ZH): {entry.abstract_zh}") in squeeze(text)
         assert f"Title (ZH): {entry.title_zh}" in page.text
         assert flat(entry.abstract_zh) in page.text
     assert 'lang="zh"' in html
+
+
+async def test_every_line_of_every_text_part_is_folded_at_76_columns(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """Digest (titles, Chinese lines, footer), confirmation and empty note: all folded."""
+    entries = load_reference_digest()[:4]
+    long_title = paper(
+        "2501.00009",
+        title="An Extremely Long Title About Many Things " * 4,
+        comment="Accepted at a workshop with a very long name " * 3,
+    )
+    keyword = "a rather long keyword about vision language models and their friends"
+    batch = batch_for(
+        ALICE,
+        [(1, keyword, long_title), *((2, "multimodal", e.paper) for e in entries)],
+        language=REFERENCE_LANGUAGE,
+        translations={e.paper.arxiv_id: (e.title_zh * 2, e.abstract_zh) for e in entries},
+    )
+    channel = make_channel(email_settings(smtp, email={"send_empty": True}), sqlite_store)
+    await send_all(channel, batch)
+    target = Target("email", "bob@lab.example.org")
+    for query in (keyword, "multimodal", "graph neural networks for molecules and materials"):
+        sqlite_store.add_subscription(target, query, now=NOW)
+    sqlite_store.set_target_option(target, OPTION_CONFIRMED, NOW.isoformat())
+    assert await channel.send_empty(now=NOW) == 1
+    pending = [keyword, "multimodal", "diffusion models for video generation and editing"]
+    assert await channel.send_confirmation(
+        "carol@lab.example.org", pending=pending, active=[], now=NOW
+    )
+    await channel.close()
+    assert len(smtp.messages) == 3
+    for received in smtp.messages:
+        text, _ = parts(received.message)
+        assert_folded(text)
+    digest, _ = parts(smtp.messages[0].message)
+    assert flat(f"{long_title.title.strip()}") in flat(digest)
+    for entry in entries:
+        assert squeeze(entry.abstract_zh) in squeeze(digest)
+
+
+def test_fold_text_breaks_between_chinese_characters_but_never_inside_words_or_urls() -> None:
+    """Wide characters count two columns; no line starts with closing punctuation."""
+    url = "https://papers.lab.org/manage?token=" + "x" * 120
+    text = "检索增强生成（RAG）是一种强大的策略，" * 8 + "\nChange keywords: " + url + "\n"
+    folded = fold_text(text)
+    assert_folded(folded)
+    assert url in folded.splitlines()
+    assert squeeze(folded) == squeeze(text)
+    assert not any(line.startswith(("，", "）", "。")) for line in folded.splitlines())
+    words = "word " * 40
+    assert flat(fold_text(words)) == flat(words)
+    assert all(len(line) <= 76 for line in fold_text(words).splitlines())
 
 
 async def test_one_connection_carries_many_digests_within_the_concurrency_bound(
