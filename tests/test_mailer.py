@@ -334,6 +334,43 @@ async def test_hostile_paper_text_is_escaped_and_intact(
     assert smtp.messages[0].message["Subject"] == "1 new arXiv paper: x <y> & z"
 
 
+async def test_a_hostile_translation_is_one_escaped_paragraph_in_both_parts(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """A model's answer with blank lines, fences and HTML: one paragraph, shown as text."""
+    hostile_title = "标题\n\n<h1>大标题</h1>"
+    hostile_abstract = "第一段。\n\n---\n# 假标题\n```\n<script>alert(1)</script>\n\n最后一段。"
+    batch = batch_for(
+        ALICE,
+        [(1, "k", paper("2501.00001")), (1, "k", paper("2501.00002"))],
+        language="zh",
+        translations={
+            "2501.00001": (hostile_title, hostile_abstract),
+            "2501.00002": ("第二篇", "第二篇的摘要。"),
+        },
+    )
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    await send_all(channel, batch)
+    await channel.close()
+    text, html = parts(smtp.messages[0].message)
+    page = parse_html(html)
+    assert "script" not in page.tags
+    assert "<script>" not in html
+    assert "<h1>大标题" not in html
+    one_line = "第一段。 --- # 假标题 ``` <script>alert(1)</script> 最后一段。"
+    assert f"Abstract (ZH): {one_line}" in page.text
+    shown = re.findall(r"<p class=\"abstract translated\"[^>]*>(.*?)</p>", html, re.S)
+    [paragraph] = [p for p in shown if "第一段" in p]
+    assert "最后一段" in paragraph
+    assert "\n" not in paragraph
+    # Plain text: the same single paragraph (folded, never split by a blank line).
+    lines = text.replace("\r\n", "\n")
+    block = lines.split("Abstract (ZH): 第一段。", 1)[1].split("\n\n", 1)[0]
+    assert "最后一段。" in squeeze(block)
+    assert "Title (ZH): 标题 <h1>大标题</h1>" in text
+    assert squeeze("第二篇的摘要。") in squeeze(text)  # the next paper is still there
+
+
 async def test_translations_are_rendered_when_the_batch_has_them(
     smtp: FakeSmtpServer, sqlite_store: SqlStore
 ) -> None:
