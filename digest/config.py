@@ -444,7 +444,8 @@ class TranslationSettings:
     retries: int = _opt(
         2,
         "Retries of a failed, empty, truncated or still-English answer; then the paper is "
-        "left untranslated until the next cycle.",
+        "left untranslated until the next cycle (a title that still fails is left in English "
+        "and its abstract's translation kept).",
         _non_negative,
     )
     backoff_max_seconds: float = _opt(30.0, "Longest wait between retries.", _non_negative)
@@ -455,7 +456,10 @@ class TranslationSettings:
         _positive,
     )
     max_age_days: int = _opt(
-        7, "Translate matched papers first stored within this many days.", _positive
+        7,
+        "Translate matched papers first stored (or revised with a new title or abstract) "
+        "within this many days.",
+        _positive,
     )
 
 

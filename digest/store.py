@@ -134,7 +134,9 @@ class PaperStore(Protocol):
     def papers_missing_translation(
         self, language: str, *, since: datetime, limit: int = 500
     ) -> list[Paper]:
-        """Matched papers first stored after `since` that have no translation into `language`."""
+        """Matched papers first stored (or revised) after `since` without a translation into
+        `language`. Storing a version whose title or abstract changed drops its translations,
+        so such a paper is listed here again."""
         ...
 
     # -- subscriptions --------------------------------------------------------------------

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    and_,
     bindparam,
     case,
     create_engine,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     insert,
     literal,
     make_url,
+    or_,
     select,
     update,
 )
@@ -606,7 +608,12 @@ class SqlStore:
                 for arxiv_id, p in latest.items()
                 if arxiv_id in known and p.version > known[arxiv_id]
             )
+            reworded = self._reworded(conn, latest, known)
             self._upsert_papers(conn, list(latest.values()), now)
+            # A translation of the old title or abstract is wrong for the new version: dropped,
+            # so the next translation step translates the paper again.
+            for id_chunk in _chunks(reworded):
+                conn.execute(delete(TranslationRow).where(TranslationRow.arxiv_id.in_(id_chunk)))
             pairs = self._matched_pairs(conn, matches)
             new_matches = self._insert_matches(conn, pairs, now)
             new_deliveries = self._insert_deliveries(
@@ -621,11 +628,12 @@ class SqlStore:
             if watermark is not None:
                 self._set_state(conn, WATERMARK_KEY, as_utc(watermark).isoformat())
         log.info(
-            "store.harvest_committed papers=%d new=%d revised=%d new_matches=%d "
+            "store.harvest_committed papers=%d new=%d revised=%d reworded=%d new_matches=%d "
             "new_deliveries=%d seconds=%.2f",
             len(latest),
             new_papers,
             revised,
+            len(reworded),
             new_matches,
             new_deliveries,
             time.monotonic() - started,
@@ -636,6 +644,23 @@ class SqlStore:
             new_matches=new_matches,
             new_deliveries=new_deliveries,
         )
+
+    def _reworded(
+        self, conn: Connection, latest: Mapping[str, Paper], known: Mapping[str, int]
+    ) -> list[str]:
+        """Ids whose new version changes the stored title or abstract (read before the upsert)."""
+        revised = sorted(a for a, p in latest.items() if a in known and p.version > known[a])
+        changed: list[str] = []
+        for id_chunk in _chunks(revised):
+            for arxiv_id, title, abstract in conn.execute(
+                select(PaperRow.arxiv_id, PaperRow.title, PaperRow.abstract).where(
+                    PaperRow.arxiv_id.in_(id_chunk)
+                )
+            ):
+                paper = latest[arxiv_id]
+                if (paper.title, paper.abstract) != (title, abstract):
+                    changed.append(arxiv_id)
+        return changed
 
     def _reopen_deliveries(self, conn: Connection, arxiv_ids: list[str], now: datetime) -> int:
         """Make finished deliveries of these (revised) papers pending again; rows re-opened."""
@@ -842,8 +867,13 @@ class SqlStore:
     def papers_missing_translation(
         self, language: str, *, since: datetime, limit: int = 500
     ) -> list[Paper]:
-        """Papers matching some keyword, first stored at or after `since`, with no translation
-        into `language`; newest first, at most `limit`."""
+        """Papers matching some keyword, first stored at or after `since` or revised since (a
+        version > 1 dated then), with no translation into `language`; newest first, at most
+        `limit`.
+
+        A revision that changed the title or abstract lost its translation when it was stored,
+        so it is found here again however old the paper is.
+        """
         matched = select(MatchRow.arxiv_id).where(MatchRow.arxiv_id == PaperRow.arxiv_id)
         translated = select(TranslationRow.arxiv_id).where(
             TranslationRow.arxiv_id == PaperRow.arxiv_id, TranslationRow.language == language
@@ -851,7 +881,14 @@ class SqlStore:
         with self._transaction() as conn:
             rows = conn.execute(
                 select(*_PAPER_COLUMNS)
-                .where(PaperRow.first_seen >= since, matched.exists(), ~translated.exists())
+                .where(
+                    or_(
+                        PaperRow.first_seen >= since,
+                        and_(PaperRow.version > 1, PaperRow.updated >= since),
+                    ),
+                    matched.exists(),
+                    ~translated.exists(),
+                )
                 .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
                 .limit(limit)
             ).all()
