@@ -314,6 +314,12 @@ class ReadmeSettings:
         _positive,
     )
     git_commit: bool = _opt(False, "Commit the snapshot when it changed (and push if a remote).")
+    public_url: str = _opt(
+        "",
+        "Where readers can see the snapshot (e.g. its GitHub page). Email digests too long for "
+        "a mail app link there for the rest when there is no web server (web.base_url).",
+        _optional_http_url,
+    )
 
 
 @dataclass(frozen=True)

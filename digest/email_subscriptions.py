@@ -128,10 +128,11 @@ def _b64decode(text: str) -> bytes:
 class TokenClaims:
     """What a verified token says."""
 
-    purpose: str  # "confirm", "manage" or "unsubscribe"
+    purpose: str  # "confirm", "manage", "unsubscribe" or "day"
     address: str
     list_id: str
     expires: int  # Unix seconds; 0 = never
+    day: str = ""  # YYYY-MM-DD: the day a "day" link shows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,10 +148,21 @@ class TokenSigner:
     def _mac(self, body: str) -> str:
         return _b64encode(hmac.new(self._key(), body.encode("ascii"), hashlib.sha256).digest())
 
-    def sign(self, purpose: str, address: str, *, now: datetime, ttl: timedelta | None) -> str:
-        """A token for `purpose` naming `address` and this list, valid for `ttl` (None: ever)."""
+    def sign(
+        self, purpose: str, address: str, *, now: datetime, ttl: timedelta | None, day: str = ""
+    ) -> str:
+        """A token for `purpose` naming `address` and this list, valid for `ttl` (None: ever);
+        `day` (YYYY-MM-DD) is signed too when given."""
         expires = 0 if ttl is None else int((now + ttl).timestamp())
-        payload = {"v": TOKEN_VERSION, "p": purpose, "a": address, "l": self.list_id, "x": expires}
+        payload: dict[str, str | int] = {
+            "v": TOKEN_VERSION,
+            "p": purpose,
+            "a": address,
+            "l": self.list_id,
+            "x": expires,
+        }
+        if day:
+            payload["d"] = day
         body = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._mac(body)}"
 
@@ -172,6 +184,7 @@ class TokenSigner:
                 address=str(data["a"]),
                 list_id=str(data["l"]),
                 expires=int(data["x"]),
+                day=str(data.get("d", "")),
             )
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise TokenError("This link is damaged. Copy the whole link from the email.") from exc
@@ -188,9 +201,10 @@ class TokenSigner:
 class EmailLinks:
     """The absolute URLs put into emails (web.base_url + signed tokens)."""
 
-    base_url: str  # no trailing slash
+    base_url: str  # no trailing slash; '' when there is no web server
     signer: TokenSigner
     sender: str  # the From address; List-Unsubscribe's mailto goes there
+    readme_url: str = ""  # readme.public_url: where the README snapshot can be read
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmailLinks:
@@ -201,6 +215,7 @@ class EmailLinks:
                 secret_key=require_secret_key(settings), list_id=settings.email.list_id
             ),
             sender=settings.email.sender,
+            readme_url=settings.readme.public_url,
         )
 
     def _url(
@@ -220,6 +235,14 @@ class EmailLinks:
     def unsubscribe_url(self, address: str, *, now: datetime) -> str:
         """The unsubscribe page; a POST to it is RFC 8058's one-click unsubscribe."""
         return self._url("/unsubscribe", "unsubscribe", address, now, UNSUBSCRIBE_TTL)
+
+    def day_url(self, address: str, *, day: str, now: datetime) -> str:
+        """Where the reader sees every paper of `day` that an email left out: the signed page
+        of the web server (`/day`), else the README snapshot (readme.public_url), else ''."""
+        if not self.base_url:
+            return self.readme_url
+        token = self.signer.sign("day", address, now=now, ttl=MANAGE_TTL, day=day)
+        return f"{self.base_url}/day?{urlencode({'token': token})}"
 
     def unsubscribe_mailto(self, address: str) -> str:
         """List-Unsubscribe's mailto alternative: a message to the sender naming the address.

@@ -75,6 +75,10 @@ IDLE_SECONDS = 30.0  # relays drop idle sessions after ~60 s (Postfix smtpd_time
 WRAP_WIDTH = 76  # plain-text lines that fit an 80-column reader with room for quoting
 MAX_AUTHORS = 30  # huge collaborations list hundreds; the arXiv page has them all
 SUBJECT_MAX = 110  # longer subjects are cut by every mail list view anyway
+# Gmail clips a message whose HTML passes about 102 KB: it hides the rest behind "[Message
+# clipped]", the footer with Change keywords and Unsubscribe included. A digest's HTML part
+# stays under this; the papers that do not fit are counted and linked (see `fit_sections`).
+MAX_HTML_BYTES = 100_000
 SMTP_TIMEOUT = 60.0  # seconds per SMTP command: a stuck relay must not hold the cycle
 # Seconds for each step of opening a session (TCP connect and greeting, EHLO, STARTTLS, login):
 # a working relay answers within milliseconds, and one that accepts connections but never
@@ -93,6 +97,7 @@ RELAY_DOWN_SECONDS = 300.0
 class Entry:
     """One paper as the digest templates show it (all text raw; templates escape)."""
 
+    arxiv_id: str
     anchor: str
     title: str
     versioned_id: str
@@ -109,16 +114,18 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """One keyword's heading: papers shown here in full, and those already shown above."""
+    """One keyword's heading: papers shown here in full, those already shown above, and how
+    many more match it that the email leaves out (they did not fit, see `fit_sections`)."""
 
     keyword: str
     entries: tuple[Entry, ...]
     also: tuple[Entry, ...]
+    omitted: int = 0
 
     @property
     def total(self) -> int:
-        """Papers matching this keyword in the digest."""
-        return len(self.entries) + len(self.also)
+        """Papers matching this keyword in the digest, shown or not."""
+        return len(self.entries) + len(self.also) + self.omitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +179,7 @@ def _entry(paper: Paper, batch: Batch, keywords: Sequence[str]) -> Entry:
     translation = batch.translations.get(paper.arxiv_id) if batch.language else None
     title, authors, date, comment, abstract = _paper_text(paper)
     return Entry(
+        arxiv_id=paper.arxiv_id,
         anchor="p-" + paper.arxiv_id.replace("/", "-"),
         title=title,
         versioned_id=paper.versioned_id,
@@ -211,6 +219,63 @@ def digest_sections(batch: Batch) -> list[Section]:
             entries.append(entry)
         sections.append(Section(keyword=keyword, entries=tuple(entries), also=tuple(also)))
     return sections
+
+
+# -- what fits in one email -----------------------------------------------------------------
+
+# Puts a digest's papers in the order they deserve a place in the email, best first. The cut
+# keeps the first ones that fit; the default keeps the digest's own order (a relevance ranking
+# plugs in here).
+Ranking = Callable[[Sequence[Entry]], Sequence[Entry]]
+
+
+def in_digest_order(entries: Sequence[Entry]) -> Sequence[Entry]:
+    """The default ranking: the papers in the order the digest lists them."""
+    return entries
+
+
+def keep_papers(
+    sections: Sequence[Section], keep: int, *, rank: Ranking = in_digest_order
+) -> list[Section]:
+    """The sections showing only the `keep` best-ranked papers; each counts what it leaves out.
+
+    A paper left out disappears from every keyword it matches (also from "Also matches"
+    lines, whose link would point at nothing) and is counted in each of them.
+    """
+    ranked = rank([entry for section in sections for entry in section.entries])
+    chosen = {entry.arxiv_id for entry in list(ranked)[: max(keep, 0)]}
+    cut: list[Section] = []
+    for section in sections:
+        entries = tuple(e for e in section.entries if e.arxiv_id in chosen)
+        also = tuple(e for e in section.also if e.arxiv_id in chosen)
+        omitted = section.total - len(entries) - len(also)
+        cut.append(Section(section.keyword, entries, also, omitted))
+    return cut
+
+
+def fit_sections(
+    sections: Sequence[Section],
+    render_html: Callable[[Sequence[Section]], str],
+    *,
+    max_bytes: int = MAX_HTML_BYTES,
+    rank: Ranking = in_digest_order,
+) -> tuple[list[Section], str]:
+    """The sections to show and their HTML: every paper when it fits in `max_bytes`, else as
+    many of the best-ranked as fit (the footer is part of what must fit).
+
+    Papers take about the same room each, so each attempt keeps the share of papers that would
+    fit and renders again; a handful of renders at most, and only for the rare huge digest.
+    """
+    shown = list(sections)
+    html = render_html(shown)
+    size = len(html.encode("utf-8"))
+    keep = sum(len(section.entries) for section in sections)
+    while size >= max_bytes and keep > 0:
+        keep = min(keep - 1, keep * max_bytes // size)
+        shown = keep_papers(sections, keep, rank=rank)
+        html = render_html(shown)
+        size = len(html.encode("utf-8"))
+    return shown, html
 
 
 # Folding the plain-text part. A line may break at a space, or between two characters of a
@@ -308,29 +373,52 @@ def _subject(count: int, keywords: Sequence[str]) -> str:
 
 
 def render_digest(
-    batch: Batch, *, links: EmailLinks, now: datetime, timezone: str, list_name: str
+    batch: Batch,
+    *,
+    links: EmailLinks,
+    now: datetime,
+    timezone: str,
+    list_name: str,
+    max_html_bytes: int = MAX_HTML_BYTES,
+    rank: Ranking = in_digest_order,
 ) -> RenderedEmail:
-    """The digest email of one batch."""
+    """The digest email of one batch, its HTML part under `max_html_bytes`.
+
+    A digest too long for that shows the best-ranked papers that fit and, for each keyword,
+    how many more there are, with a link to the reader's whole day (`EmailLinks.day_url`).
+    """
     sections = digest_sections(batch)
     keywords = [s.keyword for s in sections]
     address = batch.target.address
     count = len(batch.papers)
     language = batch.language or ""
-    text, html = _render(
-        "digest",
-        subject=_subject(count, keywords),
-        sections=sections,
-        count=count,
-        day=now.astimezone(ZoneInfo(timezone)).date().isoformat(),
-        keywords=keywords,
-        address=address,
-        list_name=list_name,
-        language=language,
-        language_label=language.upper(),
-        manage_url=links.manage_url(address, now=now),
-        unsubscribe_url=links.unsubscribe_url(address, now=now),
-    )
-    return RenderedEmail(subject=_subject(count, keywords), text=text, html=html)
+    day = now.astimezone(ZoneInfo(timezone)).date().isoformat()
+    subject = _subject(count, keywords)
+    context: dict[str, Any] = {
+        "subject": subject,
+        "count": count,
+        "day": day,
+        "keywords": keywords,
+        "address": address,
+        "list_name": list_name,
+        "language": language,
+        "language_label": language.upper(),
+        "manage_url": links.manage_url(address, now=now),
+        "unsubscribe_url": links.unsubscribe_url(address, now=now),
+        "day_url": links.day_url(address, day=day, now=now),
+    }
+
+    def html_of(shown: Sequence[Section]) -> str:
+        return render_email_html("digest", sections=shown, shown=_shown(shown), **context)
+
+    shown, html = fit_sections(sections, html_of, max_bytes=max_html_bytes, rank=rank)
+    text = render_email_text("digest", sections=shown, shown=_shown(shown), **context)
+    return RenderedEmail(subject=subject, text=text, html=html)
+
+
+def _shown(sections: Sequence[Section]) -> int:
+    """How many papers an email shows in full."""
+    return len({e.arxiv_id for section in sections for e in section.entries})
 
 
 def render_confirmation(

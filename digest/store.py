@@ -16,6 +16,7 @@ from typing import Protocol
 
 from digest.domain import (
     Batch,
+    Delivery,
     Keyword,
     LeaseHolder,
     Outcome,
@@ -177,6 +178,10 @@ class PaperStore(Protocol):
         self, *, now: datetime, kinds: Collection[str] | None = None
     ) -> list[Batch]:
         """Due pending deliveries grouped one batch per target (of these kinds, or all)."""
+        ...
+
+    def sent_between(self, target: Target, start: datetime, end: datetime) -> list[Delivery]:
+        """Deliveries to `target` sent in [start, end): what its messages carried then."""
         ...
 
     def targets_served_since(self, kind: str, since: datetime) -> set[str]:

@@ -9,6 +9,8 @@
 - `GET /manage?token=` / `POST /manage`: change keywords or leave, no password;
 - `GET /unsubscribe?token=` shows one button; `POST /unsubscribe?token=` is RFC 8058's
   one-click unsubscribe: no cookies, no login, idempotent, always 200 for a valid token;
+- `GET /day?token=`: every paper mailed to one address on one day (a digest too long for one
+  email links here for what it left out);
 - `GET /healthz`: JSON, 200 when the database answers.
 
 Pages are server-rendered from `templates/web/*.html.j2` (autoescaped) with a strict
@@ -25,14 +27,20 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import date
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from digest.archive import day_bounds
 from digest.config import Settings
+from digest.domain import Batch, Target
 from digest.email_subscriptions import (
     CONFIRM_TTL,
+    EMAIL,
     MANAGE_TTL,
     EmailSubscriptions,
     RateLimiter,
@@ -40,6 +48,7 @@ from digest.email_subscriptions import (
     TokenError,
 )
 from digest.errors import ConfigError, DailyPapersError
+from digest.mailer import digest_sections
 from digest.render import get_environment
 from digest.store import PaperStore
 
@@ -388,6 +397,45 @@ async def unsubscribe_post(request: web.Request) -> web.StreamResponse:
     )
 
 
+# -- /day ------------------------------------------------------------------------------------
+
+
+async def day_get(request: web.Request) -> web.StreamResponse:
+    """Every paper mailed to the token's address on the token's day: where a digest too long
+    for one email sends its reader for the papers it left out."""
+    service = _signup(request)
+    token = request.query.get("token", "")
+    try:
+        claims = service.verify(token, "day")
+        day = date.fromisoformat(claims.day)
+    except TokenError as exc:
+        return _token_page(exc, "day")
+    except ValueError:
+        return _token_page(TokenError("This link is damaged. Copy the whole link."), "day")
+    settings = request.app[SETTINGS_KEY]
+    store = request.app[STORE_KEY]
+    target = Target(kind=EMAIL, address=claims.address)
+    start, end = day_bounds(day, settings.service.timezone)
+    deliveries = await asyncio.to_thread(store.sent_between, target, start, end)
+    batch = Batch(target=target, deliveries=tuple(deliveries))
+    language = settings.translation.language
+    if language and deliveries:
+        ids = [p.arxiv_id for p in batch.papers]
+        found = await asyncio.to_thread(store.get_translations, ids, language)
+        batch = replace(batch, language=language, translations=found)
+    return render_page(
+        "day.html.j2",
+        title=f"Papers of {day.isoformat()}",
+        day=day.isoformat(),
+        address=claims.address,
+        count=len(batch.papers),
+        sections=digest_sections(batch),
+        language=language,
+        language_label=language.upper(),
+        manage_url=f"/manage?{urlencode({'token': service.manage_token(claims.address)})}",
+    )
+
+
 # -- /healthz --------------------------------------------------------------------------------
 
 
@@ -447,6 +495,7 @@ def build_web_app(
             web.post("/manage", manage_post),
             web.get("/unsubscribe", unsubscribe_get),
             web.post("/unsubscribe", unsubscribe_post),
+            web.get("/day", day_get),
         ]
     )
     app.add_routes(list(routes))

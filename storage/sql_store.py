@@ -1158,6 +1158,41 @@ class SqlStore:
             for target, deliveries in grouped.items()
         ]
 
+    def sent_between(self, target: Target, start: datetime, end: datetime) -> list[Delivery]:
+        """Deliveries to `target` sent in [start, end), by subscription, newest paper first.
+
+        What the target's messages carried in that time (the reader's page of one day).
+        """
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(
+                    DeliveryRow.subscription_id,
+                    DeliveryRow.attempts,
+                    KeywordRow.query,
+                    *_PAPER_COLUMNS,
+                )
+                .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
+                .join(KeywordRow, KeywordRow.id == SubscriptionRow.keyword_id)
+                .join(PaperRow, PaperRow.arxiv_id == DeliveryRow.arxiv_id)
+                .where(
+                    SubscriptionRow.target_kind == target.kind,
+                    SubscriptionRow.target_address == target.address,
+                    DeliveryRow.status == DeliveryStatus.SENT.value,
+                    DeliveryRow.sent_at >= as_utc(start),
+                    DeliveryRow.sent_at < as_utc(end),
+                )
+            ).all()
+        deliveries = [
+            Delivery(
+                subscription_id=r.subscription_id,
+                keyword=r.query,
+                paper=_paper(r),
+                attempts=r.attempts,
+            )
+            for r in rows
+        ]
+        return list(_batch_order(deliveries))
+
     def targets_served_since(self, kind: str, since: datetime) -> set[str]:
         """Addresses of `kind` targets sent a delivery at or after `since`, or still owed one
         (pending, due or waiting for a retry): who needs no "nothing new today" note."""

@@ -8,7 +8,7 @@ import re
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -28,20 +28,26 @@ from digest.email_subscriptions import (
     EmailLinks,
     EmailSubscriptions,
     SubscriptionError,
+    TokenSigner,
 )
 from digest.errors import ConfigError
 from digest.mailer import (
     CONNECT_TIMEOUT,
     FAILURE_LIMIT,
+    MAX_HTML_BYTES,
     RELAY_DOWN_SECONDS,
     SMTP_TIMEOUT,
     TEST_CONNECT_TIMEOUT,
     EmailChannel,
+    Entry,
     RenderedEmail,
+    Section,
     SmtpPool,
     compose_message,
     digest_sections,
+    fit_sections,
     fold_text,
+    keep_papers,
     message_bytes,
     render_digest,
     text_columns,
@@ -447,6 +453,132 @@ def test_fold_text_breaks_between_chinese_characters_but_never_inside_words_or_u
     words = "word " * 40
     assert flat(fold_text(words)) == flat(words)
     assert all(len(line) <= 76 for line in fold_text(words).splitlines())
+
+
+def many_papers(count: int, *, abstract_words: int = 160) -> list[Paper]:
+    """`count` distinct papers with full-length abstracts, newest first."""
+    return [
+        paper(
+            f"2501.{n:05d}",
+            title=f"Paper {n:03d} on vision language models and their evaluation",
+            authors=tuple(f"Author {n}-{i}" for i in range(6)),
+            abstract=" ".join(["word"] * abstract_words) + f" END {n:03d}.",
+            updated=NOW - timedelta(minutes=n),
+        )
+        for n in range(count)
+    ]
+
+
+async def test_a_300_paper_digest_fits_gmail_with_its_footer_and_counts_the_rest(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """HTML under 100,000 bytes, footer links intact, "and N more papers for X" linked to the
+    reader's day; the text part shows the same papers; every delivery counts as sent."""
+    papers = many_papers(300)
+    keywords = ["vision language models", "model evaluation"]
+    items = [(1 + n % 2, keywords[n % 2], p) for n, p in enumerate(papers)]
+    items += [(2, keywords[1], p) for p in papers[:10:2]]  # five papers match both keywords
+    channel = make_channel(email_settings(smtp, base_url="https://papers.lab.org"), sqlite_store)
+    outcomes = await send_all(channel, batch_for(ALICE, items))
+    await channel.close()
+    assert {o.kind for o in outcomes} == {OutcomeKind.SENT}
+    assert len(outcomes) == len(items)
+    message = smtp.messages[0].message
+    assert message["Subject"].startswith("300 new arXiv papers: ")
+    text, html = parts(message)
+    assert len(html.encode("utf-8")) < MAX_HTML_BYTES
+    page = parse_html(html)
+    links = page.links
+    assert any(u.startswith("https://papers.lab.org/manage?token=") for u in links)
+    assert any(u.startswith("https://papers.lab.org/unsubscribe?token=") for u in links)
+    assert "Change keywords" in page.text
+    assert "Unsubscribe" in page.text
+    shown = sorted(
+        (p for p in papers if f"END {p.arxiv_id[-3:]}." in page.text),
+        key=lambda p: page.text.index(f"END {p.arxiv_id[-3:]}."),
+    )
+    assert 20 <= len(shown) < 300
+    digest_order = papers[::2] + papers[1::2]  # by keyword, newest first within each
+    assert shown == digest_order[: len(shown)]  # the digest's own order, cut at the end
+    assert f"This email shows {len(shown)} of the 300 papers" in page.text
+    day_links = [u for u in links if u.startswith("https://papers.lab.org/day?token=")]
+    assert day_links
+    more = re.findall(rf"and (\d+) more papers? for ({'|'.join(keywords)})", page.text)
+    counted = {keyword: int(n) for n, keyword in more}
+    in_full = {
+        k: sum(1 for n, p in enumerate(papers) if keywords[n % 2] == k and p in shown)
+        for k in keywords
+    }
+    also = sum(1 for p in papers[:10:2] if p in shown)
+    assert counted["vision language models"] == 150 - in_full["vision language models"]
+    assert counted["model evaluation"] == 155 - in_full["model evaluation"] - also
+    # The plain text shows the same papers and the same counts, with the link.
+    assert_folded(text)
+    for n, keyword in more:
+        assert f"and {n} more papers for {keyword}:" in flat(text)
+    assert {p.arxiv_id for p in papers if f"END {p.arxiv_id[-3:]}." in text} == {
+        p.arxiv_id for p in shown
+    }
+
+
+def test_the_cut_takes_a_ranking_and_drops_a_left_out_paper_everywhere() -> None:
+    """keep_papers keeps the best-ranked papers; a left-out paper leaves its "also" lines too."""
+    papers = many_papers(6, abstract_words=5)
+    items = [(1, "a", p) for p in papers[:4]] + [(2, "b", p) for p in papers[2:]]
+    sections = digest_sections(batch_for(ALICE, items))
+    assert [len(s.also) for s in sections] == [0, 2]
+    in_order = keep_papers(sections, 3)
+    assert [[e.arxiv_id for e in s.entries] for s in in_order] == [
+        [p.arxiv_id for p in papers[:3]],
+        [],
+    ]
+    assert [(s.omitted, s.total) for s in in_order] == [(1, 4), (3, 4)]
+    assert [e.arxiv_id for e in in_order[1].also] == [papers[2].arxiv_id]
+
+    def newest_last(entries: Sequence[Entry]) -> Sequence[Entry]:
+        return list(reversed(entries))
+
+    ranked = keep_papers(sections, 2, rank=newest_last)
+    assert [[e.arxiv_id for e in s.entries] for s in ranked] == [
+        [],
+        [p.arxiv_id for p in papers[4:]],
+    ]
+    assert [(s.omitted, s.total) for s in ranked] == [(4, 4), (2, 4)]
+
+
+def test_without_a_web_server_the_rest_is_on_the_readme_or_just_counted() -> None:
+    """No web.base_url: the link points at readme.public_url; without one, the count only."""
+    papers = many_papers(120)
+    batch = batch_for(ALICE, [(1, "vision", p) for p in papers])
+    signer = TokenSigner(secret_key="k" * 32, list_id="papers.lab.org")
+    readme = "https://github.com/lab/papers#readme"
+    for readme_url, expected in ((readme, readme), ("", None)):
+        links = EmailLinks(base_url="", signer=signer, sender="p@lab.org", readme_url=readme_url)
+        rendered = render_digest(
+            batch, links=links, now=NOW, timezone="UTC", list_name="papers.lab.org"
+        )
+        assert len(rendered.html.encode("utf-8")) < MAX_HTML_BYTES
+        page = parse_html(rendered.html)
+        assert re.search(r"and \d+ more papers for vision", page.text)
+        if expected:
+            assert expected in page.links
+            assert f"for vision: {expected}" in rendered.text
+        else:
+            assert not [u for u in page.links if "day" in u or "readme" in u]
+            assert re.search(r"and \d+ more papers for vision\s*$", rendered.text, re.M)
+
+
+def test_a_small_digest_is_rendered_once_and_shows_everything() -> None:
+    """Under the limit nothing is cut and no note or link appears."""
+    calls: list[int] = []
+
+    def render(shown: Sequence[Section]) -> str:
+        calls.append(len(shown))
+        return "x" * 10
+
+    sections = digest_sections(batch_for(ALICE, [(1, "k", p) for p in many_papers(3)]))
+    shown, html = fit_sections(sections, render)
+    assert (shown, html, calls) == (sections, "x" * 10, [1])
 
 
 async def test_one_connection_carries_many_digests_within_the_concurrency_bound(

@@ -450,11 +450,16 @@ async def test_a_non_ascii_signature_gets_the_bad_link_page_on_every_token_route
         ),
         "/manage": _non_ascii_signature(service.manage_token(ALICE)),
         "/unsubscribe": _non_ascii_signature(service.unsubscribe_token(ALICE)),
+        "/day": _non_ascii_signature(
+            service.signer.sign("day", ALICE, now=service.now(), ttl=None, day="2025-01-11")
+        ),
     }
     for path, token in tokens.items():
         url = f"{stack.url}{path}?token={quote(token)}"
         page = await get_page(http, url, status=400)
         assert "This link does not work" in page.text
+        if path == "/day":
+            continue  # a page to read, no form
         form, _ = await post_page(http, url, {"token": token}, status=400)
         assert "This link does not work" in form.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -547,3 +552,52 @@ async def test_a_strangers_own_query_stays_off_the_public_page_and_the_readme(
         assert "my secret topic" in form.checkboxes()
         await render_snapshot(settings=running.settings, store=sqlite_store, now=datetime.now(UTC))
         assert "## my secret topic" in running.settings.readme_path.read_text(encoding="utf-8")
+
+
+async def test_a_digest_too_long_for_one_email_links_to_the_readers_whole_day(
+    stack: EmailStack, http: aiohttp.ClientSession
+) -> None:
+    """300 papers: the email shows what fits, its "and N more" link opens every paper mailed
+    that day; the link names one address and one day, and only works as signed."""
+    await subscribe_and_confirm(stack, http, ["diffusion models"])
+    moment = datetime.now(UTC)
+    papers = [
+        Paper(
+            f"2501.{n:05d}",
+            1,
+            f"Diffusion paper number {n:03d}",
+            ("Ada",),
+            "Abstract words. " * 60,
+            moment - timedelta(minutes=n),
+            moment - timedelta(minutes=n),
+            "cs.LG",
+        )
+        for n in range(300)
+    ]
+    ids = [p.arxiv_id for p in papers]
+    stack.store.commit_harvest(
+        papers=papers, matches={"diffusion models": ids}, deliverable=ids, now=moment
+    )
+    await send_digests(stack)
+    digest = stack.smtp.handler.to(ALICE)[-1].message
+    html = digest.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert len(html.encode("utf-8")) < 100_000
+    email_page = Page(html)
+    more = [u for u in email_page.links if u.startswith(f"{stack.url}/day?token=")]
+    assert more
+    shown = sum(f"Diffusion paper number {n:03d}" in email_page.text for n in range(300))
+    assert shown < 300
+    assert f"and {300 - shown} more papers for diffusion models" in email_page.text
+
+    day = await get_page(http, more[0])
+    assert day.text.count("Diffusion paper number") == 300
+    assert "300 new papers mailed to alice@lab.example.org" in day.text
+    assert "/manage?token=" in " ".join(day.links)
+    # Nobody else's day: the token is bound to the address and the day, and signed.
+    token = more[0].rsplit("token=", 1)[1]
+    await get_page(http, f"{stack.url}/day?token={token[:-2]}xx", status=400)
+    other_day = stack.service.signer.sign(
+        "day", ALICE, now=stack.service.now(), ttl=timedelta(days=1), day="2020-01-01"
+    )
+    empty = await get_page(http, f"{stack.url}/day?token={other_day}")
+    assert "No papers were mailed" in empty.text
