@@ -79,6 +79,10 @@ SUBJECT_MAX = 110  # longer subjects are cut by every mail list view anyway
 # clipped]", the footer with Change keywords and Unsubscribe included. A digest's HTML part
 # stays under this; the papers that do not fit are counted and linked (see `fit_sections`).
 MAX_HTML_BYTES = 100_000
+# No paper's HTML is smaller than this (an empty title and abstract take about 950 bytes with
+# their inlined styles), so no more than MAX_HTML_BYTES // MIN_ENTRY_BYTES papers can ever fit:
+# a digest of thousands of papers is never rendered whole just to be measured.
+MIN_ENTRY_BYTES = 800
 SMTP_TIMEOUT = 60.0  # seconds per SMTP command: a stuck relay must not hold the cycle
 # Seconds for each step of opening a session (TCP connect and greeting, EHLO, STARTTLS, login):
 # a working relay answers within milliseconds, and one that accepts connections but never
@@ -266,10 +270,11 @@ def fit_sections(
     Papers take about the same room each, so each attempt keeps the share of papers that would
     fit and renders again; a handful of renders at most, and only for the rare huge digest.
     """
-    shown = list(sections)
+    total = sum(len(section.entries) for section in sections)
+    keep = min(total, max_bytes // MIN_ENTRY_BYTES)
+    shown = list(sections) if keep == total else keep_papers(sections, keep, rank=rank)
     html = render_html(shown)
     size = len(html.encode("utf-8"))
-    keep = sum(len(section.entries) for section in sections)
     while size >= max_bytes and keep > 0:
         keep = min(keep - 1, keep * max_bytes // size)
         shown = keep_papers(sections, keep, rank=rank)

@@ -35,6 +35,7 @@ from digest.mailer import (
     CONNECT_TIMEOUT,
     FAILURE_LIMIT,
     MAX_HTML_BYTES,
+    MIN_ENTRY_BYTES,
     RELAY_DOWN_SECONDS,
     SMTP_TIMEOUT,
     TEST_CONNECT_TIMEOUT,
@@ -50,6 +51,7 @@ from digest.mailer import (
     keep_papers,
     message_bytes,
     render_digest,
+    render_email_html,
     text_columns,
 )
 from storage.sql_store import SqlStore
@@ -566,6 +568,49 @@ def test_without_a_web_server_the_rest_is_on_the_readme_or_just_counted() -> Non
         else:
             assert not [u for u in page.links if "day" in u or "readme" in u]
             assert re.search(r"and \d+ more papers for vision\s*$", rendered.text, re.M)
+
+
+def test_a_huge_digest_is_never_rendered_whole() -> None:
+    """5,000 papers: a handful of renders, none with more papers than could ever fit."""
+    sections = digest_sections(
+        batch_for(ALICE, [(1, "k", p) for p in many_papers(5000, abstract_words=100)])
+    )
+    rendered: list[int] = []
+
+    def render(shown: Sequence[Section]) -> str:
+        rendered.append(sum(len(s.entries) for s in shown))
+        return render_email_html_for_test(shown)
+
+    shown, html = fit_sections(sections, render)
+    assert len(html.encode("utf-8")) < MAX_HTML_BYTES
+    assert max(rendered) <= MAX_HTML_BYTES // MIN_ENTRY_BYTES
+    assert len(rendered) <= 6
+    assert shown[0].omitted == 5000 - rendered[-1]
+
+
+def render_email_html_for_test(shown: Sequence[Section]) -> str:
+    """The digest HTML of these sections, as render_digest builds it."""
+    links = EmailLinks(
+        base_url="https://papers.lab.org",
+        signer=TokenSigner(secret_key="k" * 32, list_id="l"),
+        sender="p@lab.org",
+    )
+    return render_email_html(
+        "digest",
+        sections=shown,
+        shown=sum(len(s.entries) for s in shown),
+        subject="s",
+        count=5000,
+        day="2025-01-11",
+        keywords=["k"],
+        address=ALICE,
+        list_name="l",
+        language="",
+        language_label="",
+        manage_url=links.manage_url(ALICE, now=NOW),
+        unsubscribe_url=links.unsubscribe_url(ALICE, now=NOW),
+        day_url=links.day_url(ALICE, day="2025-01-11", now=NOW),
+    )
 
 
 def test_a_small_digest_is_rendered_once_and_shows_everything() -> None:
