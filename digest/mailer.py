@@ -389,8 +389,9 @@ def render_digest(
 ) -> RenderedEmail:
     """The digest email of one batch, its HTML part under `max_html_bytes`.
 
-    A digest too long for that shows the best-ranked papers that fit and, for each keyword,
-    how many more there are, with a link to the reader's whole day (`EmailLinks.day_url`).
+    An HTML part too long for that shows the best-ranked papers that fit and, for each
+    keyword, how many more there are, with a link to the reader's whole day
+    (`EmailLinks.day_url`). The plain-text part, which no mail client clips, lists them all.
     """
     sections = digest_sections(batch)
     keywords = [s.keyword for s in sections]
@@ -416,8 +417,9 @@ def render_digest(
     def html_of(shown: Sequence[Section]) -> str:
         return render_email_html("digest", sections=shown, shown=_shown(shown), **context)
 
-    shown, html = fit_sections(sections, html_of, max_bytes=max_html_bytes, rank=rank)
-    text = render_email_text("digest", sections=shown, shown=_shown(shown), **context)
+    _, html = fit_sections(sections, html_of, max_bytes=max_html_bytes, rank=rank)
+    # No mail client clips the plain-text part: it lists every paper, for text-only readers.
+    text = render_email_text("digest", sections=sections, **context)
     return RenderedEmail(subject=subject, text=text, html=html)
 
 
