@@ -3,13 +3,19 @@
 Rendering is pure (`render_digest`, `render_confirmation`, `render_empty`, `compose_message`):
 Jinja2 templates under `templates/email/`, HTML autoescaped and its CSS inlined with css-inline
 (dark-mode and narrow-screen rules stay in a <style> element), sent as multipart/alternative
-with a plain-text part. Digests carry Message-ID, Date, List-Id, List-Unsubscribe (HTTPS and
-mailto) and `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+with a plain-text part folded at 76 columns (`fold_text`). A digest's HTML part stays under
+MAX_HTML_BYTES, where Gmail would clip it and hide the footer: `fit_sections` keeps the
+best-ranked papers that fit (a `Ranking`; the digest's own order by default) and the rest are
+counted per keyword and linked to the reader's day (`EmailLinks.day_url`). Digests carry
+Message-ID, Date, List-Id, List-Unsubscribe (HTTPS and mailto) and `List-Unsubscribe-Post:
+List-Unsubscribe=One-Click` (RFC 8058).
 
 Sending (`EmailChannel`): a small pool of SMTP connections (at most `email.concurrency`) reused
 across messages and cycles; a connection idle for longer than `IDLE_SECONDS` is closed instead
 of reused, and a reused one that turns out dead before the message is handed over is replaced
-once. Outcomes per digest:
+once. Opening a session gets CONNECT_TIMEOUT per step; when one cannot be opened, the relay
+counts as down for RELAY_DOWN_SECONDS and messages meanwhile are RETRY without a try.
+Outcomes per digest:
 
 - accepted (2xx): every delivery SENT; the address's refusal counter is reset.
 - 4xx, connection refused, timeout, disconnect: RETRY (the outbox backs off and retries next
@@ -654,12 +660,10 @@ class SmtpPool:
         self._down_until = float("-inf")
         self._down_reason = ""
         self.connections_opened = 0  # for the log line and tests: reuse is observable
-        self.connections_tried = 0  # sessions asked for, opened or not
 
     async def _connect(self) -> aiosmtplib.SMTP:
         """A new session, opened within `connect_timeout` per step; on failure the relay is
         taken to be down for `down_seconds` and the error is raised."""
-        self.connections_tried += 1
         smtp = aiosmtplib.SMTP(
             hostname=self.hostname,
             port=self.port,
