@@ -89,6 +89,11 @@ MAX_HTML_BYTES = 100_000
 # their inlined styles), so no more than MAX_HTML_BYTES // MIN_ENTRY_BYTES papers can ever fit:
 # a digest of thousands of papers is never rendered whole just to be measured.
 MIN_ENTRY_BYTES = 800
+# No mail client clips a plain-text part, so it lists every paper a reader is owed, up to this
+# size: relays refuse whole messages past their limit (Postfix's default is 10 MB), and such a
+# refusal would count against the reader's address. 1 MB holds some 600 papers.
+MAX_TEXT_BYTES = 1_000_000
+MIN_TEXT_ENTRY_BYTES = 120  # a paper's plain text without abstract or comment
 SMTP_TIMEOUT = 60.0  # seconds per SMTP command: a stuck relay must not hold the cycle
 # Seconds for each step of opening a session (TCP connect and greeting, EHLO, STARTTLS, login):
 # a working relay answers within milliseconds, and one that accepts connections but never
@@ -265,28 +270,31 @@ def keep_papers(
 
 def fit_sections(
     sections: Sequence[Section],
-    render_html: Callable[[Sequence[Section]], str],
+    render: Callable[[Sequence[Section]], str],
     *,
     max_bytes: int = MAX_HTML_BYTES,
+    min_entry_bytes: int = MIN_ENTRY_BYTES,
     rank: Ranking = in_digest_order,
 ) -> tuple[list[Section], str]:
-    """The sections to show and their HTML: every paper when it fits in `max_bytes`, else as
-    many of the best-ranked as fit (the footer is part of what must fit).
+    """The sections to show and their rendering (`render`): every paper when it fits in
+    `max_bytes`, else as many of the best-ranked as fit (the footer is part of what must fit).
 
     Papers take about the same room each, so each attempt keeps the share of papers that would
-    fit and renders again; a handful of renders at most, and only for the rare huge digest.
+    fit and renders again; a handful of renders at most, and only for the rare huge digest. No
+    paper takes less than `min_entry_bytes`, so more than `max_bytes // min_entry_bytes` are
+    never rendered just to be measured.
     """
     total = sum(len(section.entries) for section in sections)
-    keep = min(total, max_bytes // MIN_ENTRY_BYTES)
+    keep = min(total, max_bytes // min_entry_bytes)
     shown = list(sections) if keep == total else keep_papers(sections, keep, rank=rank)
-    html = render_html(shown)
-    size = len(html.encode("utf-8"))
+    rendered = render(shown)
+    size = len(rendered.encode("utf-8"))
     while size >= max_bytes and keep > 0:
         keep = min(keep - 1, keep * max_bytes // size)
         shown = keep_papers(sections, keep, rank=rank)
-        html = render_html(shown)
-        size = len(html.encode("utf-8"))
-    return shown, html
+        rendered = render(shown)
+        size = len(rendered.encode("utf-8"))
+    return shown, rendered
 
 
 # Folding the plain-text part. A line may break at a space, or between two characters of a
@@ -397,7 +405,8 @@ def render_digest(
 
     An HTML part too long for that shows the best-ranked papers that fit and, for each
     keyword, how many more there are, with a link to the reader's whole day
-    (`EmailLinks.day_url`). The plain-text part, which no mail client clips, lists them all.
+    (`EmailLinks.day_url`). The plain-text part, which no mail client clips, lists them all
+    (up to MAX_TEXT_BYTES, cut the same way past it).
     """
     sections = digest_sections(batch)
     keywords = [s.keyword for s in sections]
@@ -423,9 +432,18 @@ def render_digest(
     def html_of(shown: Sequence[Section]) -> str:
         return render_email_html("digest", sections=shown, shown=_shown(shown), **context)
 
+    def text_of(shown: Sequence[Section]) -> str:
+        return render_email_text("digest", sections=shown, shown=_shown(shown), **context)
+
     _, html = fit_sections(sections, html_of, max_bytes=max_html_bytes, rank=rank)
-    # No mail client clips the plain-text part: it lists every paper, for text-only readers.
-    text = render_email_text("digest", sections=sections, **context)
+    # No mail client clips the plain-text part: it lists every paper (up to what a relay takes).
+    _, text = fit_sections(
+        sections,
+        text_of,
+        max_bytes=MAX_TEXT_BYTES,
+        min_entry_bytes=MIN_TEXT_ENTRY_BYTES,
+        rank=rank,
+    )
     return RenderedEmail(subject=subject, text=text, html=html)
 
 

@@ -35,6 +35,7 @@ from digest.mailer import (
     CONNECT_TIMEOUT,
     FAILURE_LIMIT,
     MAX_HTML_BYTES,
+    MAX_TEXT_BYTES,
     MIN_ENTRY_BYTES,
     RELAY_DOWN_SECONDS,
     SMTP_TIMEOUT,
@@ -518,6 +519,24 @@ async def test_a_300_paper_digest_fits_gmail_with_its_footer_and_counts_the_rest
     assert_folded(text)
     assert all(f"END {p.arxiv_id[-3:]}." in text for p in papers)
     assert "more papers for" not in text
+
+
+def test_the_plain_text_lists_every_paper_up_to_what_a_relay_takes() -> None:
+    """1,500 papers: the text part stays under MAX_TEXT_BYTES, counting and linking the rest."""
+    papers = many_papers(1500)
+    batch = batch_for(ALICE, [(1, "vision", p) for p in papers])
+    links = EmailLinks.from_settings(email_settings(None, base_url="https://papers.lab.org"))
+    rendered = render_digest(batch, links=links, now=NOW, timezone="UTC", list_name="l")
+    size = len(rendered.text.encode("utf-8"))
+    assert MAX_TEXT_BYTES * 0.8 < size < MAX_TEXT_BYTES
+    listed = len(re.findall(r"^Abstract: ", rendered.text, re.M))
+    assert 300 < listed < 1500
+    assert f"This email shows {listed} of the 1500 papers" in flat(rendered.text)
+    assert f"and {1500 - listed} more papers for vision: https://papers.lab.org/day?token=" in (
+        flat(rendered.text)
+    )
+    assert_folded(rendered.text)
+    assert len(rendered.html.encode("utf-8")) < MAX_HTML_BYTES
 
 
 def test_the_cut_takes_a_ranking_and_drops_a_left_out_paper_everywhere() -> None:
