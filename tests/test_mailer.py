@@ -294,7 +294,8 @@ async def test_digest_parts_headers_and_fields(
 async def test_html_is_inlined_dark_mode_ready_and_self_contained(
     smtp: FakeSmtpServer, sqlite_store: SqlStore
 ) -> None:
-    """Styles inlined, dark-mode and phone rules kept in <style>, no images/scripts/remote CSS."""
+    """Styles inlined, dark-mode and phone rules kept in <style>, table layout, no
+    images/scripts/remote CSS."""
     channel = make_channel(email_settings(smtp), sqlite_store)
     await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
     await channel.close()
@@ -308,6 +309,12 @@ async def test_html_is_inlined_dark_mode_ready_and_self_contained(
     assert not tags & {"img", "script", "link", "iframe", "object"}
     assert "src=" not in html
     assert "url(" not in html
+    # Table layout, as Outlook (Word's renderer) needs: presentation tables frame the email,
+    # and a conditional table holds Outlook at 680 px, since it ignores max-width.
+    assert html.count('role="presentation"') >= 2
+    assert '<td class="card"' in html
+    assert "<!--[if mso]>" in html
+    assert 'width="680"' in html
 
 
 async def test_hostile_paper_text_is_escaped_and_intact(
