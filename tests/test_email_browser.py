@@ -224,9 +224,7 @@ async def test_translated_digest_reads_well_on_a_phone_and_in_dark_mode(
 async def test_a_300_paper_digest_fits_gmail_and_keeps_its_footer_on_every_screen(
     browser: Browser,
 ) -> None:
-    """300 papers (two keywords, full abstracts and Chinese lines): under 100,000 bytes of HTML,
-    the note and each "and N more papers for X" link to the reader's day, and the footer's
-    Change keywords and Unsubscribe links there and reachable at desktop and phone width."""
+    """300 papers: under 100,000 bytes of HTML, "and N more" links, footer reachable on both."""
     reference = load_reference_digest()
     keywords = ("multimodal models", "vision language models")
     deliveries: list[Delivery] = []

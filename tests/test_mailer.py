@@ -294,8 +294,7 @@ async def test_digest_parts_headers_and_fields(
 async def test_html_is_inlined_dark_mode_ready_and_self_contained(
     smtp: FakeSmtpServer, sqlite_store: SqlStore
 ) -> None:
-    """Styles inlined, dark-mode and phone rules kept in <style>, table layout, no
-    images/scripts/remote CSS."""
+    """Inlined styles, @media rules kept, table layout, no images, scripts or remote CSS."""
     channel = make_channel(email_settings(smtp), sqlite_store)
     await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
     await channel.close()
@@ -482,8 +481,7 @@ def many_papers(count: int, *, abstract_words: int = 160) -> list[Paper]:
 async def test_a_300_paper_digest_fits_gmail_with_its_footer_and_counts_the_rest(
     smtp: FakeSmtpServer, sqlite_store: SqlStore
 ) -> None:
-    """HTML under 100,000 bytes, footer links intact, "and N more papers for X" linked to the
-    reader's day; the plain text lists all 300; every delivery counts as sent."""
+    """HTML under 100,000 bytes with its footer, the rest counted and linked; text lists all."""
     papers = many_papers(300)
     keywords = ["vision language models", "model evaluation"]
     items = [(1 + n % 2, keywords[n % 2], p) for n, p in enumerate(papers)]
@@ -793,8 +791,7 @@ async def silent_relay() -> AsyncIterator[tuple[int, list[float]]]:
 async def test_a_relay_that_never_answers_is_down_for_the_cycle_after_one_short_wait(
     sqlite_store: SqlStore,
 ) -> None:
-    """TCP accepted, no greeting: one connect times out in a moment, then every digest and
-    sign-up fails at once (RETRY) until the relay is tried again after RELAY_DOWN_SECONDS."""
+    """No greeting: one short timeout, then digests and sign-ups fail at once for a while."""
     monotonic = [1000.0]
     async with silent_relay() as (port, accepted):
         settings = email_settings(None, email={"smtp_port": port})

@@ -139,8 +139,7 @@ async def test_translated_title_shown_under_original(slack: FakeSlackApi) -> Non
 
 
 async def test_a_hostile_translated_title_stays_one_inert_line(slack: FakeSlackApi) -> None:
-    """A model's title with line breaks, ``` fences, links and mentions: one escaped line that
-    cannot open a preformatted block over the papers after it."""
+    """A model's title with breaks, ``` fences, links and mentions: one escaped, inert line."""
     papers = [_paper(1), _paper(2)]
     hostile = "第一篇\n```\n<!channel> <https://evil.example|点击> <@U0ADMIN>\n# 标题\n---"
     batch = Batch(

@@ -470,8 +470,7 @@ async def test_a_failed_title_keeps_the_good_abstract_translation(
 async def test_a_revision_that_rewords_the_paper_is_translated_again(
     store: PaperStore, openai: FakeOpenAI, translator: OpenAITranslator
 ) -> None:
-    """v2 with a new abstract drops the old translation and is translated again, however old the
-    paper; v3 with the same title and abstract keeps it."""
+    """v2 with a new abstract is translated again, however old; v3 with the same text is not."""
     old = replace(IMAGINE, published=NOW - timedelta(days=40), updated=NOW - timedelta(days=40))
     _store_papers(store, [old], now=NOW - timedelta(days=40))
     store.save_translation(old.arxiv_id, "zh", "旧标题", "旧摘要")

@@ -557,8 +557,7 @@ async def test_a_strangers_own_query_stays_off_the_public_page_and_the_readme(
 async def test_a_digest_too_long_for_one_email_links_to_the_readers_whole_day(
     stack: EmailStack, http: aiohttp.ClientSession
 ) -> None:
-    """300 papers: the email shows what fits, its "and N more" link opens every paper mailed
-    that day; the link names one address and one day, and only works as signed."""
+    """300 papers: the "and N more" link opens every paper mailed that day, and only that."""
     await subscribe_and_confirm(stack, http, ["diffusion models"])
     moment = datetime.now(UTC)
     papers = [
