@@ -188,11 +188,15 @@ class CommandService:
         clock: Callable[[], datetime] | None = None,
         command_name: str = "/papers",
         extra_commands: Sequence[Command] = (),
+        ask_admin: str = "ask a workspace admin",
     ) -> None:
         self.store = store
         self.settings = settings
         self.markup: ChatMarkup = markup if markup is not None else PlainMarkup()
         self.command_name = command_name
+        # Who to turn to when refused, in the platform's own words (Slack has workspaces,
+        # Discord servers).
+        self.ask_admin = ask_admin
         self._request_backfill = request_backfill
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
         commands = {c.name: c for c in BUILTIN_COMMANDS}
@@ -253,8 +257,7 @@ class CommandService:
         if command.changes_target and not inv.may_manage:
             return Reply(
                 text=(
-                    "You are not allowed to change this channel's subscriptions; "
-                    "ask a workspace admin."
+                    f"You are not allowed to change this channel's subscriptions; {self.ask_admin}."
                 ),
                 ok=False,
             )

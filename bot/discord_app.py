@@ -269,6 +269,7 @@ def build_bot(
         markup=MarkdownMarkup(),
         command_name="/" + settings.discord.command,
         extra_commands=extra_commands,
+        ask_admin="ask a server admin, or anyone with the Manage Channels permission",
     )
     return PapersBot(
         service=service,

@@ -88,9 +88,18 @@ def use_api_url(api_url: str) -> None:
 # -- rendering (pure) ---------------------------------------------------------------------------
 
 
+# Discord's tags: mentions of users, roles and channels, slash-command mentions, custom emoji and
+# timestamps (<@1>, <@&1>, <#1>, </papers:1>, <:name:1>, <t:1:R>). A zero-width space after `<`
+# leaves them as text; escape_markdown does not touch `<`, and escape_mentions only @everyone,
+# @here and 17-20 digit ids.
+_DISCORD_TAG = re.compile(r"<(?=[@#:/]|a:|t:)")
+
+
 def escape_text(text: str) -> str:
-    """Paper text made inert for Discord: no formatting, no mentions, whitespace collapsed."""
-    return escape_mentions(escape_markdown(" ".join(text.split())))
+    """Paper or model text made inert for Discord: one line, no formatting, no mentions or
+    other tags."""
+    escaped = escape_mentions(escape_markdown(" ".join(text.split())))
+    return _DISCORD_TAG.sub("<\u200b", escaped)
 
 
 def fit(text: str, limit: int, *, escape: bool = True) -> str:

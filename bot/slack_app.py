@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -60,6 +61,39 @@ REFUSED_TOKEN_ERRORS = frozenset(
         "not_allowed_token_type",  # a bot token (xoxb-) where the app token (xapp-) belongs
     }
 )
+
+
+# Slack sends a slash command's text the way it stores messages: `&`, `<` and `>` as entities,
+# and what it recognised while the person typed (links, e-mail addresses, channels, users,
+# groups, dates) as <target|label> forms. https://api.slack.com/reference/surfaces/formatting
+_SLACK_FORM = re.compile(r"<([^<>]*)>")
+_SLACK_ENTITY = re.compile(r"&(amp|lt|gt);")
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">"}
+
+
+def _resolve_form(inner: str) -> str:
+    """What the person typed for one <...> form: its label, or a readable form of its target."""
+    target, _, label = inner.partition("|")
+    if target.startswith("#"):  # a channel: <#C123|general>
+        return "#" + (label or target[1:])
+    if target.startswith("@"):  # a user: <@U123|bob> (older clients) or <@U123>
+        return "@" + label if label else target
+    if target.startswith("!"):  # <!here>, <!channel>, <!subteam^S1|@team>, <!date^...|text>
+        return label or "@" + target[1:].split("^", 1)[0]
+    if label:  # a link as the person typed it: <http://r-d.org|r-d.org>, <mailto:a@b|a@b>
+        return label
+    return target.removeprefix("mailto:")
+
+
+def command_text(text: str) -> str:
+    """A slash command's text as the person typed it: Slack's <...> forms resolved, then its
+    `&amp;`, `&lt;` and `&gt;` decoded (in one pass, so `&amp;lt;` stays `&lt;`).
+
+    `/papers subscribe R&D robotics` arrives as `subscribe R&amp;D robotics` and must store the
+    same query as the CLI's `R&D robotics`.
+    """
+    resolved = _SLACK_FORM.sub(lambda m: _resolve_form(m.group(1)), text)
+    return _SLACK_ENTITY.sub(lambda m: _ENTITIES[m.group(1)], resolved)
 
 
 class _NetworkTracebacks(logging.Filter):
@@ -165,7 +199,7 @@ class SlackCommandApp:
     async def _on_command(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         """Acknowledge first (Slack's 3-second limit), then run the command and respond."""
         await ack()
-        text = str(body.get("text") or "")
+        text = command_text(str(body.get("text") or ""))
         user_id = str(body.get("user_id") or "")
         channel_id = str(body.get("channel_id") or "")
         may_manage = await self._may_manage(user_id, text)

@@ -96,6 +96,13 @@ def _one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
+def escape_model_text(text: str) -> str:
+    """A model's answer (a translated title) made inert in mrkdwn: one line, `&`, `<`, `>`
+    escaped, and no backtick, because ``` opens a preformatted block that Slack lets run across
+    lines, over the papers after it. Slack has no escape for backticks: they become `ˋ`."""
+    return escape_mrkdwn(_one_line(text).replace("`", "\u02cb"))
+
+
 class SlackMarkup:
     """Slack mrkdwn spelling of the command replies (see `bot.commands.ChatMarkup`)."""
 
@@ -135,7 +142,7 @@ def render_paper(paper: Paper, translated_title: str | None = None) -> str:
     title = _shorten(_one_line(paper.title), 1000)
     lines = [f"*<{paper.abs_url}|{escape_mrkdwn(title)}>*"]
     if translated_title:
-        lines.append(f"_{escape_mrkdwn(_shorten(_one_line(translated_title), 500))}_")
+        lines.append(f"_{escape_model_text(_shorten(_one_line(translated_title), 500))}_")
     meta = [
         authors_line(paper),
         paper.updated.date().isoformat(),

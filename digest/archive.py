@@ -41,9 +41,9 @@ class DigestEntry:
     title: str
     authors: str
     pdf_url: str
-    abstract: str
+    abstract: tuple[str, ...]  # lines, shown as one paragraph (arXiv's own line breaks)
     translated_title: str = ""
-    translated_abstract: str = ""
+    translated_abstract: tuple[str, ...] = ()  # paragraphs
 
     @property
     def translated(self) -> bool:
@@ -62,6 +62,24 @@ class ArchiveResult:
     changed: bool  # False: the file already said exactly this (or there was nothing to write)
 
 
+def text_lines(text: str) -> tuple[str, ...]:
+    """The non-empty lines of a text, each with its whitespace collapsed."""
+    return tuple(line for line in (collapse_ws(part) for part in text.splitlines()) if line)
+
+
+def translated_paragraphs(source: str, translation: str) -> tuple[str, ...]:
+    """A model's translation as at most as many paragraphs as its source has lines.
+
+    A translation keeps the paragraphs of what it translates (the prompt asks for that); any
+    other structure in the answer is the model's own and is flattened into one paragraph.
+    arXiv's abstracts are one line, so in practice so is their translation.
+    """
+    parts = text_lines(translation)
+    if len(parts) > max(1, len(text_lines(source))):
+        return (" ".join(parts),)
+    return parts
+
+
 def _entry(paper: Paper, translation: tuple[str, str] | None) -> DigestEntry:
     title, abstract = translation if translation else ("", "")
     return DigestEntry(
@@ -69,9 +87,9 @@ def _entry(paper: Paper, translation: tuple[str, str] | None) -> DigestEntry:
         title=collapse_ws(paper.title),
         authors=collapse_ws(", ".join(paper.authors)),
         pdf_url=PDF_URL.format(arxiv_id=paper.arxiv_id),
-        abstract=paper.abstract.strip(),
+        abstract=text_lines(paper.abstract),
         translated_title=collapse_ws(title),
-        translated_abstract=abstract.strip(),
+        translated_abstract=translated_paragraphs(paper.abstract, abstract),
     )
 
 

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from digest.store import PaperStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+# The reader of our output went away (`daily-papers digest --print | head`): the status of a
+# Unix tool that SIGPIPE stopped.
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
 
 DESCRIPTION = """\
 Watch arXiv for your keywords and deliver what is new: a DailyArXiv-style README
@@ -317,6 +320,10 @@ def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
     return code
 
 
+# How `keywords list` names who asked for a keyword (digest.domain.KeywordOrigin values).
+_ORIGIN_WORDS = {"operator": "database", "chat": "chat channel", "email": "email reader"}
+
+
 def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Add, list or remove tracked keywords stored in the database."""
     from digest.app import open_store
@@ -328,10 +335,12 @@ def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> 
     store = open_store(loaded)
     try:
         if args.action == "list":
+            chat = loaded.keywords.publish_chat_queries
             for keyword in store.list_keywords():
-                origin = "config" if keyword.from_config else "database"
+                origin = "config" if keyword.from_config else _ORIGIN_WORDS[keyword.origin]
+                listed = "" if keyword.is_public(chat_queries=chat) else ", private"
                 count = store.count_matches(keyword.query)
-                print(f"{keyword.query}\t({origin}, {count} matching papers stored)")
+                print(f"{keyword.query}\t({origin}{listed}, {count} matching papers stored)")
         elif args.action == "add":
             for query in queries:
                 added = store.add_keyword(query.text)
@@ -935,6 +944,16 @@ def undecodable_argument(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _stdout_closed() -> int:
+    """Stop quietly when stdout's reader has gone (`| head`), as Unix tools do."""
+    # Python flushes stdout once more at exit, which would fail again and print a traceback:
+    # point it at /dev/null first.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `daily-papers` console script."""
     parser = build_parser()
@@ -956,6 +975,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         code: int = args.func(args, settings)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
+    except BrokenPipeError:
+        return _stdout_closed()
     except QueryError as exc:
         print(f"error: invalid query: {exc}", file=sys.stderr)
         return EXIT_USAGE

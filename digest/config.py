@@ -244,6 +244,12 @@ class KeywordSettings:
         "(ti: abs: au: cat: all:, quotes, AND OR ANDNOT, parentheses) is accepted too.",
         _queries,
     )
+    publish_chat_queries: bool = _opt(
+        True,
+        "List the queries chat channels follow in the README and on the sign-up page. Email "
+        "readers' own queries are never listed, unless you add them to the config or with "
+        "`daily-papers keywords add`.",
+    )
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,12 @@ class ReadmeSettings:
         _positive,
     )
     git_commit: bool = _opt(False, "Commit the snapshot when it changed (and push if a remote).")
+    public_url: str = _opt(
+        "",
+        "Where readers can see the snapshot (e.g. its GitHub page). Email digests too long for "
+        "a mail app link there for the rest when there is no web server (web.base_url).",
+        _optional_http_url,
+    )
 
 
 @dataclass(frozen=True)
@@ -445,7 +457,8 @@ class TranslationSettings:
     retries: int = _opt(
         2,
         "Retries of a failed, empty, truncated or still-English answer; then the paper is "
-        "left untranslated until the next cycle.",
+        "left untranslated until the next cycle (a title that still fails is left in English "
+        "and its abstract's translation kept).",
         _non_negative,
     )
     backoff_max_seconds: float = _opt(30.0, "Longest wait between retries.", _non_negative)
@@ -456,7 +469,10 @@ class TranslationSettings:
         _positive,
     )
     max_age_days: int = _opt(
-        7, "Translate matched papers first stored within this many days.", _positive
+        7,
+        "Translate matched papers first stored (or revised with a new title or abstract) "
+        "within this many days.",
+        _positive,
     )
 
 

@@ -36,7 +36,16 @@ from digest.arxiv_source import (
 )
 from digest.channels import Channel, ChannelRegistry
 from digest.config import Settings
-from digest.domain import Batch, Outcome, OutcomeKind, Paper, RunReport, Target, for_deliveries
+from digest.domain import (
+    Batch,
+    Outcome,
+    OutcomeKind,
+    Paper,
+    RunReport,
+    Target,
+    for_deliveries,
+    public_keywords,
+)
 from digest.errors import (
     ArxivError,
     CycleStopped,
@@ -536,8 +545,14 @@ async def deliver(
 
 async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetime) -> bool:
     """Re-render the README snapshot (and its pages, when it is an index); True when a file
-    changed (and it was committed if asked)."""
-    keywords = [k.query for k in await asyncio.to_thread(store.list_keywords)]
+    changed (and it was committed if asked).
+
+    Only public keywords get a section: an email reader's own query is never published, and
+    chat channels' queries only while keywords.publish_chat_queries is on.
+    """
+    tracked = await asyncio.to_thread(store.list_keywords)
+    chat = settings.keywords.publish_chat_queries
+    keywords = [k.query for k in public_keywords(tracked, chat_queries=chat)]
     limit = settings.readme.max_papers
     today = now.astimezone(ZoneInfo(settings.readme.timezone)).date()
     latest = await asyncio.to_thread(store.latest_matches_by_keyword, limit)

@@ -74,6 +74,31 @@ class Paper:
         return f"http://arxiv.org/pdf/{self.versioned_id}"
 
 
+class KeywordOrigin(StrEnum):
+    """Who first asked for a keyword to be tracked; it decides where the keyword is shown.
+
+    A keyword only ever moves up this list (an email reader's query that a chat channel or the
+    operator adds later becomes theirs); it never moves down.
+    """
+
+    EMAIL = "email"  # an email reader's own query (sign-up form, /papers email, the email CLI)
+    CHAT = "chat"  # a chat channel's query (/papers subscribe, `daily-papers subscriptions add`)
+    OPERATOR = "operator"  # the config file or `daily-papers keywords add`
+
+
+_ORIGIN_RANK = {KeywordOrigin.EMAIL: 0, KeywordOrigin.CHAT: 1, KeywordOrigin.OPERATOR: 2}
+
+
+def keyword_origin(target_kind: str) -> KeywordOrigin:
+    """The origin of a keyword first asked for by a subscription of this kind of target."""
+    return KeywordOrigin.EMAIL if target_kind == TargetKind.EMAIL.value else KeywordOrigin.CHAT
+
+
+def outranks(origin: str, than: str) -> bool:
+    """Whether a keyword of origin `than` becomes `origin` when `origin` asks for it too."""
+    return _ORIGIN_RANK.get(KeywordOrigin(origin), 0) > _ORIGIN_RANK.get(KeywordOrigin(than), 0)
+
+
 @dataclass(frozen=True, slots=True)
 class PaperText:
     """The searchable text of a stored paper, without the rest (cheap to read in bulk)."""
@@ -93,6 +118,23 @@ class Keyword:
 
     query: str
     from_config: bool = False
+    origin: str = KeywordOrigin.OPERATOR  # a KeywordOrigin value
+
+    def is_public(self, *, chat_queries: bool = True) -> bool:
+        """Whether the README snapshot and the public sign-up page may list this keyword.
+
+        The operator's keywords always are; a chat channel's query unless `chat_queries` is
+        off (keywords.publish_chat_queries); an email reader's own query never: a stranger's
+        sign-up must not publish what they read.
+        """
+        if self.from_config or self.origin == KeywordOrigin.OPERATOR:
+            return True
+        return chat_queries and self.origin == KeywordOrigin.CHAT
+
+
+def public_keywords(keywords: Iterable[Keyword], *, chat_queries: bool) -> list[Keyword]:
+    """The keywords that may be listed publicly (README, sign-up page), in the order given."""
+    return [k for k in keywords if k.is_public(chat_queries=chat_queries)]
 
 
 class TargetKind(StrEnum):

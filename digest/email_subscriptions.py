@@ -35,7 +35,7 @@ from urllib.parse import quote, urlencode
 from email_validator import EmailNotValidError, validate_email
 
 from digest.config import Settings
-from digest.domain import Subscription, Target, TargetKind
+from digest.domain import Subscription, Target, TargetKind, public_keywords
 from digest.errors import ConfigError, DailyPapersError
 from digest.query import parse_query, query_key
 from digest.store import PaperStore
@@ -128,10 +128,11 @@ def _b64decode(text: str) -> bytes:
 class TokenClaims:
     """What a verified token says."""
 
-    purpose: str  # "confirm", "manage" or "unsubscribe"
+    purpose: str  # "confirm", "manage", "unsubscribe" or "day"
     address: str
     list_id: str
     expires: int  # Unix seconds; 0 = never
+    day: str = ""  # YYYY-MM-DD: the day a "day" link shows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,10 +148,21 @@ class TokenSigner:
     def _mac(self, body: str) -> str:
         return _b64encode(hmac.new(self._key(), body.encode("ascii"), hashlib.sha256).digest())
 
-    def sign(self, purpose: str, address: str, *, now: datetime, ttl: timedelta | None) -> str:
-        """A token for `purpose` naming `address` and this list, valid for `ttl` (None: ever)."""
+    def sign(
+        self, purpose: str, address: str, *, now: datetime, ttl: timedelta | None, day: str = ""
+    ) -> str:
+        """A token for `purpose` naming `address` and this list, valid for `ttl` (None: ever);
+        `day` (YYYY-MM-DD) is signed too when given."""
         expires = 0 if ttl is None else int((now + ttl).timestamp())
-        payload = {"v": TOKEN_VERSION, "p": purpose, "a": address, "l": self.list_id, "x": expires}
+        payload: dict[str, str | int] = {
+            "v": TOKEN_VERSION,
+            "p": purpose,
+            "a": address,
+            "l": self.list_id,
+            "x": expires,
+        }
+        if day:
+            payload["d"] = day
         body = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._mac(body)}"
 
@@ -159,10 +171,10 @@ class TokenSigner:
         body, sep, mac = (token or "").strip().partition(".")
         if not sep or not body or not mac:
             raise TokenError("This link is incomplete. Copy the whole link from the email.")
-        try:
-            body.encode("ascii")
-        except UnicodeEncodeError:
-            raise TokenError("This link is damaged. Copy the whole link from the email.") from None
+        # Both halves must be ASCII before they meet hmac.compare_digest, which raises
+        # TypeError on any other str: a link mangled in transit is a bad link, not a crash.
+        if not (body.isascii() and mac.isascii()):
+            raise TokenError("This link is damaged. Copy the whole link from the email.")
         if not hmac.compare_digest(self._mac(body), mac):
             raise TokenError("This link is damaged or was not issued by this service.")
         try:
@@ -172,6 +184,7 @@ class TokenSigner:
                 address=str(data["a"]),
                 list_id=str(data["l"]),
                 expires=int(data["x"]),
+                day=str(data.get("d", "")),
             )
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise TokenError("This link is damaged. Copy the whole link from the email.") from exc
@@ -188,9 +201,10 @@ class TokenSigner:
 class EmailLinks:
     """The absolute URLs put into emails (web.base_url + signed tokens)."""
 
-    base_url: str  # no trailing slash
+    base_url: str  # no trailing slash; '' when there is no web server
     signer: TokenSigner
     sender: str  # the From address; List-Unsubscribe's mailto goes there
+    readme_url: str = ""  # readme.public_url: where the README snapshot can be read
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmailLinks:
@@ -201,6 +215,7 @@ class EmailLinks:
                 secret_key=require_secret_key(settings), list_id=settings.email.list_id
             ),
             sender=settings.email.sender,
+            readme_url=settings.readme.public_url,
         )
 
     def _url(
@@ -220,6 +235,14 @@ class EmailLinks:
     def unsubscribe_url(self, address: str, *, now: datetime) -> str:
         """The unsubscribe page; a POST to it is RFC 8058's one-click unsubscribe."""
         return self._url("/unsubscribe", "unsubscribe", address, now, UNSUBSCRIBE_TTL)
+
+    def day_url(self, address: str, *, day: str, now: datetime) -> str:
+        """Where the reader sees every paper of `day` that an email left out: the signed page
+        of the web server (`/day`), else the README snapshot (readme.public_url), else ''."""
+        if not self.base_url:
+            return self.readme_url
+        token = self.signer.sign("day", address, now=now, ttl=MANAGE_TTL, day=day)
+        return f"{self.base_url}/day?{urlencode({'token': token})}"
 
     def unsubscribe_mailto(self, address: str) -> str:
         """List-Unsubscribe's mailto alternative: a message to the sender naming the address.
@@ -295,9 +318,17 @@ class SubscriberView:
     active: tuple[str, ...]
     pending: tuple[str, ...]
     disabled: tuple[tuple[str, str], ...]  # (keyword, reason) disabled for other reasons
+    # The address clicked a confirmation link and has not unsubscribed since: only then may
+    # its manage page start digests without a new confirmation.
+    confirmed: bool = True
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """Every keyword of the address, whatever its state."""
+        return (*self.active, *self.pending, *(q for q, _ in self.disabled))
 
 
-def _view(address: str, subs: Sequence[Subscription]) -> SubscriberView:
+def _view(address: str, subs: Sequence[Subscription], *, confirmed: bool = True) -> SubscriberView:
     return SubscriberView(
         address=address,
         active=tuple(s.keyword for s in subs if s.active),
@@ -307,6 +338,7 @@ def _view(address: str, subs: Sequence[Subscription]) -> SubscriberView:
             for s in subs
             if not s.active and s.disabled_reason != UNCONFIRMED
         ),
+        confirmed=confirmed,
     )
 
 
@@ -353,12 +385,20 @@ class EmailSubscriptions:
 
     # -- choices ------------------------------------------------------------------------
     async def tracked_keywords(self) -> list[str]:
-        """Keywords the web form offers to tick."""
-        return [k.query for k in await self._call(self.store.list_keywords)]
+        """Keywords the web form offers to tick: the public ones (never a reader's own query)."""
+        keywords = await self._call(self.store.list_keywords)
+        chat = self.settings.keywords.publish_chat_queries
+        return [k.query for k in public_keywords(keywords, chat_queries=chat)]
 
-    async def _resolve(self, queries: Sequence[str], *, custom_allowed: bool) -> list[str]:
-        """Validated queries in their tracked spelling, deduplicated, in the order given."""
-        tracked = {query_key(k): k for k in await self.tracked_keywords()}
+    async def _resolve(
+        self, queries: Sequence[str], *, custom_allowed: bool, own: Sequence[str] = ()
+    ) -> list[str]:
+        """Validated queries in their tracked spelling, deduplicated, in the order given.
+
+        Without `custom_allowed` only the public keywords and the address's `own` ones (on
+        its manage page) may be chosen.
+        """
+        tracked = {query_key(k): k for k in [*await self.tracked_keywords(), *own]}
         chosen: dict[str, str] = {}
         for raw in queries:
             if not raw.strip():
@@ -406,9 +446,10 @@ class EmailSubscriptions:
                     existing.active or existing.disabled_reason == UNCONFIRMED
                 ):
                     continue
-                sub = await self._call(self.store.add_subscription, target, query, now=now)
-                # Stored disabled until the link is clicked: the outbox ignores it meanwhile.
-                await self._call(self.store.disable_subscription, sub.id, UNCONFIRMED)
+                # Stored inactive until the link is clicked: the outbox ignores it meanwhile.
+                await self._call(
+                    self.store.add_subscription, target, query, now=now, pending_reason=UNCONFIRMED
+                )
             view = _view(address, await self._call(self.store.list_subscriptions, target))
             last = _parse_time(
                 await self._call(self.store.get_target_option, target, OPTION_CONFIRM_SENT)
@@ -450,9 +491,11 @@ class EmailSubscriptions:
         return self.signer.sign("unsubscribe", address, now=self.now(), ttl=UNSUBSCRIBE_TTL)
 
     async def view(self, address: str) -> SubscriberView:
-        """One address's subscriptions."""
+        """One address's subscriptions, and whether it is confirmed."""
         target = Target(kind=EMAIL, address=address)
-        return _view(address, await self._call(self.store.list_subscriptions, target))
+        subs = await self._call(self.store.list_subscriptions, target)
+        confirmed = await self._call(self.store.get_target_option, target, OPTION_CONFIRMED)
+        return _view(address, subs, confirmed=bool(confirmed))
 
     async def confirm(self, token: str) -> tuple[SubscriberView, tuple[str, ...]]:
         """Activate the address's unconfirmed keywords; (view after, keywords just activated).
@@ -488,11 +531,17 @@ class EmailSubscriptions:
     async def update(self, token: str, queries: Sequence[str]) -> SubscriberView:
         """Make the address follow exactly `queries` (from the manage page) and return the view.
 
-        The manage token proves the mailbox owner clicked it, so new keywords start at once.
+        For a confirmed address the manage token proves the mailbox owner clicked it, so new
+        keywords start at once. An address that is not confirmed (it unsubscribed since the
+        link was mailed, or never confirmed) only gets a new confirmation email: the ticked
+        keywords wait for that link, as after any sign-up.
         """
         claims = self.verify(token, "manage")
+        current = await self.view(claims.address)
         wanted = await self._resolve(
-            queries, custom_allowed=self.settings.email.allow_custom_queries
+            queries,
+            custom_allowed=self.settings.email.allow_custom_queries,
+            own=current.keywords,
         )
         limit = self.settings.limits.subscriptions_per_target
         if len(wanted) > limit:
@@ -507,10 +556,15 @@ class EmailSubscriptions:
         for sub in subs:
             if query_key(sub.keyword) not in keep:
                 await self._call(self.store.remove_subscription, target, sub.keyword)
-        current = {query_key(s.keyword): s for s in subs}
+        if not current.confirmed:
+            # Every way in goes through the same double opt-in (and its hourly limit).
+            await self.request(claims.address, wanted, custom_allowed=True)
+            log.info("email.update_needs_confirmation keywords=%d", len(wanted))
+            return await self.view(claims.address)
+        by_key = {query_key(s.keyword): s for s in subs}
         added: list[str] = []
         for query in wanted:
-            found = current.get(query_key(query))
+            found = by_key.get(query_key(query))
             if found is None or not found.active:
                 await self._call(self.store.add_subscription, target, query, now=now)
                 added.append(query)
@@ -667,6 +721,7 @@ class _NoSender:
 __all__ = [
     "CONFIRM_INTERVAL",
     "EMAIL",
+    "MANAGE_TTL",
     "OPTION_CONFIRMED",
     "OPTION_CONFIRM_SENT",
     "OPTION_FAILURES",

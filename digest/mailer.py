@@ -3,13 +3,19 @@
 Rendering is pure (`render_digest`, `render_confirmation`, `render_empty`, `compose_message`):
 Jinja2 templates under `templates/email/`, HTML autoescaped and its CSS inlined with css-inline
 (dark-mode and narrow-screen rules stay in a <style> element), sent as multipart/alternative
-with a plain-text part. Digests carry Message-ID, Date, List-Id, List-Unsubscribe (HTTPS and
-mailto) and `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+with a plain-text part folded at 76 columns (`fold_text`). A digest's HTML part stays under
+MAX_HTML_BYTES, where Gmail would clip it and hide the footer: `fit_sections` keeps the
+best-ranked papers that fit (a `Ranking`; the digest's own order by default) and the rest are
+counted per keyword and linked to the reader's day (`EmailLinks.day_url`). Digests carry
+Message-ID, Date, List-Id, List-Unsubscribe (HTTPS and mailto) and `List-Unsubscribe-Post:
+List-Unsubscribe=One-Click` (RFC 8058).
 
 Sending (`EmailChannel`): a small pool of SMTP connections (at most `email.concurrency`) reused
 across messages and cycles; a connection idle for longer than `IDLE_SECONDS` is closed instead
 of reused, and a reused one that turns out dead before the message is handed over is replaced
-once. Outcomes per digest:
+once. Opening a session gets CONNECT_TIMEOUT per step; when one cannot be opened, the relay
+counts as down for RELAY_DOWN_SECONDS and messages meanwhile are RETRY without a try.
+Outcomes per digest:
 
 - accepted (2xx): every delivery SENT; the address's refusal counter is reset.
 - 4xx, connection refused, timeout, disconnect: RETRY (the outbox backs off and retries next
@@ -34,13 +40,14 @@ import contextlib
 import functools
 import hashlib
 import logging
+import re
 import secrets
 import ssl
-import textwrap
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
@@ -52,6 +59,7 @@ from zoneinfo import ZoneInfo
 import aiosmtplib
 import css_inline
 
+from digest.archive import day_bounds
 from digest.config import Settings
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.email_subscriptions import (
@@ -73,7 +81,28 @@ IDLE_SECONDS = 30.0  # relays drop idle sessions after ~60 s (Postfix smtpd_time
 WRAP_WIDTH = 76  # plain-text lines that fit an 80-column reader with room for quoting
 MAX_AUTHORS = 30  # huge collaborations list hundreds; the arXiv page has them all
 SUBJECT_MAX = 110  # longer subjects are cut by every mail list view anyway
+# Gmail clips a message whose HTML passes about 102 KB: it hides the rest behind "[Message
+# clipped]", the footer with Change keywords and Unsubscribe included. A digest's HTML part
+# stays under this; the papers that do not fit are counted and linked (see `fit_sections`).
+MAX_HTML_BYTES = 100_000
+# No paper's HTML is smaller than this (an empty title and abstract take about 950 bytes with
+# their inlined styles), so no more than MAX_HTML_BYTES // MIN_ENTRY_BYTES papers can ever fit:
+# a digest of thousands of papers is never rendered whole just to be measured.
+MIN_ENTRY_BYTES = 800
+# No mail client clips a plain-text part, so it lists every paper a reader is owed, up to this
+# size: relays refuse whole messages past their limit (Postfix's default is 10 MB), and such a
+# refusal would count against the reader's address. 1 MB holds some 600 papers.
+MAX_TEXT_BYTES = 1_000_000
+MIN_TEXT_ENTRY_BYTES = 120  # a paper's plain text without abstract or comment
 SMTP_TIMEOUT = 60.0  # seconds per SMTP command: a stuck relay must not hold the cycle
+# Seconds for each step of opening a session (TCP connect and greeting, EHLO, STARTTLS, login):
+# a working relay answers within milliseconds, and one that accepts connections but never
+# speaks must not hold each message (and each sign-up) for a whole SMTP_TIMEOUT.
+CONNECT_TIMEOUT = 5.0
+TEST_CONNECT_TIMEOUT = 0.3  # service.test_mode: the stand-ins answer at once or never
+# After a session could not be opened, every message fails at once for this long (about the
+# rest of a cycle's delivery): one unreachable relay costs one timeout, not one per message.
+RELAY_DOWN_SECONDS = 300.0
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -83,6 +112,7 @@ SMTP_TIMEOUT = 60.0  # seconds per SMTP command: a stuck relay must not hold the
 class Entry:
     """One paper as the digest templates show it (all text raw; templates escape)."""
 
+    arxiv_id: str
     anchor: str
     title: str
     versioned_id: str
@@ -99,16 +129,18 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """One keyword's heading: papers shown here in full, and those already shown above."""
+    """One keyword's heading: papers shown here in full, those already shown above, and how
+    many more match it that the email leaves out (they did not fit, see `fit_sections`)."""
 
     keyword: str
     entries: tuple[Entry, ...]
     also: tuple[Entry, ...]
+    omitted: int = 0
 
     @property
     def total(self) -> int:
-        """Papers matching this keyword in the digest."""
-        return len(self.entries) + len(self.also)
+        """Papers matching this keyword in the digest, shown or not."""
+        return len(self.entries) + len(self.also) + self.omitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +194,7 @@ def _entry(paper: Paper, batch: Batch, keywords: Sequence[str]) -> Entry:
     translation = batch.translations.get(paper.arxiv_id) if batch.language else None
     title, authors, date, comment, abstract = _paper_text(paper)
     return Entry(
+        arxiv_id=paper.arxiv_id,
         anchor="p-" + paper.arxiv_id.replace("/", "-"),
         title=title,
         versioned_id=paper.versioned_id,
@@ -203,10 +236,122 @@ def digest_sections(batch: Batch) -> list[Section]:
     return sections
 
 
-@functools.lru_cache(maxsize=4096)  # the same abstracts are folded for many readers per cycle
-def wrap_text(text: str) -> str:
-    """Fold one paragraph at WRAP_WIDTH columns without breaking words or URLs."""
-    return textwrap.fill(text, width=WRAP_WIDTH, break_long_words=False, break_on_hyphens=False)
+# -- what fits in one email -----------------------------------------------------------------
+
+# Puts a digest's papers in the order they deserve a place in the email, best first. The cut
+# keeps the first ones that fit; the default keeps the digest's own order (a relevance ranking
+# plugs in here).
+Ranking = Callable[[Sequence[Entry]], Sequence[Entry]]
+
+
+def in_digest_order(entries: Sequence[Entry]) -> Sequence[Entry]:
+    """The default ranking: the papers in the order the digest lists them."""
+    return entries
+
+
+def keep_papers(
+    sections: Sequence[Section], keep: int, *, rank: Ranking = in_digest_order
+) -> list[Section]:
+    """The sections showing only the `keep` best-ranked papers; each counts what it leaves out.
+
+    A paper left out disappears from every keyword it matches (also from "Also matches"
+    lines, whose link would point at nothing) and is counted in each of them.
+    """
+    ranked = rank([entry for section in sections for entry in section.entries])
+    chosen = {entry.arxiv_id for entry in list(ranked)[: max(keep, 0)]}
+    cut: list[Section] = []
+    for section in sections:
+        entries = tuple(e for e in section.entries if e.arxiv_id in chosen)
+        also = tuple(e for e in section.also if e.arxiv_id in chosen)
+        omitted = section.total - len(entries) - len(also)
+        cut.append(Section(section.keyword, entries, also, omitted))
+    return cut
+
+
+def fit_sections(
+    sections: Sequence[Section],
+    render: Callable[[Sequence[Section]], str],
+    *,
+    max_bytes: int = MAX_HTML_BYTES,
+    min_entry_bytes: int = MIN_ENTRY_BYTES,
+    rank: Ranking = in_digest_order,
+) -> tuple[list[Section], str]:
+    """The sections to show and their rendering (`render`): every paper when it fits in
+    `max_bytes`, else as many of the best-ranked as fit (the footer is part of what must fit).
+
+    Papers take about the same room each, so each attempt keeps the share of papers that would
+    fit and renders again; a handful of renders at most, and only for the rare huge digest. No
+    paper takes less than `min_entry_bytes`, so more than `max_bytes // min_entry_bytes` are
+    never rendered just to be measured.
+    """
+    total = sum(len(section.entries) for section in sections)
+    keep = min(total, max_bytes // min_entry_bytes)
+    shown = list(sections) if keep == total else keep_papers(sections, keep, rank=rank)
+    rendered = render(shown)
+    size = len(rendered.encode("utf-8"))
+    while size >= max_bytes and keep > 0:
+        keep = min(keep - 1, keep * max_bytes // size)
+        shown = keep_papers(sections, keep, rank=rank)
+        rendered = render(shown)
+        size = len(rendered.encode("utf-8"))
+    return shown, rendered
+
+
+# Folding the plain-text part. A line may break at a space, or between two characters of a
+# script written without spaces (Chinese, Japanese, Korean), which take two columns each; never
+# inside a word or URL, before closing punctuation or after opening punctuation. A word or URL
+# longer than a line stays whole on a line of its own (a broken URL cannot be clicked).
+_WIDE = (
+    "\u1100-\u115f\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf"
+    "\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6"
+    "\U00020000-\U0003fffd"
+)
+_OPENING = "（「『【〔〈《〘〚“‘［｛｟"
+_CLOSING = "、。，．：；！？）」』】〕〉》〙〛”’］｝｠％ー々ゝゞ"
+_ATOM = re.compile(rf"\s+|[{_OPENING}]*(?:[{_WIDE}]|[^\s{_WIDE}]+)[{_CLOSING}]*")
+
+
+def text_columns(text: str) -> int:
+    """How many columns `text` takes in a fixed-width font (wide East Asian characters: 2)."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+# Lines repeat across readers (the same abstract reaches many digests): fold each once.
+@functools.lru_cache(maxsize=8192)
+def fold_line(line: str, width: int = WRAP_WIDTH) -> tuple[str, ...]:
+    """One line folded into lines of at most `width` columns, keeping its indentation."""
+    if text_columns(line) <= width:
+        return (line,)
+    body = line.lstrip(" ")
+    indent = line[: len(line) - len(body)]
+    lines: list[str] = []
+    current, used, space = "", 0, False
+    for atom in _ATOM.findall(body):
+        if atom.isspace():
+            space = bool(current)
+            continue
+        columns = text_columns(atom)
+        gap = 1 if space else 0
+        if current and len(indent) + used + gap + columns > width:
+            lines.append(indent + current)
+            current, used = atom, columns
+        else:
+            current, used = current + " " * gap + atom, used + gap + columns
+        space = False
+    lines.append(indent + current)
+    return tuple(lines)
+
+
+def fold_text(text: str, width: int = WRAP_WIDTH) -> str:
+    """Every line of a plain-text part folded at `width` columns (what narrow readers show)."""
+    return "\n".join(
+        folded for line in text.split("\n") for folded in fold_line(line.rstrip(), width)
+    )
 
 
 # css-inline: no network (remote stylesheets never exist here, and must never be fetched), and
@@ -219,12 +364,18 @@ def inline_css(html: str) -> str:
     return str(_INLINER.inline(html))
 
 
+def render_email_text(name: str, **context: Any) -> str:
+    """The plain-text part from `templates/email/<name>.txt.j2`, folded at WRAP_WIDTH."""
+    return fold_text(get_environment().get_template(f"email/{name}.txt.j2").render(**context))
+
+
+def render_email_html(name: str, **context: Any) -> str:
+    """The HTML part from `templates/email/<name>.html.j2`, its CSS inlined."""
+    return inline_css(get_environment().get_template(f"email/{name}.html.j2").render(**context))
+
+
 def _render(name: str, **context: Any) -> tuple[str, str]:
-    env = get_environment()
-    context.setdefault("wrap", wrap_text)
-    text = env.get_template(f"email/{name}.txt.j2").render(**context)
-    html = env.get_template(f"email/{name}.html.j2").render(**context)
-    return text, inline_css(html)
+    return render_email_text(name, **context), render_email_html(name, **context)
 
 
 def _subject(count: int, keywords: Sequence[str]) -> str:
@@ -241,29 +392,64 @@ def _subject(count: int, keywords: Sequence[str]) -> str:
 
 
 def render_digest(
-    batch: Batch, *, links: EmailLinks, now: datetime, timezone: str, list_name: str
+    batch: Batch,
+    *,
+    links: EmailLinks,
+    now: datetime,
+    timezone: str,
+    list_name: str,
+    max_html_bytes: int = MAX_HTML_BYTES,
+    rank: Ranking = in_digest_order,
 ) -> RenderedEmail:
-    """The digest email of one batch."""
+    """The digest email of one batch, its HTML part under `max_html_bytes`.
+
+    An HTML part too long for that shows the best-ranked papers that fit and, for each
+    keyword, how many more there are, with a link to the reader's whole day
+    (`EmailLinks.day_url`). The plain-text part, which no mail client clips, lists them all
+    (up to MAX_TEXT_BYTES, cut the same way past it).
+    """
     sections = digest_sections(batch)
     keywords = [s.keyword for s in sections]
     address = batch.target.address
     count = len(batch.papers)
     language = batch.language or ""
-    text, html = _render(
-        "digest",
-        subject=_subject(count, keywords),
-        sections=sections,
-        count=count,
-        day=now.astimezone(ZoneInfo(timezone)).date().isoformat(),
-        keywords=keywords,
-        address=address,
-        list_name=list_name,
-        language=language,
-        language_label=language.upper(),
-        manage_url=links.manage_url(address, now=now),
-        unsubscribe_url=links.unsubscribe_url(address, now=now),
+    day = now.astimezone(ZoneInfo(timezone)).date().isoformat()
+    subject = _subject(count, keywords)
+    context: dict[str, Any] = {
+        "subject": subject,
+        "count": count,
+        "day": day,
+        "keywords": keywords,
+        "address": address,
+        "list_name": list_name,
+        "language": language,
+        "language_label": language.upper(),
+        "manage_url": links.manage_url(address, now=now),
+        "unsubscribe_url": links.unsubscribe_url(address, now=now),
+        "day_url": links.day_url(address, day=day, now=now),
+    }
+
+    def html_of(shown: Sequence[Section]) -> str:
+        return render_email_html("digest", sections=shown, shown=_shown(shown), **context)
+
+    def text_of(shown: Sequence[Section]) -> str:
+        return render_email_text("digest", sections=shown, shown=_shown(shown), **context)
+
+    _, html = fit_sections(sections, html_of, max_bytes=max_html_bytes, rank=rank)
+    # No mail client clips the plain-text part: it lists every paper (up to what a relay takes).
+    _, text = fit_sections(
+        sections,
+        text_of,
+        max_bytes=MAX_TEXT_BYTES,
+        min_entry_bytes=MIN_TEXT_ENTRY_BYTES,
+        rank=rank,
     )
-    return RenderedEmail(subject=_subject(count, keywords), text=text, html=html)
+    return RenderedEmail(subject=subject, text=text, html=html)
+
+
+def _shown(sections: Sequence[Section]) -> int:
+    """How many papers an email shows in full."""
+    return len({e.arxiv_id for section in sections for e in section.entries})
 
 
 def render_confirmation(
@@ -450,6 +636,7 @@ class SendResult:
 
     status: SendStatus
     detail: str = ""
+    attempted: bool = True  # False: not tried, the relay was found down moments ago
 
 
 def _response_error(exc: aiosmtplib.SMTPResponseException) -> str:
@@ -469,6 +656,8 @@ class SmtpPool:
         password: str = "",
         size: int = 4,
         timeout: float = SMTP_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        down_seconds: float = RELAY_DOWN_SECONDS,
         tls_context: ssl.SSLContext | None = None,
         idle_seconds: float = IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -479,29 +668,56 @@ class SmtpPool:
         self._username = username
         self._password = password
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._down_seconds = down_seconds
         self._tls_context = tls_context
         self._idle_seconds = idle_seconds
         self._clock = clock
         self._slots = asyncio.Semaphore(size)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._down_until = float("-inf")
+        self._down_reason = ""
         self.connections_opened = 0  # for the log line and tests: reuse is observable
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A new session, opened within `connect_timeout` per step; on failure the relay is
+        taken to be down for `down_seconds` and the error is raised."""
         smtp = aiosmtplib.SMTP(
             hostname=self.hostname,
             port=self.port,
-            timeout=self._timeout,
+            # Every step of the opening (connect and greeting, EHLO, STARTTLS, login) gets the
+            # short timeout; the messages themselves then get the command timeout.
+            timeout=self._connect_timeout,
             use_tls=self.security == "tls",
             # None would mean "if offered"; an explicit setting must not be silently skipped.
             start_tls=self.security == "starttls",
             tls_context=self._tls_context,
         )
-        await smtp.connect()
-        if self._username:
-            await smtp.login(self._username, self._password)
+        try:
+            await smtp.connect()
+            if self._username:
+                await smtp.login(self._username, self._password)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            smtp.close()
+            self._down_until = self._clock() + self._down_seconds
+            self._down_reason = f"{type(exc).__name__}: {exc}"[:200]
+            log.warning(
+                "smtp.relay_down host=%s port=%d for_seconds=%.0f error=%r",
+                self.hostname,
+                self.port,
+                self._down_seconds,
+                self._down_reason,
+            )
+            raise
+        smtp.timeout = self._timeout
         self.connections_opened += 1
         log.debug("smtp.connected host=%s port=%d", self.hostname, self.port)
         return smtp
+
+    @property
+    def down(self) -> bool:
+        """Whether a session failed to open less than `down_seconds` ago (sends fail at once)."""
+        return self._clock() < self._down_until
 
     def _take_idle(self) -> aiosmtplib.SMTP | None:
         while self._idle:
@@ -514,6 +730,14 @@ class SmtpPool:
     async def send(self, sender: str, recipient: str, data: bytes, *, utf8: bool) -> SendResult:
         """Hand one message to the relay over a pooled session; never raises."""
         async with self._slots:
+            if self.down:
+                # Not tried: the relay could not be reached moments ago (RETRY, as any
+                # transport failure); the next cycle tries again.
+                return SendResult(
+                    SendStatus.RETRY,
+                    f"the mail server is unreachable ({self._down_reason})",
+                    attempted=False,
+                )
             reused = self._take_idle()
             smtp = reused
             try:
@@ -612,6 +836,9 @@ class EmailChannel:
             username=settings.email.smtp_username,
             password=settings.secrets.smtp_password,
             size=settings.email.concurrency,
+            connect_timeout=(
+                TEST_CONNECT_TIMEOUT if settings.service.test_mode else CONNECT_TIMEOUT
+            ),
         )
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
 
@@ -715,7 +942,10 @@ class EmailChannel:
                 log.info("email.digest_sent papers=%d", len(batch.papers))
                 return for_deliveries(deliveries, OutcomeKind.SENT)
             if result.status is SendStatus.RETRY:
-                log.warning("email.digest_deferred detail=%r", result.detail)
+                # One line per digest the relay answered; while it is down, smtp.relay_down
+                # said so once and the digests it never saw are only worth a debug line.
+                level = logging.WARNING if result.attempted else logging.DEBUG
+                log.log(level, "email.digest_deferred detail=%r", result.detail)
                 return for_deliveries(deliveries, OutcomeKind.RETRY, result.detail)
             failures = await self._count_refusal(target, result, failures)
             if failures >= FAILURE_LIMIT:
@@ -767,18 +997,22 @@ class EmailChannel:
         """The 'nothing new' note for confirmed addresses that got no mail today.
 
         Call once after the cycle's deliveries. Does nothing unless `email.send_empty`. An
-        address counts as served when `send` handled a digest for it today (whatever the
-        relay said) or it already got the note, so a second cycle on the same day sends none.
-        Returns how many notes were accepted.
+        address counts as served when it was sent papers today or is still owed some (the
+        outbox says so, also for digests sent before `send_empty` was switched on), when `send`
+        handled a digest for it today (whatever the relay said), or when it already got the
+        note, so a second cycle on the same day sends none. Returns how many notes were
+        accepted.
         """
         if not self.settings.email.send_empty:
             return 0
         now = now or self._clock()
         today = self._today(now)
+        start_of_day, _ = day_bounds(date.fromisoformat(today), self.settings.service.timezone)
+        served = await asyncio.to_thread(self.store.targets_served_since, EMAIL, start_of_day)
         subs = await asyncio.to_thread(self.store.list_subscriptions, None, active_only=True)
         keywords: dict[str, list[str]] = {}
         for sub in subs:
-            if sub.target.kind == EMAIL:
+            if sub.target.kind == EMAIL and sub.target.address not in served:
                 keywords.setdefault(sub.target.address, []).append(sub.keyword)
         sent = 0
         for address, queries in keywords.items():

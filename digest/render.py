@@ -9,6 +9,8 @@ filters below where user text meets markup.
 Filters registered on the environment:
 - `md_cell`: text for a GitHub-flavoured Markdown table cell (one line, no `|`, HTML escaped).
 - `md_link_text`: `md_cell` plus brackets, for the text of a `[text](url)` link.
+- `md_inline`: text inside one Markdown paragraph (one line; HTML, code spans, links inert).
+- `md_line`: `md_inline` for text at the start of a line, where it cannot open a block either.
 - `md_escape`: `md_cell` without the whitespace clean-up (for text already cut, such as
   `first_chars`, whose trailing space DailyArXiv keeps).
 - `first_chars(n)`: the first n characters of text, cut before escaping so no entity is split.
@@ -89,6 +91,37 @@ def md_escape(text: str | None) -> str:
     return _escape(text or "", _CELL_ENTITIES)
 
 
+# Text inside a Markdown paragraph (the daily digest archive): one paragraph, never markup. A
+# line break is the only way to start a block (heading, `---`/`===` rule or underline, code
+# fence, list, quote, HTML block) that could swallow what follows, so whitespace is collapsed;
+# inline HTML, autolinks, code spans and link targets are encoded as in table cells. Other
+# punctuation (`*`, `_`, `$`, `[`) is kept: it cannot leave the paragraph, and the reference
+# digest prints it as it is.
+_INLINE_ENTITIES = {"<": "&lt;", ">": "&gt;", "`": "&#96;"}
+
+
+def md_inline(text: str | None) -> str:
+    """Text safe as (part of) one Markdown paragraph: one line, no HTML, code or link syntax."""
+    return _escape(collapse_ws(text), _INLINE_ENTITIES)
+
+
+# What opens a block at the start of a line: a heading, a rule or setext underline, a quote, a
+# list item, a fence, a table row or a link reference definition. Its last character is
+# written as a character reference, which CommonMark shows as the character but never reads as
+# syntax.
+_BLOCK_START = re.compile(r"^(?:[#>+\-*_=~|\[]|\d{1,9}[.)])")
+
+
+def md_line(text: str | None) -> str:
+    """`md_inline` text that may start a line: it cannot open a block there either."""
+    escaped = md_inline(text)
+    start = _BLOCK_START.match(escaped)
+    if start is None:
+        return escaped
+    end = start.end()
+    return f"{escaped[: end - 1]}&#{ord(escaped[end - 1])};{escaped[end:]}"
+
+
 def md_link_text(text: str | None) -> str:
     """Text safe as the `[text]` of a Markdown link inside a table cell."""
     return _escape(collapse_ws(text), _LINK_ENTITIES)
@@ -138,6 +171,8 @@ def build_environment() -> jinja2.Environment:
     env.filters["md_cell"] = md_cell
     env.filters["md_escape"] = md_escape
     env.filters["md_link_text"] = md_link_text
+    env.filters["md_inline"] = md_inline
+    env.filters["md_line"] = md_line
     env.filters["first_chars"] = first_chars
     env.filters["collapse_ws"] = collapse_ws
     env.filters["md_url"] = md_url

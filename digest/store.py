@@ -16,6 +16,7 @@ from typing import Protocol
 
 from digest.domain import (
     Batch,
+    Delivery,
     DeliveryRecord,
     DeliveryStatus,
     Keyword,
@@ -109,7 +110,7 @@ class PaperStore(Protocol):
         ...
 
     def add_keyword(self, query: str, *, from_config: bool = False) -> bool:
-        """Track `query` (already validated); True when it was not tracked before."""
+        """Track `query` (already validated) as the operator's; True when it was new."""
         ...
 
     def remove_keyword(self, query: str) -> bool:
@@ -197,12 +198,20 @@ class PaperStore(Protocol):
     def papers_missing_translation(
         self, language: str, *, since: datetime, limit: int = 500
     ) -> list[Paper]:
-        """Matched papers first stored after `since` that have no translation into `language`."""
+        """Matched papers first stored (or revised) after `since` without a translation into
+        `language`. Storing a version whose title or abstract changed drops its translations,
+        so such a paper is listed here again."""
         ...
 
     # -- subscriptions --------------------------------------------------------------------
-    def add_subscription(self, target: Target, query: str, *, now: datetime) -> Subscription:
-        """Subscribe `target` to `query` (tracking it if needed); re-activates a disabled one."""
+    def add_subscription(
+        self, target: Target, query: str, *, now: datetime, pending_reason: str | None = None
+    ) -> Subscription:
+        """Subscribe `target` to `query` (tracking it if needed); re-activates a disabled one.
+
+        With `pending_reason` the subscription is stored inactive with that reason (waiting
+        for a confirmation) instead; an active one stays active.
+        """
         ...
 
     def remove_subscription(self, target: Target, query: str) -> bool:
@@ -236,6 +245,14 @@ class PaperStore(Protocol):
         self, *, now: datetime, kinds: Collection[str] | None = None
     ) -> list[Batch]:
         """Due pending deliveries grouped one batch per target (of these kinds, or all)."""
+        ...
+
+    def sent_between(self, target: Target, start: datetime, end: datetime) -> list[Delivery]:
+        """Deliveries to `target` sent in [start, end): what its messages carried then."""
+        ...
+
+    def targets_served_since(self, kind: str, since: datetime) -> set[str]:
+        """Addresses of `kind` targets sent a delivery at or after `since`, or still owed one."""
         ...
 
     def record_outcomes(self, outcomes: Sequence[Outcome], *, now: datetime) -> OutcomeCounts:

@@ -36,15 +36,17 @@ MAX_TOKENS_FLOOR = 256  # room for a title plus a model's habit of a trailing no
 MIN_LENGTH_RATIO_DENSE = 0.12
 MIN_LENGTH_RATIO = 0.4
 LENGTH_CHECK_FROM = 100  # characters; shorter texts (most titles) vary too much to judge
-# Share of letters an answer in a non-Latin script must have in that script, once what the
-# prompt says to keep (TeX, URLs, names copied from the source) is set aside.
-MIN_SCRIPT_SHARE = 0.3
-# An answer that repeats this share of the source's ordinary words (lower-case words of 4+
-# letters, names and acronyms aside) was not translated: a real translation into Chinese
-# repeats none, into German or French a few cognates (under a third, even for titles).
-MAX_WORDS_REPEATED = 0.5
-# Fewer ordinary words cannot tell English from kept names: "Bounds for $k$-means via Lloyd".
-MIN_WORDS_TO_JUDGE = 4
+# "Still untranslated" is judged by how much of an answer is in the target language, once what
+# the prompt says to keep as it is (TeX, URLs, and names copied from the source) is set aside.
+# A correct title that keeps an English method name ("在空间推理中的多模态可视化思维：Imagine
+# while Reasoning in Space") is about 60% Chinese; an answer sent back in English is 0%.
+MIN_TARGET_SHARE = 0.4
+# One Chinese, Japanese or Korean character says about as much as three Latin letters (a
+# translated abstract has about a third of the English characters, see above).
+DENSE_WEIGHT = 3
+# A source with fewer ordinary words than this has nothing to judge by: a name stays a name
+# ("FOCUS", "VideoRAG").
+MIN_WORDS_TO_JUDGE = 2
 
 # Target languages written in a script other than Latin, and how to recognise that script.
 _SCRIPTS: dict[str, tuple[str, ...]] = {
@@ -110,13 +112,13 @@ _FENCE = re.compile(r"^```[\w-]*\n(?P<body>.*?)\n?```$", re.DOTALL)
 _QUOTES = (('"', '"'), ("“", "”"), ("「", "」"), ("'", "'"))
 # What the prompt asks to keep as it is, set aside before judging the language of an answer.
 _KEPT = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|\\[A-Za-z]+|https?://\S+|\S+@\S+\.\w+", re.DOTALL)
-_LATIN_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+_LATIN_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'-]*")  # a word, a name such as GPT-4o
 _ORDINARY_WORD = re.compile(r"[A-Za-z]{4,}")
 
 
 @dataclass(frozen=True, slots=True)
 class Translation:
-    """A paper's title and abstract in one language."""
+    """A paper's title and abstract in one language ('' where there is no translation)."""
 
     title: str
     abstract: str
@@ -173,17 +175,43 @@ class _Throttled(Exception):
         self.retry_after = retry_after
 
 
-def _script_letters(text: str, scripts: tuple[str, ...]) -> tuple[int, int]:
-    """(letters in one of `scripts`, all letters) of `text`."""
-    inside = total = 0
-    for char in text:
-        if not char.isalpha():
-            continue
-        total += 1
-        name = unicodedata.name(char, "")
-        if name.startswith(scripts):
-            inside += 1
-    return inside, total
+def _is_name(word: str) -> bool:
+    """An acronym, a CamelCase name or a name with digits (GPT-4o, ImageNet, RAG, LVLMs)."""
+    return sum(c.isupper() for c in word) >= 2 or any(c.isdigit() for c in word)
+
+
+def target_share(source: str, answer: str, language: str) -> float:
+    """The share of `answer`'s letters in `language` (0 to 1), what the prompt keeps set aside.
+
+    TeX, URLs and names copied from the source (acronyms, CamelCase, digits) count for neither
+    side. For a language with its own script, letters in that script are the target (a dense
+    script's weighted by DENSE_WEIGHT) and every other letter is not; for a Latin-script
+    language, words the source has too are English and the rest is the target.
+    """
+    source_text, answer_text = _KEPT.sub(" ", source), _KEPT.sub(" ", answer)
+    copied = {w.lower() for w in _LATIN_TOKEN.findall(source_text)}
+    base = _base(language)
+    scripts = _SCRIPTS.get(base)
+    weight = DENSE_WEIGHT if base in _DENSE else 1
+    target = other = 0
+    for word in _LATIN_TOKEN.findall(answer_text):
+        letters = sum(c.isalpha() for c in word)
+        if word.lower() in copied:
+            if not _is_name(word):
+                other += letters
+        elif scripts:
+            other += letters  # a Latin word the source does not have: still not the target
+        else:
+            target += letters
+    if scripts:
+        for char in _LATIN_TOKEN.sub(" ", answer_text):
+            if char.isalpha():
+                if unicodedata.name(char, "").startswith(scripts):
+                    target += weight
+                else:
+                    other += 1
+    total = target + other
+    return target / total if total else 1.0
 
 
 def _base(language: str) -> str:
@@ -194,7 +222,8 @@ def check_answer(source: str, answer: str, language: str, *, finish_reason: str 
     """Why `answer` is not a usable translation of `source` into `language`, or '' when it is.
 
     Catches what providers actually send back: nothing, a cut-off text (`finish_reason`
-    "length", or far shorter than the source), and the source itself or other English.
+    "length", or far shorter than the source), and the source itself or other English: an
+    answer less than MIN_TARGET_SHARE of which is in the target language (`target_share`).
     """
     if not answer.strip():
         return "empty answer"
@@ -208,23 +237,15 @@ def check_answer(source: str, answer: str, language: str, *, finish_reason: str 
             return f"truncated answer ({len(answer)} characters for {len(source)})"
     if base == "en":
         return ""
-    source_text, answer_text = _KEPT.sub(" ", source), _KEPT.sub(" ", answer)
-    ordinary = {w.lower() for w in _ORDINARY_WORD.findall(source_text) if w[1:].islower()}
-    if len(ordinary) >= MIN_WORDS_TO_JUDGE:
-        repeated = ordinary & {w.lower() for w in _ORDINARY_WORD.findall(answer_text)}
-        if len(repeated) / len(ordinary) >= MAX_WORDS_REPEATED:
-            return f"answer is still English, not {language_name(language)}"
-    scripts = _SCRIPTS.get(base)
-    if scripts is None:
+    ordinary = {
+        w.lower() for w in _ORDINARY_WORD.findall(_KEPT.sub(" ", source)) if w[1:].islower()
+    }
+    if len(ordinary) < MIN_WORDS_TO_JUDGE:
         return ""
-    # Names and acronyms copied from the source (VideoRAG, GPT-4o) are Latin on purpose.
-    copied = set(_LATIN_WORD.findall(source_text))
-    rest = _LATIN_WORD.sub(lambda m: " " if m.group(0) in copied else m.group(0), answer_text)
-    inside, total = _script_letters(rest, scripts)
-    if (total and inside / total < MIN_SCRIPT_SHARE) or (
-        not inside and len(ordinary) >= 2  # a short title sent back as it came
-    ):
-        return f"answer is not in {language_name(language)}"
+    share = target_share(source, answer, language)
+    if share < MIN_TARGET_SHARE:
+        name = language_name(language)
+        return f"answer is still English, not {name} (only {share:.0%} of it is {name})"
     return ""
 
 
@@ -326,14 +347,14 @@ class OpenAITranslator:
         title_source = collapse_ws(paper.title)
         abstract_source = paper.abstract.strip()
         try:
-            # One after the other: a title that fails skips the paper without a wasted abstract
-            # request; papers run side by side instead (the step's concurrency).
-            title = await self._translate_text(title_source, language, one_line=True)
-            abstract = (
-                await self._translate_text(abstract_source, language, one_line=False)
-                if abstract_source
-                else ""
-            )
+            # One after the other, the abstract first: when it fails the paper is skipped
+            # without a wasted title request; papers run side by side instead (the step's
+            # concurrency). A paper without an abstract has only its title to translate.
+            if not abstract_source:
+                title = await self._translate_text(title_source, language, one_line=True)
+                return TranslationResult(paper.arxiv_id, Translation(title=title, abstract=""))
+            abstract = await self._translate_text(abstract_source, language, one_line=False)
+            title = await self._translate_title(paper, title_source, language)
         except _Refused as exc:
             logger.warning(
                 "translate.refused arxiv_id=%s language=%s fatal=%s error=%s",
@@ -356,6 +377,26 @@ class OpenAITranslator:
             logger.exception("translate.crashed arxiv_id=%s language=%s", paper.arxiv_id, language)
             return TranslationResult(paper.arxiv_id, None, f"{type(exc).__name__}: {exc}")
         return TranslationResult(paper.arxiv_id, Translation(title=title, abstract=abstract))
+
+    async def _translate_title(self, paper: Paper, source: str, language: str) -> str:
+        """The title's translation, or '' when it fails for any reason but a refused key:
+        a good abstract translation is never thrown away for its title, and the paper is not
+        asked for again (the title is then shown in English only)."""
+        try:
+            return await self._translate_text(source, language, one_line=True)
+        except _Refused as exc:
+            if exc.fatal:
+                raise
+            reason = str(exc)
+        except (_BadAnswer, _Throttled, aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+        logger.warning(
+            "translate.title_skipped arxiv_id=%s language=%s error=%s",
+            paper.arxiv_id,
+            language,
+            reason,
+        )
+        return ""
 
     def _should_retry(self, exc: Exception) -> bool | float:
         """stamina's hook: which failures are worth another request, and when (Retry-After)."""

@@ -9,6 +9,8 @@
 - `GET /manage?token=` / `POST /manage`: change keywords or leave, no password;
 - `GET /unsubscribe?token=` shows one button; `POST /unsubscribe?token=` is RFC 8058's
   one-click unsubscribe: no cookies, no login, idempotent, always 200 for a valid token;
+- `GET /day?token=`: every paper mailed to one address on one day (a digest too long for one
+  email links here for what it left out);
 - `GET /healthz`: JSON, 200 when the last cycle is recent by the schedule and the database
   answers, 503 with the reason otherwise (`digest.monitoring.assess_health`);
 - `GET /metrics`: Prometheus metrics (`digest.metrics`).
@@ -27,22 +29,29 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from digest.archive import day_bounds
 from digest.config import Settings
+from digest.domain import Batch, Target
 from digest.email_subscriptions import (
+    CONFIRM_TTL,
+    EMAIL,
+    MANAGE_TTL,
     EmailSubscriptions,
     RateLimiter,
     SubscriberView,
     TokenError,
 )
 from digest.errors import ConfigError, DailyPapersError
+from digest.mailer import digest_sections
 from digest.metrics import CONTENT_TYPE, Metrics
 from digest.monitoring import check_health, health_json
 from digest.render import get_environment
@@ -142,14 +151,37 @@ def _client(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def _token_page(exc: TokenError) -> web.Response:
+# What to do with a link that does not work, by the link's purpose: each kind of link lives
+# for a different time, and a reader trying to leave must never be offered to subscribe.
+_BAD_LINK_ADVICE: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "confirm": (
+        f"Confirmation links work for {int(CONFIRM_TTL.total_seconds() // 3600)} hours. "
+        "Sign up again to get a new one.",
+        [("/subscribe", "Sign up again")],
+    ),
+    "manage": (
+        f"Links to change your keywords work for {MANAGE_TTL.days} days, and every digest "
+        "carries a fresh one: use the Change keywords link of your newest digest.",
+        [],
+    ),
+    "unsubscribe": (
+        "Unsubscribe links never expire, so this one was changed or cut short on its way here. "
+        "Use the Unsubscribe link at the bottom of any digest (the whole link), or the "
+        "Unsubscribe button your mail app shows next to the sender.",
+        [],
+    ),
+    "day": (
+        f"Links to a day's papers work for {MANAGE_TTL.days} days; every digest that leaves "
+        "papers out carries a fresh one.",
+        [],
+    ),
+}
+
+
+def _token_page(exc: TokenError, purpose: str) -> web.Response:
+    advice, links = _BAD_LINK_ADVICE[purpose]
     return message_page(
-        "This link does not work",
-        str(exc),
-        "Links in older emails stop working after a while; the newest email has a fresh one.",
-        status=400,
-        error=True,
-        links=[("/subscribe", "Subscribe again")],
+        "This link does not work", str(exc), advice, status=400, error=True, links=links
     )
 
 
@@ -242,7 +274,7 @@ async def confirm_get(request: web.Request) -> web.StreamResponse:
     try:
         claims = service.verify(token, "confirm")
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "confirm")
     view = await service.view(claims.address)
     return render_page("confirm.html.j2", title="Confirm", view=view, token=token)
 
@@ -255,7 +287,7 @@ async def confirm_post(request: web.Request) -> web.StreamResponse:
     try:
         view, activated = await service.confirm(token)
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "confirm")
     if not view.active:  # unsubscribed since the link was sent, or removed by the operator
         return message_page(
             "Nothing to confirm",
@@ -286,8 +318,7 @@ async def _manage_page(
     status: int = 200,
 ) -> web.Response:
     tracked = await service.tracked_keywords()
-    mine = [*view.active, *view.pending, *(q for q, _ in view.disabled)]
-    keywords = list(dict.fromkeys([*mine, *tracked]))
+    keywords = list(dict.fromkeys([*view.keywords, *tracked]))
     unsubscribe = service.unsubscribe_token(view.address)
     return render_page(
         "manage.html.j2",
@@ -312,7 +343,7 @@ async def manage_get(request: web.Request) -> web.StreamResponse:
     try:
         claims = service.verify(token, "manage")
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "manage")
     return await _manage_page(request, service, token, await service.view(claims.address))
 
 
@@ -327,7 +358,7 @@ async def manage_post(request: web.Request) -> web.StreamResponse:
         claims = service.verify(token, "manage")
         view = await service.update(token, [*chosen, *_lines(queries)])
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "manage")
     except DailyPapersError as exc:
         view = await service.view(claims.address)
         return await _manage_page(request, service, token, view, error=str(exc), status=400)
@@ -336,6 +367,16 @@ async def manage_post(request: web.Request) -> web.StreamResponse:
             "You are unsubscribed",
             f"No more daily emails go to {view.address}.",
             links=[("/subscribe", "Subscribe again")],
+        )
+    if not view.confirmed:
+        # Unsubscribed since this link was mailed (or never confirmed): starting again takes
+        # the same double opt-in as any sign-up.
+        return message_page(
+            "Check your inbox",
+            f"{view.address} is not confirmed, so nothing was started. We sent a confirmation "
+            "link there (at most one per hour, so if one came a moment ago, use that one); "
+            "your keywords start once it is clicked.",
+            items=view.pending,
         )
     return await _manage_page(request, service, token, view, notice="Your keywords are saved.")
 
@@ -350,7 +391,7 @@ async def unsubscribe_get(request: web.Request) -> web.StreamResponse:
     try:
         claims = service.verify(token, "unsubscribe")
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "unsubscribe")
     return render_page(
         "unsubscribe.html.j2",
         title="Unsubscribe",
@@ -369,11 +410,50 @@ async def unsubscribe_post(request: web.Request) -> web.StreamResponse:
     try:
         address = await service.unsubscribe(token)
     except TokenError as exc:
-        return _token_page(exc)
+        return _token_page(exc, "unsubscribe")
     return message_page(
         "You are unsubscribed",
         f"No more daily emails go to {address}.",
         links=[("/subscribe", "Subscribe again")],
+    )
+
+
+# -- /day ------------------------------------------------------------------------------------
+
+
+async def day_get(request: web.Request) -> web.StreamResponse:
+    """Every paper mailed to the token's address on the token's day: where a digest too long
+    for one email sends its reader for the papers it left out."""
+    service = _signup(request)
+    token = request.query.get("token", "")
+    try:
+        claims = service.verify(token, "day")
+        day = date.fromisoformat(claims.day)
+    except TokenError as exc:
+        return _token_page(exc, "day")
+    except ValueError:
+        return _token_page(TokenError("This link is damaged. Copy the whole link."), "day")
+    settings = request.app[SETTINGS_KEY]
+    store = request.app[STORE_KEY]
+    target = Target(kind=EMAIL, address=claims.address)
+    start, end = day_bounds(day, settings.service.timezone)
+    deliveries = await asyncio.to_thread(store.sent_between, target, start, end)
+    batch = Batch(target=target, deliveries=tuple(deliveries))
+    language = settings.translation.language
+    if language and deliveries:
+        ids = [p.arxiv_id for p in batch.papers]
+        found = await asyncio.to_thread(store.get_translations, ids, language)
+        batch = replace(batch, language=language, translations=found)
+    return render_page(
+        "day.html.j2",
+        title=f"Papers of {day.isoformat()}",
+        day=day.isoformat(),
+        address=claims.address,
+        count=len(batch.papers),
+        sections=digest_sections(batch),
+        language=language,
+        language_label=language.upper(),
+        manage_url=f"/manage?{urlencode({'token': service.manage_token(claims.address)})}",
     )
 
 
@@ -456,6 +536,7 @@ def build_web_app(
             web.post("/manage", manage_post),
             web.get("/unsubscribe", unsubscribe_get),
             web.post("/unsubscribe", unsubscribe_post),
+            web.get("/day", day_get),
         ]
     )
     app.add_routes(list(routes))

@@ -115,6 +115,9 @@ class KeywordRow(Base):
     query: Mapped[str] = mapped_column(Text)  # as first added: what headings show
     key: Mapped[str] = mapped_column(Text)
     from_config: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Who first asked for it (a digest.domain.KeywordOrigin value): decides whether the README
+    # and the public sign-up page may list it. Only ever raised (email < chat < operator).
+    origin: Mapped[str] = mapped_column(String(16), default="operator", server_default="operator")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     backfilled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    and_,
     bindparam,
     case,
     create_engine,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     insert,
     literal,
     make_url,
+    or_,
     select,
     update,
 )
@@ -51,6 +53,7 @@ from digest.domain import (
     DeliveryRecord,
     DeliveryStatus,
     Keyword,
+    KeywordOrigin,
     LeaseHolder,
     OutboxCount,
     Outcome,
@@ -60,6 +63,8 @@ from digest.domain import (
     RunReport,
     Subscription,
     Target,
+    keyword_origin,
+    outranks,
 )
 from digest.errors import StoreError
 from digest.query import query_key
@@ -412,9 +417,15 @@ class SqlStore:
         ).scalar_one_or_none()
 
     def _ensure_keyword(
-        self, conn: Connection, query: str, *, from_config: bool, now: datetime
+        self,
+        conn: Connection,
+        query: str,
+        *,
+        from_config: bool,
+        now: datetime,
+        origin: KeywordOrigin = KeywordOrigin.OPERATOR,
     ) -> tuple[int, str, bool]:
-        """(id, stored query text, True when newly tracked)."""
+        """(id, stored query text, True when newly tracked); `origin` only ever raises it."""
         text = query.strip()
         inserted = conn.execute(
             self._insert(KeywordRow)
@@ -422,6 +433,7 @@ class SqlStore:
                 query=text,
                 key=_keyword_key(text),
                 from_config=from_config,
+                origin=origin.value,
                 created_at=now,
                 backfilled_at=None,
             )
@@ -430,31 +442,39 @@ class SqlStore:
             .returning(KeywordRow.id)
         ).scalar_one_or_none()
         row = conn.execute(
-            select(KeywordRow.id, KeywordRow.query, KeywordRow.from_config).where(
-                KeywordRow.key == _keyword_key(text)
-            )
+            select(
+                KeywordRow.id, KeywordRow.query, KeywordRow.from_config, KeywordRow.origin
+            ).where(KeywordRow.key == _keyword_key(text))
         ).one()
         if from_config and not row.from_config:
             # a keyword a user added that now also sits in the config file: config ones
             # are listed first and are not removed through chat
             conn.execute(update(KeywordRow).where(KeywordRow.id == row.id).values(from_config=True))
+        if outranks(origin, row.origin):
+            # e.g. the operator adds an email reader's private query: now it may be listed
+            conn.execute(
+                update(KeywordRow).where(KeywordRow.id == row.id).values(origin=origin.value)
+            )
         return row.id, row.query, inserted is not None
 
     def list_keywords(self) -> list[Keyword]:
         """Every tracked keyword: config ones first, then the others, each in insertion order."""
         with self._transaction() as conn:
             rows = conn.execute(
-                select(KeywordRow.query, KeywordRow.from_config).order_by(
+                select(KeywordRow.query, KeywordRow.from_config, KeywordRow.origin).order_by(
                     KeywordRow.from_config.desc(), KeywordRow.id
                 )
             ).all()
-        return [Keyword(query=r.query, from_config=bool(r.from_config)) for r in rows]
+        return [
+            Keyword(query=r.query, from_config=bool(r.from_config), origin=r.origin) for r in rows
+        ]
 
     def add_keyword(self, query: str, *, from_config: bool = False) -> bool:
-        """Track `query` (already validated); True when it was not tracked before.
+        """Track `query` (already validated) as the operator's; True when it was not tracked.
 
         Lookups are case- and whitespace-insensitive: `LLM  Agents` is the same keyword as
-        `llm agents`, and the text first added is the one shown.
+        `llm agents`, and the text first added is the one shown. A keyword an email reader or
+        a chat channel asked for becomes the operator's (listed publicly).
         """
         with self._transaction(write=True) as conn:
             _, _, created = self._ensure_keyword(
@@ -660,7 +680,12 @@ class SqlStore:
                 for arxiv_id, p in latest.items()
                 if arxiv_id in known and p.version > known[arxiv_id]
             )
+            reworded = self._reworded(conn, latest, known)
             self._upsert_papers(conn, list(latest.values()), now, backfilled=backfilled)
+            # A translation of the old title or abstract is wrong for the new version: dropped,
+            # so the next translation step translates the paper again.
+            for id_chunk in _chunks(reworded):
+                conn.execute(delete(TranslationRow).where(TranslationRow.arxiv_id.in_(id_chunk)))
             pairs = self._matched_pairs(conn, matches)
             new_matches = self._insert_matches(conn, pairs, now)
             new_deliveries = self._insert_deliveries(
@@ -675,11 +700,12 @@ class SqlStore:
             if watermark is not None:
                 self._set_state(conn, WATERMARK_KEY, as_utc(watermark).isoformat())
         log.info(
-            "store.harvest_committed papers=%d new=%d revised=%d new_matches=%d "
+            "store.harvest_committed papers=%d new=%d revised=%d reworded=%d new_matches=%d "
             "new_deliveries=%d seconds=%.2f",
             len(latest),
             new_papers,
             revised,
+            len(reworded),
             new_matches,
             new_deliveries,
             time.monotonic() - started,
@@ -690,6 +716,23 @@ class SqlStore:
             new_matches=new_matches,
             new_deliveries=new_deliveries,
         )
+
+    def _reworded(
+        self, conn: Connection, latest: Mapping[str, Paper], known: Mapping[str, int]
+    ) -> list[str]:
+        """Ids whose new version changes the stored title or abstract (read before the upsert)."""
+        revised = sorted(a for a, p in latest.items() if a in known and p.version > known[a])
+        changed: list[str] = []
+        for id_chunk in _chunks(revised):
+            for arxiv_id, title, abstract in conn.execute(
+                select(PaperRow.arxiv_id, PaperRow.title, PaperRow.abstract).where(
+                    PaperRow.arxiv_id.in_(id_chunk)
+                )
+            ):
+                paper = latest[arxiv_id]
+                if (paper.title, paper.abstract) != (title, abstract):
+                    changed.append(arxiv_id)
+        return changed
 
     def _reopen_deliveries(self, conn: Connection, arxiv_ids: list[str], now: datetime) -> int:
         """Make finished deliveries of these (revised) papers pending again; rows re-opened."""
@@ -948,8 +991,13 @@ class SqlStore:
     def papers_missing_translation(
         self, language: str, *, since: datetime, limit: int = 500
     ) -> list[Paper]:
-        """Papers matching some keyword, first stored by a harvest at or after `since`, with no
-        translation into `language`; newest first, at most `limit`."""
+        """Papers matching some keyword, first stored by a harvest at or after `since` or revised
+        since (a version > 1 dated then), with no translation into `language`; newest first, at
+        most `limit`. A backfill's papers are history and never asked for.
+
+        A revision that changed the title or abstract lost its translation when it was stored,
+        so it is found here again however old the paper is.
+        """
         matched = select(MatchRow.arxiv_id).where(MatchRow.arxiv_id == PaperRow.arxiv_id)
         translated = select(TranslationRow.arxiv_id).where(
             TranslationRow.arxiv_id == PaperRow.arxiv_id, TranslationRow.language == language
@@ -958,7 +1006,10 @@ class SqlStore:
             rows = conn.execute(
                 select(*_PAPER_COLUMNS)
                 .where(
-                    PaperRow.first_seen >= since,
+                    or_(
+                        PaperRow.first_seen >= since,
+                        and_(PaperRow.version > 1, PaperRow.updated >= since),
+                    ),
                     PaperRow.backfilled.is_(False),
                     matched.exists(),
                     ~translated.exists(),
@@ -969,15 +1020,20 @@ class SqlStore:
         return [_paper(r) for r in rows]
 
     # -- subscriptions --------------------------------------------------------------------
-    def add_subscription(self, target: Target, query: str, *, now: datetime) -> Subscription:
+    def add_subscription(
+        self, target: Target, query: str, *, now: datetime, pending_reason: str | None = None
+    ) -> Subscription:
         """Subscribe `target` to `query`, tracking the keyword if needed.
 
         An existing subscription is returned as is; a disabled one is re-activated and its
-        reason cleared. Papers harvested before this moment are not owed to it.
+        reason cleared. Papers harvested before this moment are not owed to it. With
+        `pending_reason` (an email sign-up waiting for its confirmation) the subscription is
+        stored inactive with that reason instead; an active one stays active. A keyword new to
+        the service takes its origin from the target's kind (`keyword_origin`).
         """
         with self._transaction(write=True) as conn:
             keyword_id, keyword_text, _ = self._ensure_keyword(
-                conn, query, from_config=False, now=now
+                conn, query, from_config=False, now=now, origin=keyword_origin(target.kind)
             )
             where = (
                 SubscriptionRow.target_kind == target.kind,
@@ -986,9 +1042,13 @@ class SqlStore:
             )
             row = conn.execute(
                 select(
-                    SubscriptionRow.id, SubscriptionRow.active, SubscriptionRow.created_at
+                    SubscriptionRow.id,
+                    SubscriptionRow.active,
+                    SubscriptionRow.disabled_reason,
+                    SubscriptionRow.created_at,
                 ).where(*where)
             ).one_or_none()
+            active, reason = pending_reason is None, pending_reason
             if row is None:
                 subscription_id = conn.execute(
                     insert(SubscriptionRow)
@@ -996,8 +1056,8 @@ class SqlStore:
                         target_kind=target.kind,
                         target_address=target.address,
                         keyword_id=keyword_id,
-                        active=True,
-                        disabled_reason=None,
+                        active=active,
+                        disabled_reason=reason,
                         created_at=now,
                     )
                     .returning(SubscriptionRow.id)
@@ -1005,18 +1065,20 @@ class SqlStore:
                 created_at = as_utc(now)
             else:
                 subscription_id, created_at = row.id, row.created_at
-                if not row.active:
+                if row.active:
+                    active, reason = True, None
+                else:
                     conn.execute(
                         update(SubscriptionRow)
                         .where(SubscriptionRow.id == row.id)
-                        .values(active=True, disabled_reason=None, disabled_at=None)
+                        .values(active=active, disabled_reason=reason, disabled_at=None)
                     )
         return Subscription(
             id=subscription_id,
             target=target,
             keyword=keyword_text,
-            active=True,
-            disabled_reason=None,
+            active=active,
+            disabled_reason=reason,
             created_at=created_at,
         )
 
@@ -1254,6 +1316,57 @@ class SqlStore:
             )
             for target, deliveries in grouped.items()
         ]
+
+    def sent_between(self, target: Target, start: datetime, end: datetime) -> list[Delivery]:
+        """Deliveries to `target` sent in [start, end), by subscription, newest paper first.
+
+        What the target's messages carried in that time (the reader's page of one day).
+        """
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(
+                    DeliveryRow.subscription_id,
+                    DeliveryRow.attempts,
+                    KeywordRow.query,
+                    *_PAPER_COLUMNS,
+                )
+                .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
+                .join(KeywordRow, KeywordRow.id == SubscriptionRow.keyword_id)
+                .join(PaperRow, PaperRow.arxiv_id == DeliveryRow.arxiv_id)
+                .where(
+                    SubscriptionRow.target_kind == target.kind,
+                    SubscriptionRow.target_address == target.address,
+                    DeliveryRow.status == DeliveryStatus.SENT.value,
+                    DeliveryRow.sent_at >= as_utc(start),
+                    DeliveryRow.sent_at < as_utc(end),
+                )
+            ).all()
+        deliveries = [
+            Delivery(
+                subscription_id=r.subscription_id,
+                keyword=r.query,
+                paper=_paper(r),
+                attempts=r.attempts,
+            )
+            for r in rows
+        ]
+        return list(_batch_order(deliveries))
+
+    def targets_served_since(self, kind: str, since: datetime) -> set[str]:
+        """Addresses of `kind` targets sent a delivery at or after `since`, or still owed one
+        (pending, due or waiting for a retry): who needs no "nothing new today" note."""
+        stmt = (
+            select(SubscriptionRow.target_address)
+            .distinct()
+            .join(DeliveryRow, DeliveryRow.subscription_id == SubscriptionRow.id)
+            .where(
+                SubscriptionRow.target_kind == kind,
+                (DeliveryRow.status == DeliveryStatus.PENDING.value)
+                | (DeliveryRow.sent_at >= as_utc(since)),
+            )
+        )
+        with self._transaction() as conn:
+            return set(conn.execute(stmt).scalars())
 
     def _retry_delay(self, attempts: int) -> timedelta:
         """retry_base * 2**(attempts-1), capped at retry_max."""

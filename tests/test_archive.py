@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 from digest.archive import (
     archive_days,
@@ -235,3 +237,88 @@ def test_printing_an_empty_day_says_why_on_stderr(
     out = io.StringIO()
     write_or_print_digest(settings, store, DAY, True, out=out)
     assert "no matched paper was first stored on " + DAY.isoformat() in capsys.readouterr().err
+
+
+# A model answer that tries every way out of its paragraph: a rule, a heading, a setext
+# underline, an unclosed code fence, HTML, a quote, a list, an indented code block, a link
+# definition and mentions. It is still Chinese, so the provider's checks accept it.
+HOSTILE_ABSTRACT = (
+    "我们提出了一种新的视频异常检测方法，并在三个公开基准上取得了最好的结果。\n"
+    "---\n"
+    "# 伪造的标题\n"
+    "===\n"
+    "```python\n"
+    "<script>alert(1)</script> <!--\n"
+    "> 引用 [点击](javascript:alert(1)) @everyone <@123>\n"
+    "1. 列表项\n"
+    "    缩进的代码块\n"
+    "[定义]: https://example.org\n"
+    "<details><summary>展开</summary>\n"
+    "最后一句也是中文，说明这是一个完整的翻译。"
+)
+HOSTILE_TITLE = "视频异常检测的新方法\n===\n# 标题 ```"
+
+
+def _commonmark(text: str) -> list[Token]:
+    """The block tokens of a CommonMark parse (raw HTML allowed, as GitHub renders it)."""
+    return MarkdownIt("commonmark", {"html": True}).parse(text)
+
+
+async def test_a_hostile_model_answer_stays_inside_its_paper(
+    store: PaperStore, tmp_path: Path
+) -> None:
+    """Exactly one heading, one authors line and one separator per paper, nothing swallowed."""
+    papers = [
+        Paper(
+            f"2501.0000{n}",
+            1,
+            f"A New Method for Video Anomaly Detection, part {n}",
+            ("Ada Lovelace", "Alan Turing"),
+            "We propose a new method for video anomaly detection and report the best results "
+            "on three public benchmarks, with a careful study of what makes it work.",
+            HARVESTED - timedelta(hours=n),
+            HARVESTED - timedelta(hours=n),
+            "cs.CV",
+        )
+        for n in range(1, 4)
+    ]
+    _store_day(store, papers)
+    async with serve_openai() as fake:
+        for paper in papers:
+            fake.teach(paper.title, HOSTILE_TITLE)
+            fake.teach(paper.abstract, HOSTILE_ABSTRACT)
+        settings = settings_for_tests(
+            translation={"language": "zh", "base_url": fake.url},
+            digest={"archive_dir": str(tmp_path / "digests")},
+        )
+        async with OpenAITranslator.from_settings(settings) as translator:
+            report = await translate_new_papers(
+                store=store,
+                translator=translator,
+                language="zh",
+                since=HARVESTED - timedelta(days=1),
+                deadline=10,
+            )
+    assert report.translated == len(papers)  # the answers were accepted and stored
+    result = write_daily_archive(settings=settings, store=store, day=DAY)
+    tokens = _commonmark(result.path.read_text(encoding="utf-8"))
+    kinds = [t.type for t in tokens]
+    assert [t.tag for t in tokens if t.type == "heading_open"] == ["h1"] * len(papers)
+    assert kinds.count("hr") == len(papers)
+    assert not {"fence", "code_block", "html_block", "blockquote_open", "ordered_list_open"} & set(
+        kinds
+    )
+    paragraphs = [t.content for t in tokens if t.type == "inline"]
+    assert sum(p.startswith("**Authors**: ") for p in paragraphs) == len(papers)
+    assert sum(p.startswith("**Link**: ") for p in paragraphs) == len(papers)
+    translated = [p for p in paragraphs if p.startswith("**Abstract (ZH)**: ")]
+    assert len(translated) == len(papers)
+    # One paragraph each, first sentence to last, with every tag and mention shown as text.
+    for paragraph in translated:
+        assert "最后一句也是中文" in paragraph
+        assert "\n" not in paragraph
+    html = MarkdownIt("commonmark", {"html": True}).render(result.path.read_text("utf-8"))
+    for raw in ("<script>", "<details>", "<!--"):
+        assert raw not in html
+    assert "&lt;script&gt;" in html
+    assert 'href="javascript' not in html

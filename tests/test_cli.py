@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -309,3 +310,36 @@ def test_email_list_and_remove_need_no_signing_key(
     assert "Removed 0 subscriptions of me@example.org." in capsys.readouterr().out
     assert main(["email", "remove", "not-an-address"]) == 2
     assert "is not a usable email address" in capsys.readouterr().err
+
+
+def test_digest_print_into_a_closed_pipe_stops_quietly(
+    workdir: Path, server: ArxivStandIn
+) -> None:
+    """`daily-papers digest --print | head` ends without a BrokenPipeError traceback."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    papers = load_reference_papers()
+    recent = datetime.now(UTC) - timedelta(days=1)  # harvested today: the day's digest has them
+    server.set_papers([replace(p, published=recent, updated=recent) for p in papers])
+    assert main(["run"]) == 0
+    script = Path(sys.executable).with_name("daily-papers")
+    # A pipe whose reader has already gone, as `head` has once it printed its lines (closed
+    # up front, so the write meets it every time rather than when timing allows).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(  # noqa: S603 -- our own CLI, fixed arguments
+            [str(script), "digest", "--print"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert done.returncode == 141  # as a Unix tool stopped by SIGPIPE

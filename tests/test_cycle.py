@@ -14,7 +14,7 @@ import pytest
 
 from digest.arxiv_source import ArxivSource, Fetch
 from digest.config import DEFAULT_CATEGORIES, Settings, settings_for_tests
-from digest.cycle import STATE_FAILED_CYCLES, harvest_window, run_cycle
+from digest.cycle import STATE_FAILED_CYCLES, harvest_window, render_snapshot, run_cycle
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn, Mangled, ServerError, cut_inside
@@ -572,3 +572,28 @@ async def test_a_stalled_platform_does_not_hold_up_other_kinds(
     assert report.ok
     assert slack.sent_ids()
     assert len(discord.batches) == 40
+
+
+@pytest.mark.parametrize("publish", [True, False])
+async def test_readme_lists_chat_queries_unless_turned_off_and_never_email_readers_own(
+    tmp_path: Path, server: ArxivStandIn, publish: bool
+) -> None:
+    """keywords.publish_chat_queries: a channel's query in the README or not; a reader's never."""
+    settings = make_settings(
+        tmp_path, server, keywords={"queries": [], "publish_chat_queries": publish}
+    )
+    store = SqlStore.from_settings(settings)
+    store.migrate()
+    try:
+        store.add_keyword("operator topic")
+        store.add_subscription(Target("slack", "C1"), "channel topic", now=REFERENCE_DAY)
+        store.add_subscription(Target("email", "a@lab.org"), "reader topic", now=REFERENCE_DAY)
+        await render_snapshot(settings=settings, store=store, now=REFERENCE_DAY)
+    finally:
+        store.close()
+    headings = [
+        line
+        for line in settings.readme_path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("## ")
+    ]
+    assert headings == ["## operator topic", *(["## channel topic"] if publish else [])]

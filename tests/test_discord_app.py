@@ -294,6 +294,10 @@ async def test_without_manage_channels_subscribe_is_refused(
     callback = await run(fake, bot, "subscribe", query="llm", _permissions=0)
     assert callback["data"]["flags"] & EPHEMERAL
     assert "not allowed" in callback["data"]["content"]
+    # Discord's words: a server, its admins and the permission that is missing.
+    assert "ask a server admin" in callback["data"]["content"]
+    assert "Manage Channels" in callback["data"]["content"]
+    assert "workspace" not in callback["data"]["content"]
     assert sqlite_store.list_subscriptions(Target("discord", CHANNEL)) == []
     # Reading is open to everyone.
     listed = await run(fake, bot, "list", _permissions=0)

@@ -264,6 +264,28 @@ async def test_send_posts_exact_embeds_with_mentions_off(
     assert len(fake.channel_messages[CHANNEL]) == 1
 
 
+async def test_a_hostile_translated_title_is_one_inert_line(
+    fake: FakeDiscord, channel: DiscordChannel
+) -> None:
+    """A model's title with line breaks, Markdown blocks, tags and mentions: one escaped line."""
+    paper = make_paper(1)
+    hostile = "论文\n# 标题\n>>> 引用\n```\n<@123> <#456> <t:1:R> </papers:1> @everyone ||x||"
+    batch = replace(
+        make_batch([paper]), language="zh", translations={paper.arxiv_id: (hostile, "摘要")}
+    )
+    await send_all(channel, batch)
+    (call,) = fake.calls_to(ROUTE)
+    description = call.body["embeds"][0]["description"]
+    first, _, rest = description.partition("\n\n")
+    assert rest == "Abstract of paper 1."  # nothing swallowed, nothing added
+    assert first.startswith("*论文 ")
+    assert first.endswith("*")
+    assert "\n" not in first
+    for tag in ("<@123>", "<#456>", "<t:1:R>", "</papers:1>", "@everyone", "```", "||x||"):
+        assert tag not in first
+    assert call.body["allowed_mentions"] == {"parse": []}
+
+
 async def test_many_papers_go_out_in_several_messages(
     fake: FakeDiscord, channel: DiscordChannel
 ) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -220,3 +220,76 @@ async def test_translated_digest_reads_well_on_a_phone_and_in_dark_mode(
         batch, links=links, now=CYCLE_TIME, timezone="UTC", list_name="papers.lab.org"
     )
     await screenshot_digest(browser, rendered.html, "digest-translated")
+
+
+async def test_a_300_paper_digest_fits_gmail_and_keeps_its_footer_on_every_screen(
+    browser: Browser,
+) -> None:
+    """300 papers: under 100,000 bytes of HTML, "and N more" links, footer reachable on both."""
+    reference = load_reference_digest()
+    keywords = ("multimodal models", "vision language models")
+    deliveries: list[Delivery] = []
+    translations: dict[str, tuple[str, str]] = {}
+    for n in range(300):
+        entry = reference[n % len(reference)]
+        arxiv_id = f"2501.{10000 + n}"
+        moment = CYCLE_TIME - timedelta(minutes=n)
+        paper = replace(
+            entry.paper,
+            arxiv_id=arxiv_id,
+            title=f"{entry.paper.title} ({n + 1})",
+            published=moment,
+            updated=moment,
+        )
+        deliveries.append(Delivery(1 + n % 2, keywords[n % 2], paper))
+        translations[arxiv_id] = (entry.title_zh, entry.abstract_zh)
+    batch = Batch(
+        target=Target("email", ALICE),
+        deliveries=tuple(deliveries),
+        language=REFERENCE_LANGUAGE,
+        translations=translations,
+    )
+    links = EmailLinks.from_settings(email_settings(None, base_url="https://papers.lab.org"))
+    rendered = render_digest(
+        batch, links=links, now=CYCLE_TIME, timezone="UTC", list_name="papers.lab.org"
+    )
+    html = rendered.html
+    assert len(html.encode("utf-8")) < 100_000
+    await screenshot_digest(browser, html, "digest-300")
+
+    for variant, options in {
+        "desktop": {"viewport": {"width": 1024, "height": 900}},
+        "phone": {"viewport": PHONE, "device_scale_factor": 2, "is_mobile": True},
+    }.items():
+        context = await browser.new_context(**options)  # type: ignore[arg-type]
+        page = await context.new_page()
+        await page.set_content(html)
+        shown = await page.locator(".paper").count()
+        assert 5 <= shown < 300
+        note = page.get_by_role("link", name="See all 300 papers of 2025-01-11")
+        assert (await note.get_attribute("href") or "").startswith("https://papers.lab.org/day?")
+        more = page.get_by_role("link", name=re.compile(r"^and \d+ more papers for "))
+        texts = await more.all_inner_texts()
+        counts = {
+            k: int(n)
+            for n, k in (re.findall(r"and (\d+) more papers for (.+)", t)[0] for t in texts)
+        }
+        assert sum(counts.values()) == 300 - shown
+        for href in [await more.nth(i).get_attribute("href") for i in range(await more.count())]:
+            assert (href or "").startswith("https://papers.lab.org/day?token=")
+        # The footer closes the email: below the last paper, in view once scrolled there.
+        last_more = more.last
+        for name, path in (("Change keywords", "/manage?"), ("Unsubscribe", "/unsubscribe?")):
+            link = page.get_by_role("link", name=name, exact=True)
+            assert path in (await link.get_attribute("href") or "")
+            await link.scroll_into_view_if_needed()
+            assert await link.is_visible()
+            link_box, more_box = await link.bounding_box(), await last_more.bounding_box()
+            assert link_box is not None
+            assert more_box is not None
+            assert link_box["y"] > more_box["y"]
+            assert link_box["x"] + link_box["width"] <= options["viewport"]["width"]  # type: ignore[index]
+        if variant == "phone":
+            assert await no_sideways_scroll(page)
+            await page.screenshot(path=str(ARTIFACTS / "digest-300-phone-end.png"))
+        await context.close()

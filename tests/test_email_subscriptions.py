@@ -6,6 +6,7 @@ aiosmtpd server in the test's loop; the clock is injected.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -248,6 +249,17 @@ async def test_request_stores_unconfirmed_and_mails_only_the_confirmation(env: E
         now=NOW + timedelta(minutes=1),
     )
     assert env.store.pending_batches(now=NOW + timedelta(days=1)) == []
+
+
+async def test_a_normal_sign_up_logs_at_info_only(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Asking for a digest and confirming it are everyday events: nothing at WARNING or above."""
+    caplog.set_level(logging.DEBUG)
+    await env.service.request(ALICE, ["diffusion models", "anomaly detection"])
+    await env.service.confirm(env.confirm_token())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any(r.getMessage().startswith("email.confirm_sent") for r in caplog.records)
 
 
 async def test_at_most_one_confirmation_per_address_per_hour(env: Env) -> None:

@@ -8,7 +8,8 @@ import re
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -25,17 +26,34 @@ from digest.email_subscriptions import (
     OPTION_FAILURES,
     UNCONFIRMED,
     EmailLinks,
+    EmailSubscriptions,
+    SubscriptionError,
+    TokenSigner,
 )
 from digest.errors import ConfigError
 from digest.mailer import (
+    CONNECT_TIMEOUT,
     FAILURE_LIMIT,
+    MAX_HTML_BYTES,
+    MAX_TEXT_BYTES,
+    MIN_ENTRY_BYTES,
+    RELAY_DOWN_SECONDS,
+    SMTP_TIMEOUT,
+    TEST_CONNECT_TIMEOUT,
     EmailChannel,
+    Entry,
     RenderedEmail,
+    Section,
     SmtpPool,
     compose_message,
     digest_sections,
+    fit_sections,
+    fold_text,
+    keep_papers,
     message_bytes,
     render_digest,
+    render_email_html,
+    text_columns,
 )
 from storage.sql_store import SqlStore
 from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
@@ -132,6 +150,17 @@ def parts(msg: EmailMessage) -> tuple[str, str]:
 def flat(text: str) -> str:
     """Whitespace collapsed, so wrapped plain text compares with the original."""
     return " ".join(text.split())
+
+
+def squeeze(text: str) -> str:
+    """Whitespace removed, so text folded between Chinese characters compares too."""
+    return "".join(text.split())
+
+
+def assert_folded(text: str) -> None:
+    """Every line fits 76 columns, unless it is one word or URL that cannot be broken."""
+    for line in text.splitlines():
+        assert text_columns(line) <= 76 or len(line.split()) == 1, line
 
 
 @pytest.fixture
@@ -265,7 +294,7 @@ async def test_digest_parts_headers_and_fields(
 async def test_html_is_inlined_dark_mode_ready_and_self_contained(
     smtp: FakeSmtpServer, sqlite_store: SqlStore
 ) -> None:
-    """Styles inlined, dark-mode and phone rules kept in <style>, no images/scripts/remote CSS."""
+    """Inlined styles, @media rules kept, table layout, no images, scripts or remote CSS."""
     channel = make_channel(email_settings(smtp), sqlite_store)
     await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
     await channel.close()
@@ -279,6 +308,12 @@ async def test_html_is_inlined_dark_mode_ready_and_self_contained(
     assert not tags & {"img", "script", "link", "iframe", "object"}
     assert "src=" not in html
     assert "url(" not in html
+    # Table layout, as Outlook (Word's renderer) needs: presentation tables frame the email,
+    # and a conditional table holds Outlook at 680 px, since it ignores max-width.
+    assert html.count('role="presentation"') >= 2
+    assert '<td class="card"' in html
+    assert "<!--[if mso]>" in html
+    assert 'width="680"' in html
 
 
 async def test_hostile_paper_text_is_escaped_and_intact(
@@ -314,6 +349,43 @@ async def test_hostile_paper_text_is_escaped_and_intact(
     assert smtp.messages[0].message["Subject"] == "1 new arXiv paper: x <y> & z"
 
 
+async def test_a_hostile_translation_is_one_escaped_paragraph_in_both_parts(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """A model's answer with blank lines, fences and HTML: one paragraph, shown as text."""
+    hostile_title = "标题\n\n<h1>大标题</h1>"
+    hostile_abstract = "第一段。\n\n---\n# 假标题\n```\n<script>alert(1)</script>\n\n最后一段。"
+    batch = batch_for(
+        ALICE,
+        [(1, "k", paper("2501.00001")), (1, "k", paper("2501.00002"))],
+        language="zh",
+        translations={
+            "2501.00001": (hostile_title, hostile_abstract),
+            "2501.00002": ("第二篇", "第二篇的摘要。"),
+        },
+    )
+    channel = make_channel(email_settings(smtp), sqlite_store)
+    await send_all(channel, batch)
+    await channel.close()
+    text, html = parts(smtp.messages[0].message)
+    page = parse_html(html)
+    assert "script" not in page.tags
+    assert "<script>" not in html
+    assert "<h1>大标题" not in html
+    one_line = "第一段。 --- # 假标题 ``` <script>alert(1)</script> 最后一段。"
+    assert f"Abstract (ZH): {one_line}" in page.text
+    shown = re.findall(r"<p class=\"abstract translated\"[^>]*>(.*?)</p>", html, re.S)
+    [paragraph] = [p for p in shown if "第一段" in p]
+    assert "最后一段" in paragraph
+    assert "\n" not in paragraph
+    # Plain text: the same single paragraph (folded, never split by a blank line).
+    lines = text.replace("\r\n", "\n")
+    block = lines.split("Abstract (ZH): 第一段。", 1)[1].split("\n\n", 1)[0]
+    assert "最后一段。" in squeeze(block)
+    assert "Title (ZH): 标题 <h1>大标题</h1>" in text
+    assert squeeze("第二篇的摘要。") in squeeze(text)  # the next paper is still there
+
+
 async def test_translations_are_rendered_when_the_batch_has_them(
     smtp: FakeSmtpServer, sqlite_store: SqlStore
 ) -> None:
@@ -331,11 +403,246 @@ async def test_translations_are_rendered_when_the_batch_has_them(
     text, html = parts(smtp.messages[0].message)
     page = parse_html(html)
     for entry in entries:
-        assert f"Title (ZH): {entry.title_zh}" in text
-        assert flat(f"Abstract (ZH): {entry.abstract_zh}") in flat(text)
+        # Chinese is folded between characters, with no space to mark the break.
+        assert squeeze(f"Title (ZH): {entry.title_zh}") in squeeze(text)
+        assert squeeze(f"Abstract (ZH): {entry.abstract_zh}") in squeeze(text)
         assert f"Title (ZH): {entry.title_zh}" in page.text
         assert flat(entry.abstract_zh) in page.text
     assert 'lang="zh"' in html
+
+
+async def test_every_line_of_every_text_part_is_folded_at_76_columns(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """Digest (titles, Chinese lines, footer), confirmation and empty note: all folded."""
+    entries = load_reference_digest()[:4]
+    long_title = paper(
+        "2501.00009",
+        title="An Extremely Long Title About Many Things " * 4,
+        comment="Accepted at a workshop with a very long name " * 3,
+    )
+    keyword = "a rather long keyword about vision language models and their friends"
+    batch = batch_for(
+        ALICE,
+        [(1, keyword, long_title), *((2, "multimodal", e.paper) for e in entries)],
+        language=REFERENCE_LANGUAGE,
+        translations={e.paper.arxiv_id: (e.title_zh * 2, e.abstract_zh) for e in entries},
+    )
+    channel = make_channel(email_settings(smtp, email={"send_empty": True}), sqlite_store)
+    await send_all(channel, batch)
+    target = Target("email", "bob@lab.example.org")
+    for query in (keyword, "multimodal", "graph neural networks for molecules and materials"):
+        sqlite_store.add_subscription(target, query, now=NOW)
+    sqlite_store.set_target_option(target, OPTION_CONFIRMED, NOW.isoformat())
+    assert await channel.send_empty(now=NOW) == 1
+    pending = [keyword, "multimodal", "diffusion models for video generation and editing"]
+    assert await channel.send_confirmation(
+        "carol@lab.example.org", pending=pending, active=[], now=NOW
+    )
+    await channel.close()
+    assert len(smtp.messages) == 3
+    for received in smtp.messages:
+        text, _ = parts(received.message)
+        assert_folded(text)
+    digest, _ = parts(smtp.messages[0].message)
+    assert flat(f"{long_title.title.strip()}") in flat(digest)
+    for entry in entries:
+        assert squeeze(entry.abstract_zh) in squeeze(digest)
+
+
+def test_fold_text_breaks_between_chinese_characters_but_never_inside_words_or_urls() -> None:
+    """Wide characters count two columns; no line starts with closing punctuation."""
+    url = "https://papers.lab.org/manage?token=" + "x" * 120
+    text = "检索增强生成（RAG）是一种强大的策略，" * 8 + "\nChange keywords: " + url + "\n"
+    folded = fold_text(text)
+    assert_folded(folded)
+    assert url in folded.splitlines()
+    assert squeeze(folded) == squeeze(text)
+    assert not any(line.startswith(("，", "）", "。")) for line in folded.splitlines())
+    words = "word " * 40
+    assert flat(fold_text(words)) == flat(words)
+    assert all(len(line) <= 76 for line in fold_text(words).splitlines())
+
+
+def many_papers(count: int, *, abstract_words: int = 160) -> list[Paper]:
+    """`count` distinct papers with full-length abstracts, newest first."""
+    return [
+        paper(
+            f"2501.{n:05d}",
+            title=f"Paper {n:03d} on vision language models and their evaluation",
+            authors=tuple(f"Author {n}-{i}" for i in range(6)),
+            abstract=" ".join(["word"] * abstract_words) + f" END {n:03d}.",
+            updated=NOW - timedelta(minutes=n),
+        )
+        for n in range(count)
+    ]
+
+
+async def test_a_300_paper_digest_fits_gmail_with_its_footer_and_counts_the_rest(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """HTML under 100,000 bytes with its footer, the rest counted and linked; text lists all."""
+    papers = many_papers(300)
+    keywords = ["vision language models", "model evaluation"]
+    items = [(1 + n % 2, keywords[n % 2], p) for n, p in enumerate(papers)]
+    items += [(2, keywords[1], p) for p in papers[:10:2]]  # five papers match both keywords
+    channel = make_channel(email_settings(smtp, base_url="https://papers.lab.org"), sqlite_store)
+    outcomes = await send_all(channel, batch_for(ALICE, items))
+    await channel.close()
+    assert {o.kind for o in outcomes} == {OutcomeKind.SENT}
+    assert len(outcomes) == len(items)
+    message = smtp.messages[0].message
+    assert message["Subject"].startswith("300 new arXiv papers: ")
+    text, html = parts(message)
+    assert len(html.encode("utf-8")) < MAX_HTML_BYTES
+    page = parse_html(html)
+    links = page.links
+    assert any(u.startswith("https://papers.lab.org/manage?token=") for u in links)
+    assert any(u.startswith("https://papers.lab.org/unsubscribe?token=") for u in links)
+    assert "Change keywords" in page.text
+    assert "Unsubscribe" in page.text
+    shown = sorted(
+        (p for p in papers if f"END {p.arxiv_id[-3:]}." in page.text),
+        key=lambda p: page.text.index(f"END {p.arxiv_id[-3:]}."),
+    )
+    assert 20 <= len(shown) < 300
+    digest_order = papers[::2] + papers[1::2]  # by keyword, newest first within each
+    assert shown == digest_order[: len(shown)]  # the digest's own order, cut at the end
+    assert f"This email shows {len(shown)} of the 300 papers" in page.text
+    day_links = [u for u in links if u.startswith("https://papers.lab.org/day?token=")]
+    assert day_links
+    more = re.findall(rf"and (\d+) more papers? for ({'|'.join(keywords)})", page.text)
+    counted = {keyword: int(n) for n, keyword in more}
+    in_full = {
+        k: sum(1 for n, p in enumerate(papers) if keywords[n % 2] == k and p in shown)
+        for k in keywords
+    }
+    also = sum(1 for p in papers[:10:2] if p in shown)
+    assert counted["vision language models"] == 150 - in_full["vision language models"]
+    assert counted["model evaluation"] == 155 - in_full["model evaluation"] - also
+    # No client clips the plain text: it lists all 300, for readers without HTML.
+    assert_folded(text)
+    assert all(f"END {p.arxiv_id[-3:]}." in text for p in papers)
+    assert "more papers for" not in text
+
+
+def test_the_plain_text_lists_every_paper_up_to_what_a_relay_takes() -> None:
+    """1,500 papers: the text part stays under MAX_TEXT_BYTES, counting and linking the rest."""
+    papers = many_papers(1500)
+    batch = batch_for(ALICE, [(1, "vision", p) for p in papers])
+    links = EmailLinks.from_settings(email_settings(None, base_url="https://papers.lab.org"))
+    rendered = render_digest(batch, links=links, now=NOW, timezone="UTC", list_name="l")
+    size = len(rendered.text.encode("utf-8"))
+    assert MAX_TEXT_BYTES * 0.8 < size < MAX_TEXT_BYTES
+    listed = len(re.findall(r"^Abstract: ", rendered.text, re.M))
+    assert 300 < listed < 1500
+    assert f"This email shows {listed} of the 1500 papers" in flat(rendered.text)
+    assert f"and {1500 - listed} more papers for vision: https://papers.lab.org/day?token=" in (
+        flat(rendered.text)
+    )
+    assert_folded(rendered.text)
+    assert len(rendered.html.encode("utf-8")) < MAX_HTML_BYTES
+
+
+def test_the_cut_takes_a_ranking_and_drops_a_left_out_paper_everywhere() -> None:
+    """keep_papers keeps the best-ranked papers; a left-out paper leaves its "also" lines too."""
+    papers = many_papers(6, abstract_words=5)
+    items = [(1, "a", p) for p in papers[:4]] + [(2, "b", p) for p in papers[2:]]
+    sections = digest_sections(batch_for(ALICE, items))
+    assert [len(s.also) for s in sections] == [0, 2]
+    in_order = keep_papers(sections, 3)
+    assert [[e.arxiv_id for e in s.entries] for s in in_order] == [
+        [p.arxiv_id for p in papers[:3]],
+        [],
+    ]
+    assert [(s.omitted, s.total) for s in in_order] == [(1, 4), (3, 4)]
+    assert [e.arxiv_id for e in in_order[1].also] == [papers[2].arxiv_id]
+
+    def newest_last(entries: Sequence[Entry]) -> Sequence[Entry]:
+        return list(reversed(entries))
+
+    ranked = keep_papers(sections, 2, rank=newest_last)
+    assert [[e.arxiv_id for e in s.entries] for s in ranked] == [
+        [],
+        [p.arxiv_id for p in papers[4:]],
+    ]
+    assert [(s.omitted, s.total) for s in ranked] == [(4, 4), (2, 4)]
+
+
+def test_without_a_web_server_the_rest_is_on_the_readme_or_just_counted() -> None:
+    """No web.base_url: the link points at readme.public_url; without one, the count only."""
+    papers = many_papers(120)
+    batch = batch_for(ALICE, [(1, "vision", p) for p in papers])
+    signer = TokenSigner(secret_key="k" * 32, list_id="papers.lab.org")
+    readme = "https://github.com/lab/papers#readme"
+    for readme_url, expected in ((readme, readme), ("", None)):
+        links = EmailLinks(base_url="", signer=signer, sender="p@lab.org", readme_url=readme_url)
+        rendered = render_digest(
+            batch, links=links, now=NOW, timezone="UTC", list_name="papers.lab.org"
+        )
+        assert len(rendered.html.encode("utf-8")) < MAX_HTML_BYTES
+        page = parse_html(rendered.html)
+        assert re.search(r"and \d+ more papers for vision", page.text)
+        if expected:
+            assert expected in page.links
+        else:
+            assert not [u for u in page.links if "day" in u or "readme" in u]
+
+
+def test_a_huge_digest_is_never_rendered_whole() -> None:
+    """5,000 papers: a handful of renders, none with more papers than could ever fit."""
+    sections = digest_sections(
+        batch_for(ALICE, [(1, "k", p) for p in many_papers(5000, abstract_words=100)])
+    )
+    rendered: list[int] = []
+
+    def render(shown: Sequence[Section]) -> str:
+        rendered.append(sum(len(s.entries) for s in shown))
+        return render_email_html_for_test(shown)
+
+    shown, html = fit_sections(sections, render)
+    assert len(html.encode("utf-8")) < MAX_HTML_BYTES
+    assert max(rendered) <= MAX_HTML_BYTES // MIN_ENTRY_BYTES
+    assert len(rendered) <= 6
+    assert shown[0].omitted == 5000 - rendered[-1]
+
+
+def render_email_html_for_test(shown: Sequence[Section]) -> str:
+    """The digest HTML of these sections, as render_digest builds it."""
+    links = EmailLinks(
+        base_url="https://papers.lab.org",
+        signer=TokenSigner(secret_key="k" * 32, list_id="l"),
+        sender="p@lab.org",
+    )
+    return render_email_html(
+        "digest",
+        sections=shown,
+        shown=sum(len(s.entries) for s in shown),
+        subject="s",
+        count=5000,
+        day="2025-01-11",
+        keywords=["k"],
+        address=ALICE,
+        list_name="l",
+        language="",
+        language_label="",
+        manage_url=links.manage_url(ALICE, now=NOW),
+        unsubscribe_url=links.unsubscribe_url(ALICE, now=NOW),
+        day_url=links.day_url(ALICE, day="2025-01-11", now=NOW),
+    )
+
+
+def test_a_small_digest_is_rendered_once_and_shows_everything() -> None:
+    """Under the limit nothing is cut and no note or link appears."""
+    calls: list[int] = []
+
+    def render(shown: Sequence[Section]) -> str:
+        calls.append(len(shown))
+        return "x" * 10
+
+    sections = digest_sections(batch_for(ALICE, [(1, "k", p) for p in many_papers(3)]))
+    shown, html = fit_sections(sections, render)
+    assert (shown, html, calls) == (sections, "x" * 10, [1])
 
 
 async def test_one_connection_carries_many_digests_within_the_concurrency_bound(
@@ -460,6 +767,80 @@ async def test_unreachable_relay_and_timeouts_are_transient(sqlite_store: SqlSto
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
 
 
+@asynccontextmanager
+async def silent_relay() -> AsyncIterator[tuple[int, list[float]]]:
+    """A server on 127.0.0.1 that accepts connections and never says a word (no greeting)."""
+    accepted: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(loop.time())
+        try:
+            await reader.read()  # until the client gives up
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_relay_that_never_answers_is_down_for_the_cycle_after_one_short_wait(
+    sqlite_store: SqlStore,
+) -> None:
+    """No greeting: one short timeout, then digests and sign-ups fail at once for a while."""
+    monotonic = [1000.0]
+    async with silent_relay() as (port, accepted):
+        settings = email_settings(None, email={"smtp_port": port})
+        channel = make_channel(
+            settings,
+            sqlite_store,
+            connect_timeout=TEST_CONNECT_TIMEOUT,
+            clock=lambda: monotonic[0],
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for n in range(5):
+            batch = batch_for(f"reader{n}@lab.example.org", [(n + 1, "k", paper())])
+            outcomes = await send_all(channel, batch)
+            assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
+        assert "unreachable" in outcomes[0].error  # type: ignore[operator]
+        # One connection tried, one short wait (test mode's connect timeout), not 5 x 60 s.
+        assert len(accepted) == 1
+        assert loop.time() - started < TEST_CONNECT_TIMEOUT + 1.5
+        # A sign-up meanwhile is told at once that the mail could not go out.
+        signup = EmailSubscriptions(store=sqlite_store, settings=settings, sender=channel)
+        sqlite_store.add_keyword("k", from_config=True)
+        asked = loop.time()
+        with pytest.raises(SubscriptionError, match="could not be sent"):
+            await signup.request(ALICE, ["k"])
+        assert loop.time() - asked < 1.0
+        assert len(accepted) == 1
+        # Once the window has passed, the relay is tried again.
+        monotonic[0] += RELAY_DOWN_SECONDS
+        await send_all(channel, batch_for(ALICE, [(9, "k", paper())]))
+        assert len(accepted) == 2
+        await channel.close()
+
+
+async def test_the_channel_uses_short_connect_timeouts(sqlite_store: SqlStore) -> None:
+    """EmailChannel's own pool: the test-mode connect timeout, never the 60 s command one."""
+    async with silent_relay() as (port, _):
+        settings = email_settings(None, email={"smtp_port": port})
+        channel = EmailChannel.from_settings(settings, store=sqlite_store)
+        assert channel is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcomes = await send_all(channel, batch_for(ALICE, [(1, "k", paper())]))
+        assert [o.kind for o in outcomes] == [OutcomeKind.RETRY]
+        assert loop.time() - started < TEST_CONNECT_TIMEOUT + 1.0
+        await channel.close()
+    assert TEST_CONNECT_TIMEOUT < CONNECT_TIMEOUT <= 10 < SMTP_TIMEOUT
+
+
 async def test_unconfirmed_address_is_never_mailed(
     smtp: FakeSmtpServer, sqlite_store: SqlStore
 ) -> None:
@@ -536,6 +917,41 @@ async def test_send_empty_notes_once_a_day_for_confirmed_addresses_without_a_dig
     assert "things" in text
     assert smtp.handler.to("carol@lab.example.org") == []
     assert len(smtp.handler.to(ALICE)) == 1  # only the digest
+
+
+async def test_send_empty_switched_on_mid_day_spares_who_already_got_a_digest(
+    smtp: FakeSmtpServer, sqlite_store: SqlStore
+) -> None:
+    """A digest went out while send_empty was off; turned on later that day, no note for it."""
+    bob, carol = "bob@lab.example.org", "carol@lab.example.org"
+    for address in (ALICE, bob, carol):
+        target = Target("email", address)
+        sqlite_store.add_subscription(target, "things", now=NOW - timedelta(days=1))
+        sqlite_store.set_target_option(target, OPTION_CONFIRMED, NOW.isoformat())
+    sqlite_store.add_subscription(Target("email", carol), "stuff", now=NOW - timedelta(days=1))
+    sqlite_store.commit_harvest(
+        papers=[paper("2501.00001"), paper("2501.00002")],
+        matches={"things": ["2501.00001"], "stuff": ["2501.00002"]},
+        deliverable=["2501.00001", "2501.00002"],
+        now=NOW,
+    )
+    morning = make_channel(email_settings(smtp), sqlite_store)  # send_empty off
+    for batch in sqlite_store.pending_batches(now=NOW, kinds={"email"}):
+        if batch.target.address == carol:
+            continue  # carol's digest waits for a retry: she is owed papers, not "nothing"
+        sqlite_store.record_outcomes(await send_all(morning, batch), now=NOW)
+    await morning.close()
+    digests = len(smtp.messages)
+    assert digests == 2  # alice and bob
+
+    evening = NOW + timedelta(hours=8)  # the same day (UTC)
+    channel = make_channel(email_settings(smtp, email={"send_empty": True}), sqlite_store)
+    assert await channel.send_empty(now=evening) == 0
+    assert len(smtp.messages) == digests
+    # The next day, with nothing new, the note goes to those who are owed nothing.
+    assert await channel.send_empty(now=evening + timedelta(days=1)) == 2
+    await channel.close()
+    assert {m.rcpt_tos[0] for m in smtp.messages[digests:]} == {ALICE, bob}
 
 
 async def test_notify_sends_plain_text(smtp: FakeSmtpServer, sqlite_store: SqlStore) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine, inspect
@@ -125,3 +127,46 @@ def test_from_settings_uses_the_data_folder(tmp_path: Path) -> None:
         store.migrate()
         store.add_keyword("x")
     assert (tmp_path / "data" / "daily-papers.sqlite3").exists()
+
+
+def test_0004_classifies_the_keywords_already_stored(tmp_path: Path) -> None:
+    """Upgrading from 0003: a keyword an email sign-up created is private, a chat one chat."""
+    url = f"sqlite:///{tmp_path / 'daily-papers.sqlite3'}"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url)
+    command.upgrade(config, "0003_leases")
+    created = "2025-02-03 21:00:00.000000"
+    later = "2025-02-04 09:00:00.000000"
+    connection = sqlite3.connect(tmp_path / "daily-papers.sqlite3")
+    with connection:
+        connection.executemany(
+            "INSERT INTO keywords (id, query, key, from_config, created_at) VALUES (?, ?, ?, ?, ?)",
+            [
+                (1, "from config", "from config", 1, created),
+                (2, "added by hand", "added by hand", 0, created),
+                (3, "a stranger's query", "a stranger's query", 0, created),
+                (4, "a channel's query", "a channel's query", 0, created),
+            ],
+        )
+        connection.executemany(
+            "INSERT INTO subscriptions (target_kind, target_address, keyword_id, active, "
+            "created_at) VALUES (?, ?, ?, 1, ?)",
+            [
+                ("email", "a@lab.org", 1, created),  # a config keyword stays the operator's
+                ("email", "a@lab.org", 2, later),  # subscribed to after `keywords add`
+                ("email", "b@lab.org", 3, created),  # the sign-up created it
+                ("slack", "C1", 3, later),
+                ("slack", "C1", 4, created),
+            ],
+        )
+    connection.close()
+    with SqlStore(url=url) as store:
+        store.migrate()
+        origins = {k.query: k.origin for k in store.list_keywords()}
+    assert origins == {
+        "from config": "operator",
+        "added by hand": "operator",
+        "a stranger's query": "email",
+        "a channel's query": "chat",
+    }

@@ -19,8 +19,9 @@ import pytest
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
 
-from bot.slack_app import EVENTS_PATH, SlackCommandApp, start_slack
+from bot.slack_app import EVENTS_PATH, SlackCommandApp, command_text, start_slack
 from bot.slack_channel import SlackChannel, build_web_client
+from digest.cli import main
 from digest.config import Secrets, Settings, SlackSettings, settings_for_tests
 from digest.domain import Target
 from digest.errors import ConfigError
@@ -162,7 +163,8 @@ async def make_running(
 async def test_subscribe_confirms_in_channel_and_stores(make_running: Callable[..., Any]) -> None:
     """Signed /papers subscribe: 200 at once, stored, public confirmation via response_url."""
     running: Running = await make_running()
-    reply = await running.command("subscribe Diffusion Models & <Friends>")
+    # Slack escapes `&`, `<` and `>` in the text it sends: what was typed is stored.
+    reply = await running.command("subscribe Diffusion Models &amp; &lt;Friends&gt;")
     assert reply["response_type"] == "in_channel"
     assert reply["unfurl_links"] is False
     assert reply["text"].startswith(
@@ -173,6 +175,52 @@ async def test_subscribe_confirms_in_channel_and_stores(make_running: Callable[.
     assert running.backfills == ["Diffusion Models & <Friends>"]
     # Bolt verified who the bot is once, against the configured API URL.
     assert len(running.slack.calls_to("auth.test")) == 1
+
+
+async def test_slack_escaping_is_undone_so_a_query_is_the_same_as_from_the_cli(
+    make_running: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`subscribe R&D robotics` arrives as `R&amp;D`: stored as typed, the same as the CLI's."""
+    running: Running = await make_running()
+    reply = await running.command("subscribe R&amp;D robotics")
+    assert reply["text"].startswith("<@U0MEMBER> subscribed this channel to `R&amp;D robotics`")
+    [sub] = running.store.list_subscriptions(TARGET)
+    assert sub.keyword == "R&D robotics"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAILY_PAPERS_CONFIG", raising=False)
+    monkeypatch.setenv(
+        "DAILY_PAPERS_DATABASE_URL", f"sqlite:///{tmp_path / 'daily-papers.sqlite3'}"
+    )
+    assert main(["subscriptions", "add", f"slack:{CHANNEL_ID}", "R&D robotics"]) == 0
+    assert len(running.store.list_subscriptions(TARGET)) == 1
+    assert [k.query for k in running.store.list_keywords()] == ["R&D robotics"]
+    # A link Slack made of what was typed, and an address: the text as typed.
+    reply = await running.command("latest <http://r-d.org|r-d.org> &lt;robots&gt; 3")
+    assert "r-d.org &lt;robots&gt;" in reply["text"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "typed"),
+    [
+        ("subscribe R&amp;D robotics", "subscribe R&D robotics"),
+        ("subscribe ti:&quot;x&quot; &amp;amp;", "subscribe ti:&quot;x&quot; &amp;"),
+        ("latest a &lt;b&gt; 3", "latest a <b> 3"),
+        ("subscribe <http://r-d.org|r-d.org> robotics", "subscribe r-d.org robotics"),
+        ("subscribe <https://arxiv.org/abs/1>", "subscribe https://arxiv.org/abs/1"),
+        ("email <mailto:ann@lab.org|ann@lab.org> x", "email ann@lab.org x"),
+        ("email <mailto:ann@lab.org>", "email ann@lab.org"),
+        ("subscribe <#C0123|general> news", "subscribe #general news"),
+        ("subscribe <#C0123> news", "subscribe #C0123 news"),
+        ("subscribe <@U0BOB|bob> <@U0ANN>", "subscribe @bob @U0ANN"),
+        ("subscribe <!here> <!subteam^S1|@ml-team>", "subscribe @here @ml-team"),
+        ("subscribe <!date^1392734382^{date}|Feb 18, 2014>", "subscribe Feb 18, 2014"),
+    ],
+)
+def test_command_text_resolves_slacks_forms(sent: str, typed: str) -> None:
+    """Slack's entities and <...|...> forms become the text the person typed."""
+    assert command_text(sent) == typed
 
 
 async def test_list_latest_help_and_errors_are_ephemeral(make_running: Callable[..., Any]) -> None:
@@ -254,6 +302,7 @@ async def test_admins_only_checks_workspace_role(make_running: Callable[..., Any
     refused = await running.command("subscribe alpha", user_id="U0MEMBER")
     assert refused["response_type"] == "ephemeral"
     assert "not allowed" in refused["text"]
+    assert "ask a workspace admin" in refused["text"]  # Slack's word
     assert running.store.list_subscriptions(TARGET) == []
     assert (await running.command("subscribe alpha", user_id="U0ADMIN"))[
         "response_type"

@@ -139,6 +139,30 @@ async def test_translated_title_shown_under_original(slack: FakeSlackApi) -> Non
     assert "Paper number 1>*\n_第一篇论文 &lt;b&gt;_\n" in text
 
 
+async def test_a_hostile_translated_title_stays_one_inert_line(slack: FakeSlackApi) -> None:
+    """A model's title with breaks, ``` fences, links and mentions: one escaped, inert line."""
+    papers = [_paper(1), _paper(2)]
+    hostile = "第一篇\n```\n<!channel> <https://evil.example|点击> <@U0ADMIN>\n# 标题\n---"
+    batch = Batch(
+        TARGET,
+        tuple(Delivery(1, "graphs", p) for p in papers),
+        language="zh",
+        translations={p.arxiv_id: (hostile, "摘要") for p in papers},
+    )
+    await send_all(_channel(slack), batch)
+    params = slack.posted()[0].params
+    text = _posted_text(params)
+    assert "`" not in text
+    for forbidden in ("<!channel>", "<https://evil", "<@U0ADMIN>"):
+        assert forbidden not in text
+    shown = (
+        "_第一篇 ˋˋˋ &lt;!channel&gt; &lt;https://evil.example|点击&gt; &lt;@U0ADMIN&gt; "
+        "# 标题 ---_"
+    )
+    assert text.count(f"\n{shown}\n") == 2  # one line under each title
+    assert sorted(re.findall(r"<(http[^|>]*)\|", text)) == sorted(p.abs_url for p in papers)
+
+
 async def test_hostile_titles_cannot_ping_or_forge_links(slack: FakeSlackApi) -> None:
     """Titles, authors, comments and keywords are mrkdwn-escaped: no <!channel>, no fake link."""
     paper = _paper(

@@ -732,3 +732,60 @@ def test_sqlite_reader_during_a_write_does_not_error(tmp_path: Path) -> None:
         assert reader.known_versions(["2501.00002"]) == {"2501.00002": 1}
         # and a second writer simply waits for the first (busy timeout), then succeeds
         assert reader.add_keyword("Diffusion") is True
+
+
+def test_a_keywords_origin_only_ever_rises(store: SqlStore) -> None:
+    """email < chat < operator: who first asked for a keyword, raised by later askers only."""
+    store.add_subscription(Target("email", "a@lab.org"), "Private Topic", now=T0)
+    store.add_subscription(Target("email", "b@lab.org"), "shared topic", now=T0)
+    store.add_subscription(Target("slack", "C1"), "Shared Topic", now=T0)
+    store.add_subscription(Target("slack", "C1"), "chat topic", now=T0)
+    store.add_keyword("operator topic")
+    store.add_subscription(Target("email", "a@lab.org"), "Operator Topic", now=T0)
+    origins = {k.query: k.origin for k in store.list_keywords()}
+    assert origins == {
+        "Private Topic": "email",
+        "shared topic": "chat",
+        "chat topic": "chat",
+        "operator topic": "operator",
+    }
+    public = {k.query for k in store.list_keywords() if k.is_public(chat_queries=True)}
+    assert public == {"shared topic", "chat topic", "operator topic"}
+    assert {k.query for k in store.list_keywords() if k.is_public(chat_queries=False)} == {
+        "operator topic"
+    }
+    store.add_keyword("private topic")  # the operator adds the reader's query: now public
+    assert {k.query: k.origin for k in store.list_keywords()}["Private Topic"] == "operator"
+
+
+def test_a_pending_subscription_is_stored_inactive_in_one_step(store: SqlStore) -> None:
+    """pending_reason: stored inactive with the reason; an active subscription stays active."""
+    email = Target("email", "a@lab.org")
+    waiting = store.add_subscription(email, "LLM Agents", now=T0, pending_reason="unconfirmed")
+    assert (waiting.active, waiting.disabled_reason) == (False, "unconfirmed")
+    [stored] = store.list_subscriptions(email)
+    assert (stored.active, stored.disabled_reason) == (False, "unconfirmed")
+    active = store.add_subscription(email, "LLM Agents", now=T0)
+    assert active.active
+    again = store.add_subscription(email, "LLM Agents", now=T0, pending_reason="unconfirmed")
+    assert (again.active, again.disabled_reason) == (True, None)
+
+
+def test_targets_served_since_counts_sent_today_and_still_owed(store: SqlStore) -> None:
+    """Sent at or after the moment, or pending (due or waiting for a retry): served."""
+    a, b, c = (Target("email", f"{n}@lab.org") for n in "abc")
+    subs = [store.add_subscription(t, LLM, now=T0 - timedelta(days=2)) for t in (a, b, c)]
+    store.add_subscription(Target("slack", "C1"), LLM, now=T0 - timedelta(days=2))
+    harvest(store, [paper("2501.00001")], now=T0 - timedelta(days=1))
+    store.record_outcomes([Outcome(subs[0].id, "2501.00001", OutcomeKind.SENT)], now=T0)
+    store.record_outcomes(
+        [Outcome(subs[1].id, "2501.00001", OutcomeKind.SENT)], now=T0 - timedelta(days=1)
+    )
+    store.record_outcomes(
+        [Outcome(subs[2].id, "2501.00001", OutcomeKind.RETRY, "451")], now=T0 - timedelta(days=1)
+    )
+    assert store.targets_served_since("email", T0 - timedelta(hours=1)) == {
+        "a@lab.org",
+        "c@lab.org",
+    }
+    assert store.targets_served_since("slack", T0) == {"C1"}  # still owed its paper

@@ -19,6 +19,7 @@ from digest.translate import (
     clean_answer,
     language_name,
     system_prompt,
+    target_share,
 )
 from tests.fakes.openai_api import (
     Empty,
@@ -284,6 +285,28 @@ def test_check_answer_table() -> None:
     german = "Zero-Shot-Hai-Tracking und biometrische Identifikation in Luftbildern"
     assert check_answer(title, german, "de", finish_reason=None) == ""
     assert check_answer(title, title, "de", finish_reason=None)
+
+
+def test_still_english_is_judged_by_the_share_of_the_target_language() -> None:
+    """A title keeping an English name is accepted; an answer mostly left in English is not."""
+    title = "Imagine while Reasoning in Space: Multimodal Visualization-of-Thought"
+    chinese = "在空间推理中的多模态可视化思维：Imagine while Reasoning in Space"
+    assert target_share(title, chinese, "zh") == pytest.approx(0.62, abs=0.02)
+    assert check_answer(title, chinese, "zh", finish_reason="stop") == ""
+    german = "Imagine while Reasoning in Space: Multimodale Visualisierung des Denkens"
+    assert check_answer(title, german, "de", finish_reason="stop") == ""
+    assert target_share(title, title, "zh") == 0.0
+    assert "still English" in check_answer(title, title, "zh", finish_reason="stop")
+    half = "在空间推理中的：Imagine while Reasoning in Space: Multimodal Visualization-of-Thought"
+    assert "(only 36% of it is Simplified Chinese)" in check_answer(
+        title, half, "zh", finish_reason=None
+    )
+    # Names the prompt says to keep count for neither side.
+    kept = "GPT-4o与LVLMs在ImageNet上的比较"
+    assert target_share("Comparing GPT-4o and LVLMs on ImageNet", kept, "zh") == 1.0
+    for entry in load_reference_digest():  # every reference translation, with room to spare
+        assert target_share(entry.paper.title, entry.title_zh, "zh") > 0.7
+        assert target_share(entry.paper.abstract, entry.abstract_zh, "zh") > 0.7
 
 
 def test_clean_answer_strips_wrappers() -> None:

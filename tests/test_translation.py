@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from bot.commands import LANGUAGE_COMMAND, CommandService, Invocation, PlainMarkup
+from digest.archive import render_day
 from digest.arxiv_source import ArxivSource
 from digest.config import Settings, settings_for_tests
 from digest.cycle import run_cycle
@@ -25,7 +27,7 @@ from digest.translation import (
 )
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
-from tests.fakes.openai_api import FakeOpenAI, Garbage, ServerError, Slow, serve_openai
+from tests.fakes.openai_api import English, FakeOpenAI, Garbage, ServerError, Slow, serve_openai
 from tests.fakes.recording_channel import RecordingChannel
 from tests.reference_digest import REFERENCE_LANGUAGE, load_reference_digest
 from tests.reference_papers import load_reference_papers
@@ -401,3 +403,88 @@ async def test_language_command_warns_when_no_provider_is_configured(
     assert reply.ok
     assert "German" in reply.text
     assert "not set up on this server" in reply.text
+
+
+# -- judged by the share of Chinese; a failed title; revisions (issue 13) ----------------------
+
+IMAGINE = Paper(
+    "2501.07542",
+    1,
+    "Imagine while Reasoning in Space: Multimodal Visualization-of-Thought",
+    ("Chengzu Li", "Wenshan Wu"),
+    "Chain-of-Thought prompting has proven highly effective for enhancing complex reasoning in "
+    "Large Language Models and Multimodal Large Language Models, yet it struggles in complex "
+    "spatial reasoning tasks.",
+    NOW - timedelta(hours=3),
+    NOW - timedelta(hours=3),
+    "cs.CL",
+)
+IMAGINE_TITLE_ZH = "在空间推理中的多模态可视化思维：Imagine while Reasoning in Space"
+IMAGINE_ABSTRACT_ZH = (
+    "思维链提示已被证明能有效增强大型语言模型和多模态大型语言模型的复杂推理能力，"
+    "但它在复杂的空间推理任务中表现不佳。"
+)
+
+
+async def test_a_title_that_keeps_an_english_name_is_accepted_once_and_for_all(
+    store: PaperStore, openai: FakeOpenAI, translator: OpenAITranslator
+) -> None:
+    """The issue's title (an English name kept) is Chinese enough: two requests, then none."""
+    openai.teach(IMAGINE.title, IMAGINE_TITLE_ZH)
+    openai.teach(IMAGINE.abstract, IMAGINE_ABSTRACT_ZH)
+    _store_papers(store, [IMAGINE])
+    report = await _step(store, translator)
+    assert (report.translated, report.skipped) == (1, 0)
+    assert len(openai.requests) == 2  # the abstract and the title, each once
+    assert store.get_translations([IMAGINE.arxiv_id], "zh") == {
+        IMAGINE.arxiv_id: (IMAGINE_TITLE_ZH, IMAGINE_ABSTRACT_ZH)
+    }
+    again = await _step(store, translator)
+    assert again.missing == 0
+    assert len(openai.requests) == 2  # never asked again
+
+
+async def test_a_failed_title_keeps_the_good_abstract_translation(
+    store: PaperStore, openai: FakeOpenAI, translator: OpenAITranslator
+) -> None:
+    """The title keeps coming back in English: the abstract is stored, the paper not re-asked."""
+    openai.teach(IMAGINE.abstract, IMAGINE_ABSTRACT_ZH)
+    openai.always(English(), when="Imagine while")
+    _store_papers(store, [IMAGINE])
+    report = await _step(store, translator)
+    assert report.translated == 1
+    assert openai.texts().count(IMAGINE.title) == 3  # its retries, then given up
+    assert store.get_translations([IMAGINE.arxiv_id], "zh") == {
+        IMAGINE.arxiv_id: ("", IMAGINE_ABSTRACT_ZH)
+    }
+    assert (await _step(store, translator)).missing == 0
+    assert len(openai.requests) == 4
+    # The archive shows the translated abstract and no empty title line.
+    settings = settings_for_tests(translation={"language": "zh"})
+    text, _, translated = render_day(settings, store, NOW.date())
+    assert translated == 1
+    assert "**Title (ZH)**" not in text
+    assert f"**Abstract (ZH)**: {IMAGINE_ABSTRACT_ZH} " in text
+
+
+async def test_a_revision_that_rewords_the_paper_is_translated_again(
+    store: PaperStore, openai: FakeOpenAI, translator: OpenAITranslator
+) -> None:
+    """v2 with a new abstract is translated again, however old; v3 with the same text is not."""
+    old = replace(IMAGINE, published=NOW - timedelta(days=40), updated=NOW - timedelta(days=40))
+    _store_papers(store, [old], now=NOW - timedelta(days=40))
+    store.save_translation(old.arxiv_id, "zh", "旧标题", "旧摘要")
+    v2 = replace(old, version=2, abstract=old.abstract + " We add a new benchmark.", updated=NOW)
+    store.commit_harvest(papers=[v2], matches={KEYWORD: [v2.arxiv_id]}, deliverable=(), now=NOW)
+    assert store.get_translations([v2.arxiv_id], "zh") == {}
+    report = await _step(store, translator)
+    assert report.translated == 1
+    assert openai.texts() == [v2.abstract, v2.title]
+    translated = store.get_translations([v2.arxiv_id], "zh")[v2.arxiv_id]
+    assert translated == (openai.translation_of(v2.title), openai.translation_of(v2.abstract))
+    v3 = replace(v2, version=3, comment="camera-ready", updated=NOW + timedelta(hours=1))
+    store.commit_harvest(
+        papers=[v3], matches={KEYWORD: [v3.arxiv_id]}, deliverable=(), now=NOW + timedelta(hours=1)
+    )
+    assert store.get_translations([v3.arxiv_id], "zh") == {v3.arxiv_id: translated}
+    assert (await _step(store, translator)).missing == 0

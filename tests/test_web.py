@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -15,8 +17,9 @@ from aiohttp import web
 
 from digest.app import serve
 from digest.channels import send_all
+from digest.cycle import render_snapshot
 from digest.domain import Paper, Target
-from digest.email_subscriptions import OPTION_CONFIRMED, RateLimiter
+from digest.email_subscriptions import OPTION_CONFIRM_SENT, OPTION_CONFIRMED, RateLimiter
 from digest.web import SECURITY_HEADERS, WebServer, build_web_app
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
@@ -425,3 +428,175 @@ async def test_old_confirm_link_after_unsubscribing_confirms_nothing(
     page, _ = await post_page(http, f"{stack.url}/confirm", {"token": token})
     assert "Nothing to confirm" in page.text
     assert stack.store.list_subscriptions(Target("email", ALICE)) == []
+
+
+# -- links that do not work, re-subscribing, private queries (issue 13) ------------------------
+
+
+def _non_ascii_signature(token: str) -> str:
+    """The token with one character of its signature replaced by a non-ASCII one."""
+    body, _, mac = token.partition(".")
+    return f"{body}.é{mac[1:]}"
+
+
+async def test_a_non_ascii_signature_gets_the_bad_link_page_on_every_token_route(
+    stack: EmailStack, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`é` in a token's signature: the same 400 page on all six token routes, no traceback."""
+    service = stack.service
+    tokens = {
+        "/confirm": _non_ascii_signature(
+            service.signer.sign("confirm", ALICE, now=service.now(), ttl=timedelta(hours=1))
+        ),
+        "/manage": _non_ascii_signature(service.manage_token(ALICE)),
+        "/unsubscribe": _non_ascii_signature(service.unsubscribe_token(ALICE)),
+        "/day": _non_ascii_signature(
+            service.signer.sign("day", ALICE, now=service.now(), ttl=None, day="2025-01-11")
+        ),
+    }
+    for path, token in tokens.items():
+        url = f"{stack.url}{path}?token={quote(token)}"
+        page = await get_page(http, url, status=400)
+        assert "This link does not work" in page.text
+        if path == "/day":
+            continue  # a page to read, no form
+        form, _ = await post_page(http, url, {"token": token}, status=400)
+        assert "This link does not work" in form.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_broken_unsubscribe_link_says_what_to_do_and_never_offers_to_subscribe(
+    stack: EmailStack, http: aiohttp.ClientSession
+) -> None:
+    """Each kind of link explains itself: unsubscribe links never expire, confirm ones do."""
+    unsubscribe = stack.service.unsubscribe_token(ALICE)[:-3] + "xyz"
+    page = await get_page(http, f"{stack.url}/unsubscribe?token={unsubscribe}", status=400)
+    assert "never expire" in page.text
+    assert "Unsubscribe link at the bottom of any digest" in page.text
+    assert "/subscribe" not in page.links
+    assert "stop working after a while" not in page.text
+    confirm = await get_page(http, f"{stack.url}/confirm?token=abc.def", status=400)
+    assert "Confirmation links work for 48 hours" in confirm.text
+    assert "/subscribe" in confirm.links
+    manage = await get_page(http, f"{stack.url}/manage?token=abc.def", status=400)
+    assert "every digest carries a fresh one" in manage.text
+
+
+async def test_an_old_manage_link_after_unsubscribing_needs_a_new_confirmation(
+    stack: EmailStack, http: aiohttp.ClientSession
+) -> None:
+    """Unsubscribed, then the manage link of an old digest: nothing starts until re-confirmed."""
+    await subscribe_and_confirm(stack, http, ["diffusion models"])
+    old_manage = stack.service.manage_token(ALICE)  # what the last digest carried
+    await stack.service.unsubscribe(stack.service.unsubscribe_token(ALICE))
+    # Hours later (the first confirmation's hourly limit has passed).
+    earlier = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    stack.store.set_target_option(Target("email", ALICE), OPTION_CONFIRM_SENT, earlier)
+    mails_before = len(stack.smtp.handler.to(ALICE))
+
+    page, _ = await post_page(
+        http, f"{stack.url}/manage", [("token", old_manage), ("keyword", "diffusion models")]
+    )
+    assert "Check your inbox" in page.text
+    view = await stack.service.view(ALICE)
+    assert (view.active, view.pending, view.confirmed) == ((), ("diffusion models",), False)
+    deliver_paper(stack, "diffusion models")
+    await send_digests(stack)
+    mails = stack.smtp.handler.to(ALICE)[mails_before:]
+    assert [m.message["Subject"] for m in mails] == ["Confirm your arXiv digest subscription"]
+
+    # The manage page itself says that saving will ask for a confirmation first.
+    shown = await get_page(http, f"{stack.url}/manage?token={old_manage}")
+    assert "not confirmed" in shown.text
+    # Clicking the new link starts digests again.
+    confirm = await get_page(http, link_in(stack, ALICE, "/confirm"))
+    token = next(i["value"] for i in confirm.inputs if i.get("name") == "token")
+    await post_page(http, f"{stack.url}/confirm", {"token": token})
+    assert (await stack.service.view(ALICE)).active == ("diffusion models",)
+
+
+async def test_a_strangers_own_query_stays_off_the_public_page_and_the_readme(
+    sqlite_store: SqlStore, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """allow_custom_queries: a confirmed free-form query is private until the operator adds it."""
+    sqlite_store.add_keyword("diffusion models", from_config=True)
+    async with email_stack(
+        sqlite_store,
+        email={"allow_custom_queries": True},
+        service={"data_dir": str(tmp_path)},
+    ) as running:
+        data = [("address", ALICE), ("keyword", "diffusion models"), ("queries", "my secret topic")]
+        await post_page(http, f"{running.url}/subscribe", data)
+        confirm = await get_page(http, link_in(running, ALICE, "/confirm"))
+        token = next(i["value"] for i in confirm.inputs if i.get("name") == "token")
+        await post_page(http, f"{running.url}/confirm", {"token": token})
+        assert set((await running.service.view(ALICE)).active) == {
+            "diffusion models",
+            "my secret topic",
+        }
+
+        form = await get_page(http, f"{running.url}/subscribe")
+        assert list(form.checkboxes()) == ["diffusion models"]
+        await render_snapshot(settings=running.settings, store=sqlite_store, now=datetime.now(UTC))
+        readme = running.settings.readme_path.read_text(encoding="utf-8")
+        assert "## diffusion models" in readme
+        assert "secret" not in readme
+        # Its owner still sees (and keeps) it on the manage page, custom queries on or off.
+        manage = await get_page(
+            http, f"{running.url}/manage?token={running.service.manage_token(ALICE)}"
+        )
+        assert manage.checkboxes() == {"diffusion models": True, "my secret topic": True}
+
+        sqlite_store.add_keyword("My Secret Topic")  # the operator publishes it
+        form = await get_page(http, f"{running.url}/subscribe")
+        assert "my secret topic" in form.checkboxes()
+        await render_snapshot(settings=running.settings, store=sqlite_store, now=datetime.now(UTC))
+        assert "## my secret topic" in running.settings.readme_path.read_text(encoding="utf-8")
+
+
+async def test_a_digest_too_long_for_one_email_links_to_the_readers_whole_day(
+    stack: EmailStack, http: aiohttp.ClientSession
+) -> None:
+    """300 papers: the "and N more" link opens every paper mailed that day, and only that."""
+    await subscribe_and_confirm(stack, http, ["diffusion models"])
+    moment = datetime.now(UTC)
+    papers = [
+        Paper(
+            f"2501.{n:05d}",
+            1,
+            f"Diffusion paper number {n:03d}",
+            ("Ada",),
+            "Abstract words. " * 60,
+            moment - timedelta(minutes=n),
+            moment - timedelta(minutes=n),
+            "cs.LG",
+        )
+        for n in range(300)
+    ]
+    ids = [p.arxiv_id for p in papers]
+    stack.store.commit_harvest(
+        papers=papers, matches={"diffusion models": ids}, deliverable=ids, now=moment
+    )
+    await send_digests(stack)
+    digest = stack.smtp.handler.to(ALICE)[-1].message
+    html = digest.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert len(html.encode("utf-8")) < 100_000
+    email_page = Page(html)
+    more = [u for u in email_page.links if u.startswith(f"{stack.url}/day?token=")]
+    assert more
+    shown = sum(f"Diffusion paper number {n:03d}" in email_page.text for n in range(300))
+    assert shown < 300
+    assert f"and {300 - shown} more papers for diffusion models" in email_page.text
+
+    day = await get_page(http, more[0])
+    assert day.text.count("Diffusion paper number") == 300
+    assert "300 new papers mailed to alice@lab.example.org" in day.text
+    assert "/manage?token=" in " ".join(day.links)
+    # Nobody else's day: the token is bound to the address and the day, and signed.
+    token = more[0].rsplit("token=", 1)[1]
+    await get_page(http, f"{stack.url}/day?token={token[:-2]}xx", status=400)
+    other_day = stack.service.signer.sign(
+        "day", ALICE, now=stack.service.now(), ttl=timedelta(days=1), day="2020-01-01"
+    )
+    empty = await get_page(http, f"{stack.url}/day?token={other_day}")
+    assert "No papers were mailed" in empty.text

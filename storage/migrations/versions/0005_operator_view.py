@@ -11,7 +11,7 @@ Revision 0004 is another branch's; this one follows 0003 here and is re-pointed 
 both are merged.
 
 Revision ID: 0005_operator_view
-Revises: 0003_leases
+Revises: 0004_keyword_origin
 Create Date: 2026-12-06
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_operator_view"
-down_revision: str | None = "0003_leases"
+down_revision: str | None = "0004_keyword_origin"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
