@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from discord.utils import escape_markdown, escape_mentions
 from digest.config import Settings
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.errors import ConfigError, QueryError
+from digest.pacing import TokenBucket
 from digest.query import parse_query, query_key
 from digest.store import PaperStore
 
@@ -334,49 +334,6 @@ def describe_target(target: Target) -> str:
 
 
 # -- the bot channel ----------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """Requests paced to `rate` per second with bursts of at most `burst`; `acquire` waits.
-
-    In any one second at most `rate + burst` requests start, spread out rather than in one
-    burst, so arrivals bunched by the network or a busy server still stay under the limit.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: int,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._clock = clock
-        self._sleep = sleep
-        self._tokens = float(burst)
-        self._updated: float | None = None
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        """Wait for a token and take it."""
-        async with self._lock:  # one waiter at a time, so tokens are handed out in order
-            now = self._clock()
-            if self._updated is not None:
-                elapsed = max(0.0, now - self._updated)
-                self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-            self._updated = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            # Wait exactly until the next token is due and take it. (Not a loop that re-reads
-            # the clock: rounding could leave 0.99999 of a token and a wait too small to move
-            # the clock.) Refilling resumes from the moment the token became due.
-            wait = (1 - self._tokens) / self._rate
-            await self._sleep(wait)
-            self._tokens = 0.0
-            self._updated = now + wait
 
 
 class DiscordChannel:

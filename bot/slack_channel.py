@@ -39,6 +39,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from digest.config import Settings
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, for_deliveries
+from digest.pacing import Gap, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -233,10 +234,7 @@ class _RetryAfterHandler(AsyncRetryHandler):
     def _retry_after(response: HttpResponse) -> float | None:
         for name, values in response.headers.items():
             if name.lower() == "retry-after" and values:
-                try:
-                    return max(0.0, float(values[0]))
-                except ValueError:
-                    return None
+                return parse_retry_after(values[0])
         return None
 
     async def _can_retry_async(
@@ -317,7 +315,7 @@ class SlackChannel:
     def __init__(self, *, client: AsyncWebClient, post_interval: float = POST_INTERVAL) -> None:
         self._client = client
         self._post_interval = post_interval
-        self._next_post: dict[str, float] = {}  # channel -> loop time its next post may go
+        self._gap = Gap(post_interval)  # per channel: Slack's one message per second
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SlackChannel | None:
@@ -331,14 +329,8 @@ class SlackChannel:
 
     async def _await_turn(self, channel: str) -> None:
         """Keep posts to one channel `post_interval` apart (a thread continues its channel)."""
-        if self._post_interval <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        slot = max(now, self._next_post.get(channel, now))
-        self._next_post[channel] = slot + self._post_interval  # reserved before awaiting
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        if self._post_interval > 0:
+            await self._gap.wait(channel, clock=asyncio.get_running_loop().time)
 
     async def _post(
         self, channel: str, **payload: Any

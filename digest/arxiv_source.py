@@ -47,7 +47,6 @@ and backoff are zero; timeouts still apply).
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
 import random
 import re
@@ -69,6 +68,7 @@ from digest import __version__
 from digest.config import Settings
 from digest.domain import Paper, split_arxiv_id
 from digest.errors import ArxivError, ConfigError, HarvestIncomplete
+from digest.pacing import Gap, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -469,22 +469,7 @@ def _connection_reason(exc: requests.ConnectionError) -> str:
     return text[:200] or type(exc).__name__
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` as seconds: either a number or an HTTP date."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+_GAP_KEY = "arxiv"  # the key of the source's one politeness gap
 
 
 class _Transient(Exception):
@@ -560,8 +545,9 @@ class ArxivSource:
         self._sleep = sleep
         self._clock = clock
         self._jitter = jitter
-        self._last_request: float | None = None  # clock() when the previous answer ended
-        self._not_before: float = float("-inf")
+        # delay_seconds between the end of one answer and the next request, and none before a
+        # Retry-After: one gap for the whole source (arXiv counts requests, not queries).
+        self._gap = Gap(self._delay)
         self._lock = threading.Lock()  # one request at a time, whatever thread calls us
 
     @classmethod
@@ -774,7 +760,7 @@ class ArxivSource:
                 self._log_request(url, "cut-off", started)
                 raise _Transient(f"malformed answer: cut off ({_cut_reason(exc)})") from exc
             finally:
-                self._last_request = self._clock()
+                self._gap.after(_GAP_KEY, self._clock())
         status = response.status_code
         self._log_request(url, str(status), started)
         body = response.content
@@ -784,7 +770,7 @@ class ArxivSource:
             raise ArxivError(
                 f"arXiv rejected the request: {message} (HTTP {status}, {self._describe(start)})"
             )
-        retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if retry_after is not None and retry_after > self._backoff_max:
             if status == 429:
                 run.throttled += 1
@@ -810,19 +796,16 @@ class ArxivSource:
 
     def _await_turn(self) -> None:
         """Sleep until `delay_seconds` after the previous answer and past any Retry-After."""
-        now = self._clock()
-        due = self._not_before
-        if self._last_request is not None:
-            due = max(due, self._last_request + self._delay)
-        if due > now:
-            self._sleep(due - now)
+        pause = self._gap.reserve(_GAP_KEY, self._clock())
+        if pause > 0:
+            self._sleep(pause)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         """Seconds before the next attempt: Retry-After when given, else exponential + jitter."""
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, _Transient) and exc.retry_after is not None:
             # Also a floor for the politeness gate, whatever else sleeps in between.
-            self._not_before = self._clock() + exc.retry_after
+            self._gap.defer(_GAP_KEY, self._clock(), exc.retry_after)
             return float(exc.retry_after)
         backoff: float = _BACKOFF_INITIAL * 2.0 ** (state.attempt_number - 1)
         if self._jitter:

@@ -24,6 +24,7 @@ import stamina
 
 from digest.config import Settings
 from digest.domain import Paper
+from digest.pacing import parse_retry_after
 from digest.render import collapse_ws
 
 logger = logging.getLogger(__name__)
@@ -264,16 +265,6 @@ def clean_answer(answer: str, *, one_line: bool) -> str:
     return collapse_ws(text) if one_line else text
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header given in seconds (the form API providers use)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
 class OpenAITranslator:
     """A `Translator` over an OpenAI-compatible `/chat/completions` endpoint."""
 
@@ -454,7 +445,7 @@ class OpenAITranslator:
             if status == 429 or status >= 500 or status == 408:
                 raise _Throttled(
                     f"HTTP {status} from the translation provider",
-                    retry_after=_retry_after(response.headers.get("Retry-After")),
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 )
             if status in (401, 403):
                 raise _Refused(

@@ -312,9 +312,7 @@ def test_email_list_and_remove_need_no_signing_key(
     assert "is not a usable email address" in capsys.readouterr().err
 
 
-def test_digest_print_into_a_closed_pipe_stops_quietly(
-    workdir: Path, server: ArxivStandIn
-) -> None:
+def test_digest_print_into_a_closed_pipe_stops_quietly(workdir: Path, server: ArxivStandIn) -> None:
     """`daily-papers digest --print | head` ends without a BrokenPipeError traceback."""
     from dataclasses import replace
     from datetime import UTC, datetime, timedelta

@@ -18,7 +18,6 @@ from bot.discord_channel import (
     MAX_EMBEDS,
     DiscordChannel,
     DiscordWebhookChannel,
-    TokenBucket,
     channel_factory,
     escape_text,
     fit,
@@ -37,6 +36,7 @@ from digest.cli import main as cli_main
 from digest.config import settings_for_tests
 from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
 from digest.errors import ConfigError
+from digest.pacing import TokenBucket
 from storage.sql_store import SqlStore
 from tests.fakes.discord_api import (
     MISSING_ACCESS,
