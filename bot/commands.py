@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from digest.config import Settings
-from digest.domain import Paper, Subscription, Target
+from digest.domain import Subscription, Target
 from digest.errors import DailyPapersError, QueryError
 from digest.query import parse_query, query_key
-from digest.render import get_environment
+from digest.render import get_environment, short_authors
 from digest.store import PaperStore
 from digest.translate import language_name, translation_configured
 
@@ -41,7 +41,6 @@ T = TypeVar("T")
 LATEST_DEFAULT = 5  # enough to judge a query at a glance without flooding the reply
 LATEST_MAX = 20  # the issue's cap: a reply longer than this is better read in the README
 SUBSCRIBE_PREVIEW = 3  # newest matches shown when subscribing
-MAX_AUTHORS = 3  # then "et al.", as the daily posts do
 
 
 class ChatMarkup(Protocol):
@@ -168,13 +167,6 @@ class Command:
     changes_target: bool = False  # needs Invocation.may_manage
 
 
-def _first_authors(paper: Paper) -> str:
-    names = list(paper.authors[:MAX_AUTHORS])
-    if len(paper.authors) > MAX_AUTHORS:
-        names.append("et al.")
-    return ", ".join(names)
-
-
 class CommandService:
     """Runs `/papers` commands against the store; one instance per platform (its markup)."""
 
@@ -218,7 +210,7 @@ class CommandService:
         tpl = get_environment().get_template(f"chat/{template}")
         context.setdefault("m", self.markup)
         context.setdefault("cmd", self.command_name)
-        context.setdefault("first_authors", _first_authors)
+        context.setdefault("first_authors", lambda paper: short_authors(paper.authors))
         return tpl.render(**context).strip()
 
     def usage(self, command: Command) -> str:

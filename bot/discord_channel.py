@@ -34,6 +34,7 @@ from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, 
 from digest.errors import ConfigError, QueryError
 from digest.pacing import TokenBucket
 from digest.query import parse_query, query_key
+from digest.render import short_authors
 from digest.store import PaperStore
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ MAX_CONTENT = 2000  # plain message content
 MAX_NONCE = 25  # characters of a message nonce
 # Our own choices.
 ABSTRACT_CHARS = 600  # enough to judge a paper; keeps 5-8 papers per message instead of 3
-MAX_AUTHORS = 3  # then "et al.", like the Slack post and the command replies
 EMBED_COLOUR = 0xB31B1B  # arXiv's red
 MAX_RATELIMIT_WAIT = 60.0  # seconds; a longer 429 wait fails the batch, retried next cycle
 REQUEST_TIMEOUT = 30.0  # seconds for one message, including discord.py's own retries
@@ -121,13 +121,6 @@ def fit(text: str, limit: int, *, escape: bool = True) -> str:
     return "…"
 
 
-def _authors(paper: Paper) -> str:
-    names = list(paper.authors[:MAX_AUTHORS])
-    if len(paper.authors) > MAX_AUTHORS:
-        names.append("et al.")
-    return ", ".join(names) or "Unknown authors"
-
-
 def render_embed(
     paper: Paper,
     keyword: str,
@@ -148,7 +141,11 @@ def render_embed(
         colour=EMBED_COLOUR,
     )
     # The author line and footer are plain text in Discord (no Markdown, no mentions).
-    embed.set_author(name=fit(_authors(paper), MAX_AUTHOR_NAME, escape=False))
+    embed.set_author(
+        name=fit(
+            short_authors(paper.authors, none="Unknown authors"), MAX_AUTHOR_NAME, escape=False
+        )
+    )
     embed.add_field(name="Date", value=paper.updated.date().isoformat(), inline=True)
     categories = ", ".join(paper.categories or (paper.primary_category,))
     embed.add_field(name="Categories", value=fit(categories, MAX_FIELD_VALUE), inline=True)

@@ -40,6 +40,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from digest.config import Settings
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.pacing import Gap, parse_retry_after
+from digest.render import short_authors
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ MAX_BLOCKS = 50  # Slack's limit of blocks per message
 MAX_SECTION_CHARS = 3000  # Slack's limit of a section block's text
 MAX_HEADER_CHARS = 150  # Slack's limit of a header block's plain text
 MAX_FALLBACK_CHARS = 3000  # the notification text; Slack truncates past 40k, phones far sooner
-MAX_AUTHORS = 3  # then "et al.", like the other channels
 MAX_COMMENT_CHARS = 500  # a comment is context, not the paper; longer ones are shortened
 # Slack's chat.postMessage allows about one message per second per channel; a batch that
 # continues in a thread posts its replies this far apart instead of collecting 429s.
@@ -129,9 +129,8 @@ class SlackMarkup:
 
 
 def authors_line(paper: Paper) -> str:
-    """The first three authors, then "et al."."""
-    names = ", ".join(paper.authors[:MAX_AUTHORS])
-    return f"{names} et al." if len(paper.authors) > MAX_AUTHORS else names
+    """The first three authors, then "et al." (`digest.render.short_authors`)."""
+    return short_authors(paper.authors)
 
 
 def _shorten(text: str, limit: int) -> str:

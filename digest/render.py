@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Sequence
 from urllib.parse import quote, urlsplit
 
 import jinja2
@@ -58,6 +59,23 @@ def _pattern(specials: str) -> re.Pattern[str]:
         r"|\]\("  # `](` outside a link: never a link target such as `](javascript:...)`
         rf"|[{chars}]"
     )
+
+
+MAX_AUTHORS = 3  # a paper's first three authors are shown, then "et al." (everywhere)
+
+
+def short_authors(
+    authors: Sequence[str], *, more: Callable[[int], str] | None = None, none: str = ""
+) -> str:
+    """The first MAX_AUTHORS authors, then "et al." (or `more(n)` for the n left out);
+    `none` when there are no authors. The one rule every output follows."""
+    shown = ", ".join(authors[:MAX_AUTHORS])
+    if not shown:
+        return none
+    left = len(authors) - MAX_AUTHORS
+    if left <= 0:
+        return shown
+    return f"{shown} {more(left) if more is not None else 'et al.'}"
 
 
 def collapse_ws(text: str | None) -> str:

@@ -128,7 +128,7 @@ def test_embed_has_linked_title_authors_date_categories_abstract_comment() -> No
         "color": 0xB31B1B,
         "type": "rich",
         "flags": 0,
-        "author": {"name": "A. One, B. Two, C. Three, et al."},
+        "author": {"name": "A. One, B. Two, C. Three et al."},
         "fields": [
             {"name": "Date", "value": "2025-01-08", "inline": True},
             {"name": "Categories", "value": "cs.LG, stat.ML", "inline": True},
