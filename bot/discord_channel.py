@@ -29,6 +29,7 @@ import discord
 from discord.http import HTTPClient, Route
 from discord.utils import escape_markdown, escape_mentions
 
+from digest.channels import ChannelSpec, MessageLimits, pack_items
 from digest.config import Settings
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.errors import ConfigError, QueryError
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 # Discord's documented limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits).
 MAX_EMBEDS = 10  # embeds per message
 MAX_EMBED_TOTAL = 6000  # characters of all embeds of one message together
+LIMITS = MessageLimits(max_chars=MAX_EMBED_TOTAL, max_items=MAX_EMBEDS)
 MAX_TITLE = 256
 MAX_DESCRIPTION = 4096
 MAX_FIELD_VALUE = 1024
@@ -206,15 +208,12 @@ def render_messages(batch: Batch, *, abstract_chars: int = ABSTRACT_CHARS) -> li
             )
             items.append((embed, owed))
 
-    groups: list[list[tuple[discord.Embed, tuple[Delivery, ...]]]] = []
-    size = 0
-    for embed, owed in items:
-        length = len(embed)
-        if not groups or len(groups[-1]) >= MAX_EMBEDS or size + length > MAX_EMBED_TOTAL:
-            groups.append([])
-            size = 0
-        groups[-1].append((embed, owed))
-        size += length
+    groups = pack_items(
+        items,
+        size=lambda item: len(item[0]),
+        max_items=LIMITS.max_items,
+        max_size=LIMITS.max_chars,
+    )
 
     count = len({d.paper.arxiv_id for d in batch.deliveries})
     noun = "paper" if count == 1 else "papers"
@@ -662,3 +661,26 @@ async def webhook_channel_factory(
     channel = DiscordWebhookChannel.from_settings(settings)
     await stack.enter_async_context(channel)
     return channel
+
+
+SPECS = (
+    ChannelSpec(
+        kind="discord",
+        summary="a Discord channel, by its id, posted to by the bot",
+        example="discord:123456789012345678",
+        factory=channel_factory,
+        validate=validate_target,
+        secrets=("DISCORD_BOT_TOKEN",),
+        settings_section="discord",
+        limits=LIMITS,
+    ),
+    ChannelSpec(
+        kind="discord_webhook",
+        summary="a Discord channel's webhook URL (no bot needed; the URL is a secret)",
+        example="discord_webhook:https://discord.com/api/webhooks/ID/TOKEN",
+        factory=webhook_channel_factory,
+        validate=validate_target,
+        settings_section="discord",
+        limits=LIMITS,
+    ),
+)

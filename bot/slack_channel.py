@@ -37,6 +37,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
+from digest.channels import ChannelSpec, MessageLimits
 from digest.config import Settings
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.pacing import Gap, parse_retry_after
@@ -423,3 +424,19 @@ class SlackChannel:
 async def channel_factory(settings: Settings, store: object, stack: object) -> SlackChannel | None:
     """`digest.app` channel factory: the Slack channel when SLACK_BOT_TOKEN is set."""
     return SlackChannel.from_settings(settings)
+
+
+SPECS = (
+    ChannelSpec(
+        kind="slack",
+        summary="a Slack channel, by its id; the bot must be a member (/invite it)",
+        example="slack:C0123ABCD",
+        factory=channel_factory,
+        validate=validate_target,
+        secrets=("SLACK_BOT_TOKEN",),
+        settings_section="slack",
+        limits=MessageLimits(
+            max_chars=MAX_SECTION_CHARS, max_items=MAX_BLOCKS, per_second=1 / POST_INTERVAL
+        ),
+    ),
+)

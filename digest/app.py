@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from digest import __version__
 from digest.arxiv_source import ArxivSource
-from digest.channels import Channel
+from digest.channels import Channel, ChannelSpec
 from digest.config import Settings
 from digest.cycle import (
     STATE_LAST_STARTED,
@@ -30,7 +32,7 @@ from digest.cycle import (
     utcnow,
 )
 from digest.domain import LeaseHolder, RunReport
-from digest.errors import CycleStopped
+from digest.errors import ConfigError, CycleStopped
 from digest.lease import Lease, hold_lease
 from digest.schedule import latest_fire_time
 from digest.store import PaperStore
@@ -60,39 +62,60 @@ def build_source(settings: Settings) -> ArxivSource:
     return ArxivSource.from_settings(settings)
 
 
+# The delivery channels, one line each: a channel module declares what it is (its `SPECS`:
+# kind, settings, secrets, target validation, factory; see digest.channels.ChannelSpec), and
+# nothing else in the service names it by hand. Imported on first use, so a command that
+# needs no channel pays nothing for the platforms' libraries.
+CHANNEL_MODULES: tuple[str, ...] = (
+    "bot.slack_channel",
+    "bot.discord_channel",
+    "digest.mailer",
+)
+
+
+@functools.cache
+def channel_specs() -> dict[str, ChannelSpec]:
+    """Every registered delivery channel's spec, by target kind, in registration order."""
+    specs: dict[str, ChannelSpec] = {}
+    for name in CHANNEL_MODULES:
+        for spec in importlib.import_module(name).SPECS:
+            specs[spec.kind] = spec
+    return specs
+
+
+def unconfigured_channels(settings: Settings) -> dict[str, str]:
+    """Channel kinds that cannot deliver until a secret is set: kind -> the variable to set."""
+    missing: dict[str, str] = {}
+    for spec in channel_specs().values():
+        for variable in spec.secrets:
+            if not settings.secrets.is_set(variable):
+                missing[spec.kind] = variable
+                break
+    return missing
+
+
 async def build_channels(
     settings: Settings, *, store: PaperStore, stack: AsyncExitStack
 ) -> dict[str, Channel]:
     """Every configured delivery channel, by target kind; unconfigured ones are left out.
 
-    Channels that hold connections are entered on `stack` and closed with it.
+    Channels that hold connections are entered on `stack` and closed with it. An
+    `alerts.target` of a kind no channel serves is a ConfigError here, at start.
     """
+    if settings.alerts.target:
+        kind = settings.alerts.target.partition(":")[0].strip().lower()
+        if kind not in channel_specs():
+            raise ConfigError(
+                f"alerts.target = {settings.alerts.target!r}: no channel delivers to {kind!r}; "
+                "the kinds are " + ", ".join(f"{k}:" for k in channel_specs())
+            )
     channels: dict[str, Channel] = {}
-    for factory in _channel_factories():
-        channel = await factory(settings, store, stack)
+    for spec in channel_specs().values():
+        channel = await spec.factory(settings, store, stack)
         if channel is not None:
             channels[channel.kind] = channel
     logger.info("channels.ready kinds=%s", ",".join(sorted(channels)) or "none")
     return channels
-
-
-ChannelFactory = Callable[[Settings, PaperStore, AsyncExitStack], Any]
-
-
-def _channel_factories() -> list[ChannelFactory]:
-    """The channel modules, imported lazily so an unused platform costs nothing at start-up."""
-    factories: list[ChannelFactory] = []
-    from bot.slack_channel import channel_factory as slack_channel
-
-    factories.append(slack_channel)
-    from bot.discord_channel import channel_factory as discord_channel
-    from bot.discord_channel import webhook_channel_factory as discord_webhook_channel
-
-    factories += [discord_channel, discord_webhook_channel]
-    from digest.mailer import channel_factory as email_channel
-
-    factories.append(email_channel)
-    return factories
 
 
 @dataclass
@@ -374,7 +397,12 @@ async def serve(
     async with open_runner(settings, now=now) as runner, AsyncExitStack() as services:
         _ACTIVE_RUNNER = runner
         try:
-            metrics = Metrics(settings=settings, store=runner.store)
+            metrics = Metrics(
+                settings=settings,
+                store=runner.store,
+                kinds=list(channel_specs()),
+                unconfigured=unconfigured_channels(settings),
+            )
             runner.on_report = metrics.observe_cycle
             clock = ServerClock(now=now, started=now())
             await _start_services(settings, runner, services, metrics=metrics, clock=clock)

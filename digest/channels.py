@@ -17,10 +17,16 @@ registration in `digest.app.build_channels`; the cycle does not change.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from digest.domain import Batch, Outcome, Target
+
+if TYPE_CHECKING:
+    from digest.config import Settings
+    from digest.store import PaperStore
 
 
 @runtime_checkable
@@ -41,6 +47,64 @@ class Channel(Protocol):
 
 ChannelRegistry = Mapping[str, Channel]
 """Channels by the target kind they serve, as built by the composition root."""
+
+ChannelFactory = Callable[["Settings", "PaperStore", AsyncExitStack], Awaitable[Channel | None]]
+"""Builds a configured channel (None when it is not configured), entering what must be closed
+on the stack."""
+
+
+def _as_given(target: Target) -> Target:
+    return target
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Everything the service needs to know of one kind of delivery target, declared once in
+    the channel's own module (`SPECS`), and registered by one line in `digest.app`.
+
+    The CLI, `status` and the configuration read these instead of naming channels by hand.
+    """
+
+    kind: str  # the Target.kind: "slack"
+    summary: str  # what a target of this kind is, for `daily-papers subscriptions kinds`
+    example: str  # a target as a person types it: "slack:C0123ABCD"
+    factory: ChannelFactory
+    validate: Callable[[Target], Target] = _as_given  # ValueError saying what to do instead
+    secrets: tuple[str, ...] = ()  # environment variables that must be set to deliver
+    settings_section: str | None = None  # the config section it reads ("slack")
+    settings: type[Any] | None = None  # that section's dataclass, when not a core section
+    subscribe_instead: str | None = None  # `subscriptions add` refuses it, saying this instead
+    limits: MessageLimits | None = None  # what one message may hold
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """What one message of a platform may hold, and how fast messages may go."""
+
+    max_chars: int  # the text (or the embeds) of one message
+    max_items: int  # papers (embeds, blocks) in one message
+    per_second: float | None = None  # messages per second to one target
+
+
+_T = TypeVar("_T")
+
+
+def pack_items(
+    items: Sequence[_T], *, size: Callable[[_T], int], max_items: int, max_size: int
+) -> list[list[_T]]:
+    """Items in order, packed greedily into groups of at most `max_items` whose sizes add up to
+    at most `max_size`; an item bigger than `max_size` alone gets a group of its own (the
+    caller shortens items so that it never happens). Never drops an item."""
+    groups: list[list[_T]] = []
+    used = 0
+    for item in items:
+        length = size(item)
+        if not groups or len(groups[-1]) >= max_items or used + length > max_size:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += length
+    return groups
 
 
 async def send_all(channel: Channel, batch: Batch) -> list[Outcome]:

@@ -29,7 +29,6 @@ from digest.domain import (
     RunReport,
     Subscription,
     Target,
-    TargetKind,
     when,
 )
 from digest.errors import ConfigError, DailyPapersError, QueryError, crash_reason
@@ -250,13 +249,19 @@ def cmd_readme(args: argparse.Namespace, settings: Callable[[], Settings]) -> in
 def cmd_status(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Last cycles, their numbers, the outbox, alerts and failing subscriptions; exit 1 when an
     alert is on or the last cycle failed."""
-    from digest.app import open_store
+    from digest.app import channel_specs, open_store, unconfigured_channels
     from digest.monitoring import find_alerts, overview_json, read_overview, status_ok
 
     loaded = settings()
     store = open_store(loaded)
     try:
-        overview = read_overview(loaded, store, runs=args.runs)
+        overview = read_overview(
+            loaded,
+            store,
+            runs=args.runs,
+            kinds=list(channel_specs()),
+            unconfigured=unconfigured_channels(loaded),
+        )
     finally:
         store.close()
     alerts = find_alerts(overview, loaded)
@@ -371,6 +376,8 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     from digest.cycle import utcnow
 
     loaded = settings()
+    if args.action == "kinds":
+        return _list_kinds(loaded)
     if getattr(args, "target", None):
         Target.parse(args.target)  # a malformed target is refused before the database opens
     store = open_store(loaded)
@@ -385,11 +392,7 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                 print(f"{sub.target.display}\t{sub.keyword}\t{state}")
         elif args.action == "add":
             target, query = resolve_target(store, args.target), parse_query(args.query)
-            _check_subscribable(target)
-            from bot.discord_channel import validate_target as valid_discord
-            from bot.slack_channel import validate_target as valid_slack
-
-            target = valid_slack(valid_discord(target))  # ids and webhook URLs checked
+            target = _subscribable(target)  # the channel checks ids, URLs and the like
             _warn_if_undeliverable(target, loaded)
             existing = store.list_subscriptions(target)
             limit = loaded.limits.subscriptions_per_target
@@ -462,9 +465,9 @@ def resolve_target(store: PaperStore, text: str) -> Target:
 
 def _warn_if_undeliverable(target: Target, settings: Settings) -> None:
     """Say so when a subscription cannot be delivered until a token is set (it is still kept)."""
-    from digest.monitoring import unconfigured_platforms
+    from digest.app import unconfigured_channels
 
-    variable = unconfigured_platforms(settings).get(target.kind)
+    variable = unconfigured_channels(settings).get(target.kind)
     if variable is not None:
         print(
             f"note: {variable} is not set, so nothing is posted to {target.kind} channels; "
@@ -473,18 +476,41 @@ def _warn_if_undeliverable(target: Target, settings: Settings) -> None:
         )
 
 
-def _check_subscribable(target: Target) -> None:
-    """ConfigError unless `subscriptions add` may subscribe this target directly."""
-    if target.kind == TargetKind.EMAIL:
-        # An email subscription made here would never be confirmed, so it would never be
-        # mailed (double opt-in): send the confirmation link instead.
+def _list_kinds(settings: Settings) -> int:
+    """`subscriptions kinds`: each registered channel, an example, and what it still needs."""
+    from digest.app import channel_specs, unconfigured_channels
+
+    missing = unconfigured_channels(settings)
+    for spec in channel_specs().values():
+        if spec.subscribe_instead is not None:
+            state = "added another way (see below)"
+        elif spec.kind in missing:
+            state = f"waits for {missing[spec.kind]} to be set"
+        else:
+            state = "ready"
+        print(f"{spec.kind}: {spec.summary}")
+        print(f"    e.g. {spec.example}   ({state})")
+        if spec.subscribe_instead is not None:
+            print(f"    {spec.subscribe_instead}")
+    return EXIT_OK
+
+
+def _subscribable(target: Target) -> Target:
+    """The target checked (and cleaned) by its channel; ConfigError unless `subscriptions add`
+    may subscribe it directly."""
+    from digest.app import channel_specs
+
+    specs = channel_specs()
+    spec = specs.get(target.kind)
+    if spec is None:
+        kinds = ", ".join(f"{kind}:" for kind, s in specs.items() if s.subscribe_instead is None)
         raise ConfigError(
-            f"email addresses need their owner's confirmation: use "
-            f"`daily-papers email subscribe {target.address} QUERY` to mail them the link"
+            f"unknown target kind {target.kind!r}: use {kinds} "
+            "(`daily-papers subscriptions kinds` shows an example of each)"
         )
-    if target.kind not in {kind.value for kind in TargetKind}:
-        kinds = ", ".join(f"{kind.value}:" for kind in TargetKind if kind != TargetKind.EMAIL)
-        raise ConfigError(f"unknown target kind {target.kind!r}: use {kinds}")
+    if spec.subscribe_instead is not None:
+        raise ConfigError(spec.subscribe_instead.replace("ADDRESS", target.address))
+    return spec.validate(target)
 
 
 def cmd_deliveries(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
@@ -765,16 +791,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     subs = sub.add_parser(
         "subscriptions",
-        help="manage subscriptions of chat targets (slack:, discord:, discord_webhook:)",
-        description="Subscribe a Slack or Discord channel, or a Discord webhook, without the "
-        "chat command. Email readers confirm their address first: see `daily-papers email`.",
+        help="manage the subscriptions of delivery targets (chat channels, webhooks, ...)",
+        description="Subscribe a delivery target (a chat channel, a webhook, ...) without a chat "
+        "command. `subscriptions kinds` lists the kinds of target this installation delivers "
+        "to, with an example of each. Email readers confirm their address first: see "
+        "`daily-papers email`.",
     )
     sa = subs.add_subparsers(dest="action", metavar="ACTION", required=True)
     sa_add = sa.add_parser("add", help='subscribe a target: add slack:C0123 "diffusion models"')
     sa_add.add_argument(
         "target",
-        help="KIND:ADDRESS: slack:C0123ABCD (channel id), discord:123456789012345678 (channel "
-        "id) or discord_webhook:https://discord.com/api/webhooks/ID/TOKEN",
+        help="KIND:ADDRESS, e.g. slack:C0123ABCD; `daily-papers subscriptions kinds` lists the "
+        "kinds with an example of each",
     )
     sa_add.add_argument("query", help="the keyword query, quoted if it has spaces")
     sa_list = sa.add_parser("list", help="list subscriptions, of one target or all")
@@ -784,6 +812,11 @@ def build_parser() -> argparse.ArgumentParser:
     sa_rm = sa.add_parser("remove", help="remove one subscription")
     sa_rm.add_argument("target", help="KIND:ADDRESS as `subscriptions list` shows it")
     sa_rm.add_argument("query", help="the subscribed query, quoted if it has spaces")
+    sa.add_parser(
+        "kinds",
+        help="the kinds of target this installation delivers to: an example of each, and what "
+        "each still needs",
+    )
     subs.set_defaults(func=cmd_subscriptions)
 
     deliveries = sub.add_parser(

@@ -133,16 +133,18 @@ def _categories(value: Any) -> str | None:
     return None
 
 
-TARGET_KINDS = ("slack", "discord", "discord_webhook", "email")
+_KIND = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def _optional_target(value: Any) -> str | None:
+    # The form only: which kinds exist is the channel registry's to say (digest.app checks
+    # the kind when a run or serve starts).
     if value == "":
         return None
     kind, sep, address = str(value).partition(":")
-    if sep and kind.strip().lower() in TARGET_KINDS and address.strip():
+    if sep and _KIND.fullmatch(kind.strip().lower()) and address.strip():
         return None
-    return "'' (none) or KIND:ADDRESS with KIND one of " + ", ".join(TARGET_KINDS)
+    return "'' (none) or KIND:ADDRESS, e.g. 'slack:C0123ABCD' or 'email:admin@lab.org'"
 
 
 def _language(value: Any) -> str | None:
@@ -509,6 +511,13 @@ class Secrets:
     def from_env(cls, env: Mapping[str, str]) -> Secrets:
         """Collect the secrets from an environment mapping."""
         return cls(**{attr: env.get(name, "") for attr, name in cls.ENV_NAMES.items()})
+
+    def is_set(self, variable: str) -> bool:
+        """Whether the secret read from environment variable `variable` has a value."""
+        for attr, name in self.ENV_NAMES.items():
+            if name == variable:
+                return bool(getattr(self, attr))
+        raise KeyError(f"{variable} is not one of the secrets daily-papers reads")
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ import aiosmtplib
 import css_inline
 
 from digest.archive import day_bounds
+from digest.channels import ChannelSpec
 from digest.config import Settings
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.email_subscriptions import (
@@ -1096,3 +1097,18 @@ __all__ = [
     "render_empty",
     "smtp_address",
 ]
+
+
+SPECS = (
+    ChannelSpec(
+        kind=EMAIL,
+        summary="an email address that confirmed its subscription (double opt-in)",
+        example="email:reader@lab.org",
+        factory=channel_factory,
+        settings_section="email",
+        subscribe_instead=(
+            "email addresses need their owner's confirmation: use "
+            "`daily-papers email subscribe ADDRESS QUERY` to mail them the link"
+        ),
+    ),
+)

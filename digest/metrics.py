@@ -17,7 +17,7 @@ answer, only `daily_papers_database_up 0` and the process metrics are reported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -64,14 +64,29 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 class DeploymentCollector(Collector):
     """The deployment's numbers, read from the database at each scrape."""
 
-    def __init__(self, *, settings: Settings, store: PaperStore) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: PaperStore,
+        kinds: Sequence[str] = (),
+        unconfigured: Mapping[str, str] | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
+        self._kinds = tuple(kinds)
+        self._unconfigured = dict(unconfigured or {})
 
     def collect(self) -> Iterator[Metric]:
         """Every deployment metric (blocking: the database is read here)."""
         try:
-            overview = read_overview(self._settings, self._store, runs=1)
+            overview = read_overview(
+                self._settings,
+                self._store,
+                runs=1,
+                kinds=self._kinds,
+                unconfigured=self._unconfigured,
+            )
             totals = self._store.run_totals()
             subscriptions = self._store.count_subscriptions()
         except DailyPapersError as exc:
@@ -209,12 +224,23 @@ class Metrics:
     """The registry `/metrics` shows: the deployment's metrics, read from the database at each
     scrape, and this process's own."""
 
-    def __init__(self, *, settings: Settings, store: PaperStore) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: PaperStore,
+        kinds: Sequence[str] = (),
+        unconfigured: Mapping[str, str] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.registry.register(DeploymentCollector(settings=settings, store=store))
+        self.registry.register(
+            DeploymentCollector(
+                settings=settings, store=store, kinds=kinds, unconfigured=unconfigured
+            )
+        )
         self._cycles = Counter(
             "daily_papers_process_cycles",
             "Cycles this process ran, by outcome.",

@@ -18,7 +18,7 @@ runs; these are the standing ones, read from the database by any process at any 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +31,6 @@ from digest.domain import (
     OutboxCount,
     RunReport,
     Subscription,
-    TargetKind,
     when,
 )
 from digest.email_subscriptions import UNCONFIRMED
@@ -190,24 +189,28 @@ def _unconfirmed(subscription: Subscription) -> bool:
     return not subscription.active and subscription.disabled_reason == UNCONFIRMED
 
 
-def unconfigured_platforms(settings: Settings) -> dict[str, str]:
-    """Chat platforms whose token is missing: kind -> the environment variable to set."""
-    tokens = {
-        TargetKind.SLACK.value: ("SLACK_BOT_TOKEN", settings.secrets.slack_bot_token),
-        TargetKind.DISCORD.value: ("DISCORD_BOT_TOKEN", settings.secrets.discord_bot_token),
-    }
-    return {kind: variable for kind, (variable, token) in tokens.items() if not token}
+def read_overview(
+    settings: Settings,
+    store: PaperStore,
+    *,
+    runs: int = 5,
+    kinds: Sequence[str] = (),
+    unconfigured: Mapping[str, str] | None = None,
+) -> Overview:
+    """Read what `status` shows (blocking: run it in a thread from async code).
 
-
-def read_overview(settings: Settings, store: PaperStore, *, runs: int = 5) -> Overview:
-    """Read what `status` shows (blocking: run it in a thread from async code)."""
+    `kinds` are the registered delivery channels' kinds and `unconfigured` those that wait
+    for a secret (kind -> variable): `digest.app.channel_specs` and `unconfigured_channels`.
+    """
     from digest.cycle import STATE_FAILED_CYCLES, STATE_LAST_SUCCESS, STATE_ZERO_DAYS
     from digest.lease import CYCLE_LEASE
     from storage.sql_store import redact_url
 
-    unconfigured = unconfigured_platforms(settings)
-    chat = [k.value for k in (TargetKind.SLACK, TargetKind.DISCORD) if k.value not in unconfigured]
-    delivering = [k.value for k in TargetKind]
+    unconfigured = dict(unconfigured or {})
+    # A platform whose secret is set may have a live connection that serve records (Slack's
+    # Socket Mode, Discord's gateway); any channel may have had its token refused.
+    live = [kind for kind in kinds if kind not in unconfigured]
+    delivering = list(kinds)
     last_success = store.get_state(STATE_LAST_SUCCESS)
     return Overview(
         source=settings.source,
@@ -221,7 +224,7 @@ def read_overview(settings: Settings, store: PaperStore, *, runs: int = 5) -> Ov
         failed_cycles=int(store.get_state(STATE_FAILED_CYCLES) or 0),
         zero_days=int(store.get_state(STATE_ZERO_DAYS) or 0),
         running=store.lease_holder(CYCLE_LEASE),
-        platforms=_present(read_platform_status(store, kind) for kind in chat),
+        platforms=_present(read_platform_status(store, kind) for kind in live),
         refusals=_present(read_platform_status(store, k, delivery=True) for k in delivering),
         outbox=Outbox(tuple(store.count_outbox())),
         readme=read_readme_failure(store) if settings.readme.enabled else None,

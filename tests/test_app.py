@@ -446,3 +446,21 @@ async def test_serve_started_after_the_grace_waits_for_the_next_scheduled_time(
     assert (
         health["reason"] == "started after the grace of 2024-03-01 02:00 UTC; waiting for the next"
     )
+
+
+async def test_an_alert_target_no_channel_serves_is_refused_at_start(tmp_path: Path) -> None:
+    """A misspelt alerts.target kind stops run and serve at once, naming the kinds there are."""
+    from contextlib import AsyncExitStack
+
+    from digest.app import build_channels, open_store
+
+    settings = settings_for_tests(
+        service={"data_dir": str(tmp_path)}, alerts={"target": "slak:C0123ABCD"}
+    )
+    store = open_store(settings)
+    try:
+        async with AsyncExitStack() as stack:
+            with pytest.raises(ConfigError, match=r"no channel delivers to 'slak'.*slack:"):
+                await build_channels(settings, store=store, stack=stack)
+    finally:
+        store.close()

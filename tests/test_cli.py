@@ -341,3 +341,20 @@ def test_digest_print_into_a_closed_pipe_stops_quietly(workdir: Path, server: Ar
     assert "Traceback" not in done.stderr
     assert "BrokenPipeError" not in done.stderr
     assert done.returncode == 141  # as a Unix tool stopped by SIGPIPE
+
+
+def test_subscriptions_kinds_lists_every_registered_channel(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`subscriptions kinds` comes from the channel registry: each kind, an example, and what
+    it still needs (a token, or another way in)."""
+    from digest.app import channel_specs
+
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    assert main(["subscriptions", "kinds"]) == 0
+    out = capsys.readouterr().out
+    for spec in channel_specs().values():
+        assert f"{spec.kind}: {spec.summary}" in out
+        assert f"e.g. {spec.example}" in out
+    assert "(waits for SLACK_BOT_TOKEN to be set)" in out
+    assert "daily-papers email subscribe ADDRESS QUERY" in out

@@ -76,7 +76,7 @@ def test_file_then_environment_override(tmp_path: Path) -> None:
         ('[keywords]\nqueries = ["x\\u0007y"]\n', {}, "entry 1"),
         ('[arxiv]\ncategories = ["cs.CV", "computer vision"]\n', {}, "'computer vision' is not"),
         ("[arxiv]\ncategories = []\n", {}, "at least one arXiv category"),
-        ('[alerts]\ntarget = "slak:C1"\n', {}, "KIND one of slack, discord"),
+        ('[alerts]\ntarget = "Slack channel:C1"\n', {}, "KIND:ADDRESS"),
         ('[alerts]\ntarget = "C0123"\n', {}, "KIND:ADDRESS"),
         (
             "",
