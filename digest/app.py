@@ -83,6 +83,15 @@ def channel_specs() -> dict[str, ChannelSpec]:
     return specs
 
 
+def channel_settings() -> dict[str, type]:
+    """The settings sections of registered channels outside the core config, by name."""
+    return {
+        spec.settings_section: spec.settings
+        for spec in channel_specs().values()
+        if spec.settings_section is not None and spec.settings is not None
+    }
+
+
 def unconfigured_channels(settings: Settings) -> dict[str, str]:
     """Channel kinds that cannot deliver until a secret is set: kind -> the variable to set."""
     missing: dict[str, str] = {}

@@ -90,7 +90,9 @@ def cmd_init(args: argparse.Namespace, _settings: Callable[[], Settings]) -> int
     if path.exists() and not args.force:
         print(f"error: {path} already exists (use --force to overwrite)", file=sys.stderr)
         return EXIT_USAGE
-    path.write_text(starter_file(), encoding="utf-8")
+    from digest.app import channel_settings
+
+    path.write_text(starter_file(channel_settings), encoding="utf-8")
     print(
         f"wrote {path}: edit [keywords] queries and [arxiv] contact (your email, sent to arXiv), "
         "then run `daily-papers run`"
@@ -1000,7 +1002,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def settings() -> Settings:
         if not cached:
-            cached.append(load_settings(args.config))
+            from digest.app import channel_settings  # read only when a channel's section is used
+
+            cached.append(load_settings(args.config, extensions=channel_settings))
             configure_logging(
                 verbose=args.verbose, quiet=args.quiet, level=cached[0].service.log_level
             )

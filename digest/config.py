@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, get_origin, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_origin, get_type_hints
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -541,6 +541,9 @@ class Settings:
     digest: DigestSettings = field(default_factory=DigestSettings)
     secrets: Secrets = field(default_factory=Secrets, repr=False)
     source: str = "defaults"  # where the settings came from, for messages
+    # The sections of channels outside the core (a ChannelSpec's `settings`), by name; a
+    # channel reads its own with `channel_section`.
+    channels: Mapping[str, Any] = field(default_factory=dict)
 
     # -- derived values ---------------------------------------------------------------
     @property
@@ -576,8 +579,27 @@ class Settings:
 SECTIONS: dict[str, type] = {
     f.name: f.default_factory  # type: ignore[misc]
     for f in dataclasses.fields(Settings)
-    if f.name not in {"secrets", "source"}
+    if f.name not in {"secrets", "source", "channels"}
 }
+
+Extensions = Mapping[str, type] | Callable[[], Mapping[str, type]]
+"""The settings sections of registered channels outside the core, by section name; a callable
+is called only when the file or the environment names a section the core does not know."""
+
+_T = TypeVar("_T")
+
+
+def channel_section(settings: Settings, name: str, cls: type[_T]) -> _T:
+    """A channel's own settings section: as configured, or its defaults when absent."""
+    found = settings.channels.get(name)
+    return found if isinstance(found, cls) else cls()
+
+
+def _resolve(extensions: Extensions | None) -> dict[str, type]:
+    if extensions is None:
+        return {}
+    found = extensions() if callable(extensions) else extensions
+    return {name: cls for name, cls in found.items() if name not in SECTIONS}
 
 
 def _type_name(tp: Any) -> str:
@@ -679,15 +701,15 @@ def _build_section(name: str, cls: type, table: Mapping[str, Any], env: Mapping[
     return cls(**values)
 
 
-def _check_env_names(env: Mapping[str, str]) -> None:
+def _check_env_names(env: Mapping[str, str], sections: Mapping[str, type]) -> None:
     """A `DAILY_PAPERS_<SECTION>_<KEY>` variable naming no key is a typo, not something to skip."""
     known = {
         env_name(f"{name}.{fld.name}")
-        for name, cls in SECTIONS.items()
+        for name, cls in sections.items()
         for fld in dataclasses.fields(cls)
     }
     known |= {ENV_PREFIX + "CONFIG", *Secrets.ENV_NAMES.values()}
-    prefixes = tuple(ENV_PREFIX + name.upper() + "_" for name in SECTIONS)
+    prefixes = tuple(ENV_PREFIX + name.upper() + "_" for name in sections)
     for variable in sorted(env):
         if variable.startswith(prefixes) and variable not in known:
             close = difflib.get_close_matches(variable, sorted(known), n=1)
@@ -734,11 +756,13 @@ def load_settings(
     *,
     env: Mapping[str, str] | None = None,
     require_file: bool = False,
+    extensions: Extensions | None = None,
 ) -> Settings:
     """Read the config file (if any) and the environment into `Settings`.
 
     `path` None means `daily-papers.toml` in the working directory when it exists, else the
-    defaults. A path given explicitly must exist.
+    defaults. A path given explicitly must exist. `extensions`: the sections of channels
+    outside the core (`digest.app.channel_settings`).
     """
     env = dict(os.environ) if env is None else dict(env)
     _check_env_encoding(env)
@@ -760,19 +784,24 @@ def load_settings(
             f"config file {file_path} does not exist (create one with `daily-papers init`)"
         )
 
-    unknown = sorted(set(data) - set(SECTIONS))
+    core_prefixes = tuple(ENV_PREFIX + name.upper() + "_" for name in SECTIONS)
+    foreign_env = [v for v in env if v.startswith(ENV_PREFIX) and not v.startswith(core_prefixes)]
+    extra = _resolve(extensions) if set(data) - set(SECTIONS) or foreign_env else {}
+    every = {**SECTIONS, **extra}
+    unknown = sorted(set(data) - set(every))
     if unknown:
         raise ConfigError(
-            f"unknown section [{unknown[0]}] in {source}; known sections: " + ", ".join(SECTIONS)
+            f"unknown section [{unknown[0]}] in {source}; known sections: " + ", ".join(every)
         )
-    _check_env_names(env)
+    _check_env_names(env, every)
     sections: dict[str, Any] = {}
-    for name, cls in SECTIONS.items():
+    for name, cls in every.items():
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{name} in {source} must be a [{name}] table")
         sections[name] = _build_section(name, cls, table, env)
-    settings = Settings(**sections, secrets=Secrets.from_env(env), source=source)
+    core = {name: sections.pop(name) for name in SECTIONS}
+    settings = Settings(**core, secrets=Secrets.from_env(env), source=source, channels=sections)
     if settings.service.test_mode and settings.arxiv_is_real:
         raise ConfigError(
             "service.test_mode = true is not allowed while arxiv.api_url points at arXiv "
@@ -781,18 +810,28 @@ def load_settings(
     return settings
 
 
-def settings_for_tests(**sections: Mapping[str, Any]) -> Settings:
-    """Settings built from in-memory tables (no file, no environment) with test mode on."""
+def settings_for_tests(
+    *, extensions: Mapping[str, type] | None = None, **sections: Mapping[str, Any]
+) -> Settings:
+    """Settings built from in-memory tables (no file, no environment) with test mode on;
+    `extensions` are channel sections outside the core (tables for them go in `sections`)."""
     tables: dict[str, Any] = {name: dict(table) for name, table in sections.items()}
     tables.setdefault("service", {}).setdefault("test_mode", True)
     tables.setdefault("arxiv", {}).setdefault("api_url", "http://127.0.0.1:9/api/query")
+    extra = _resolve(extensions)
+    unknown = sorted(set(tables) - set(SECTIONS) - set(extra))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}] (pass its class in extensions)")
     built = {
         name: _build_section(name, cls, tables.get(name, {}), {}) for name, cls in SECTIONS.items()
     }
-    return Settings(**built, secrets=Secrets(), source="tests")
+    channels = {
+        name: _build_section(name, cls, tables.get(name, {}), {}) for name, cls in extra.items()
+    }
+    return Settings(**built, secrets=Secrets(), source="tests", channels=channels)
 
 
-def starter_file() -> str:
+def starter_file(extensions: Extensions | None = None) -> str:
     """The commented starter config that `daily-papers init` writes."""
     lines = [
         "# daily-papers configuration.",
@@ -801,7 +840,7 @@ def starter_file() -> str:
         "# only: " + ", ".join(Secrets.ENV_NAMES.values()) + ".",
         "",
     ]
-    for name, cls in SECTIONS.items():
+    for name, cls in {**SECTIONS, **_resolve(extensions)}.items():
         lines.append(f"[{name}]")
         for fld in dataclasses.fields(cls):
             default = (
@@ -840,10 +879,11 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def settings_reference() -> str:
-    """The Markdown configuration reference in README.md, generated from the field help."""
+def settings_reference(extensions: Extensions | None = None) -> str:
+    """The Markdown configuration reference in README.md, generated from the field help (the
+    channels' own sections included when given)."""
     lines: list[str] = []
-    for name, cls in SECTIONS.items():
+    for name, cls in {**SECTIONS, **_resolve(extensions)}.items():
         lines += [
             "",
             f"**[{name}]**",

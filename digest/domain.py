@@ -6,6 +6,7 @@ these; ORM rows never leave `storage/` and HTTP payloads never leave their adapt
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,9 @@ class TargetKind(StrEnum):
     EMAIL = "email"
 
 
+_MASK = "********"  # what stands for a secret in a shown target
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One delivery destination: a Slack channel id, a Discord channel id, a webhook, an address."""
@@ -158,19 +162,32 @@ class Target:
 
     @property
     def display(self) -> str:
-        """The target as shown to people and logs: a URL address (a webhook) carries its
-        token in the last path segment, so that segment is masked."""
+        """The target as shown to people and logs, never a secret a URL address carries.
+
+        A Discord webhook keeps its id (its token is the last path segment, masked); any other
+        URL (an Apprise URL holds tokens or passwords anywhere in it) shows its scheme and a
+        short fingerprint that tells two targets apart.
+        """
         if "://" not in self.address:
             return str(self)
-        head, _, secret = self.address.rstrip("/").rpartition("/")
-        return f"{self.kind}:{head}/{'*' * min(len(secret), 8)}"
+        if self.kind == TargetKind.DISCORD_WEBHOOK:
+            head, _, secret = self.address.rstrip("/").rpartition("/")
+            return f"{self.kind}:{head}/{'*' * min(len(secret), 8)}"
+        scheme, _, rest = self.address.partition("://")
+        if rest.startswith(_MASK + "#"):
+            return str(self)  # already the shown form (typed back by a person)
+        fingerprint = hashlib.sha256(self.address.encode()).hexdigest()[:8]
+        return f"{self.kind}:{scheme}://{_MASK}#{fingerprint}"
 
     @property
     def masked(self) -> bool:
-        """True when this is a `display` form (a URL whose last segment is only `*`), which
-        names the stored target it was shown for but not its secret."""
+        """True when this is a `display` form, which names the stored target it was shown for
+        but not its secret."""
         if "://" not in self.address:
             return False
+        rest = self.address.partition("://")[2]
+        if rest.startswith(_MASK + "#"):
+            return True
         secret = self.address.rstrip("/").rpartition("/")[2]
         return bool(secret) and set(secret) == {"*"}
 

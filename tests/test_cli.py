@@ -358,3 +358,20 @@ def test_subscriptions_kinds_lists_every_registered_channel(
         assert f"e.g. {spec.example}" in out
     assert "(waits for SLACK_BOT_TOKEN to be set)" in out
     assert "daily-papers email subscribe ADDRESS QUERY" in out
+
+
+def test_a_url_target_never_shows_its_secrets() -> None:
+    """A webhook shows its id and masks its token; any other URL (Apprise's carry tokens and
+    passwords anywhere) shows only its scheme and a fingerprint, and reads back as masked."""
+    from digest.domain import Target
+
+    hook = Target("discord_webhook", "https://discord.com/api/webhooks/123/s3cr3tT0ken")
+    assert hook.display == "discord_webhook:https://discord.com/api/webhooks/123/********"
+    other = Target("apprise", "tgram://123456:AAbotTOKEN/987654")
+    shown = other.display
+    assert shown.startswith("apprise:tgram://********#")
+    assert "AAbotTOKEN" not in shown
+    assert "987654" not in shown
+    assert Target.parse(shown).masked
+    assert Target.parse(shown).display == shown  # the fingerprint of the mask is not reused
+    assert Target("apprise", "mailto://u:pw@mail.example.org").display != shown

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from digest.app import channel_settings
 from digest.config import (
     ARXIV_MIN_DELAY,
     load_settings,
@@ -149,6 +151,42 @@ def test_starter_file_is_valid_and_loads(tmp_path: Path) -> None:
 
 def test_readme_documents_every_setting() -> None:
     """README.md's configuration reference is the one generated from the settings."""
-    assert settings_reference() in README.read_text(encoding="utf-8"), (
+    assert settings_reference(channel_settings) in README.read_text(encoding="utf-8"), (
         "README.md is out of date: run ./scripts/update-docs"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """[demo]: a channel's own section, outside the core config."""
+
+    targets: list[str] = dataclasses.field(
+        default_factory=list, metadata={"help": "Demo targets.", "check": None}
+    )
+    level: int = dataclasses.field(default=1, metadata={"help": "How loud.", "check": None})
+
+
+def test_a_channels_own_section_loads_only_through_its_registration(tmp_path: Path) -> None:
+    """A section a registered channel declares is read from the file and the environment,
+    documented, and unknown without the registration; absent, it has its defaults."""
+    from digest.config import channel_section
+
+    path = tmp_path / "daily-papers.toml"
+    path.write_text('[demo]\ntargets = ["a", "b"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"unknown section \[demo\]"):
+        load_settings(path, env={})
+    calls: list[int] = []
+
+    def registered() -> dict[str, type]:
+        calls.append(1)
+        return {"demo": DemoSettings}
+
+    loaded = load_settings(path, env={"DAILY_PAPERS_DEMO_LEVEL": "3"}, extensions=registered)
+    assert channel_section(loaded, "demo", DemoSettings) == DemoSettings(["a", "b"], 3)
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[service]\n", encoding="utf-8")
+    calls.clear()
+    default = load_settings(plain, env={}, extensions=registered)
+    assert calls == []  # nothing named a channel's section: the registry was not even loaded
+    assert channel_section(default, "demo", DemoSettings) == DemoSettings()
+    assert "| `demo.level` | `1` | How loud. |" in settings_reference(registered)
