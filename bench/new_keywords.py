@@ -273,18 +273,7 @@ def measure(papers: int, added: int, keep: Path) -> Measure:
         work = Path(scratch)
         shutil.copy(folder / "daily-papers.sqlite3", work / "daily-papers.sqlite3")
         spec = {"data_dir": str(work), "arxiv_url": arxiv.url, "keywords": wanted[:added]}
-        spec_path = work / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        done = subprocess.run(  # noqa: S603 -- our own interpreter running our own module
-            [sys.executable, "-m", "bench.new_keywords", "--worker", str(spec_path)],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "PYTHONPATH": os.getcwd()},
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"worker failed:\n{done.stderr[-3000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = _in_a_fresh_process("--worker", spec, work)
     row = Measure(papers=papers, added=added)
     for name in (
         "cpu_s",
@@ -307,11 +296,17 @@ def readme_check(keywords: int, keep: Path) -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    spec = {"data_dir": str(folder), "keywords": keywords}
+    return _in_a_fresh_process(
+        "--readme-worker", {"data_dir": str(folder), "keywords": keywords}, folder
+    )
+
+
+def _in_a_fresh_process(flag: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Run this module's `flag` worker on `spec` in a process of its own; its JSON result."""
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(spec))
     done = subprocess.run(  # noqa: S603 -- our own interpreter running our own module
-        [sys.executable, "-m", "bench.new_keywords", "--readme-worker", str(spec_path)],
+        [sys.executable, "-m", "bench.new_keywords", flag, str(spec_path)],
         capture_output=True,
         text=True,
         check=False,
