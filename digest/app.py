@@ -2,7 +2,8 @@
 one cycle (`daily-papers run`) or the long-running service (`daily-papers serve`).
 
 This is the one place that knows every adapter. Adding a delivery channel = one module that
-implements `digest.channels.Channel`, plus one line in `build_channels` below.
+implements `digest.channels.Channel` and declares its `SPECS`, plus one line in
+`CHANNEL_MODULES` below.
 """
 
 from __future__ import annotations
