@@ -41,17 +41,11 @@ from multidict import MultiDictProxy
 from digest.archive import day_bounds
 from digest.config import Settings
 from digest.domain import Batch, Target
-from digest.email_subscriptions import (
-    CONFIRM_TTL,
-    EMAIL,
-    MANAGE_TTL,
-    EmailSubscriptions,
-    RateLimiter,
-    SubscriberView,
-    TokenError,
-)
 from digest.errors import ConfigError, DailyPapersError
-from digest.mailer import digest_sections
+from digest.mail import EMAIL
+from digest.mail.links import CONFIRM_TTL, MANAGE_TTL, TokenError
+from digest.mail.render import digest_sections
+from digest.mail.signup import EmailSubscriptions, RateLimiter, SubscriberView
 from digest.metrics import CONTENT_TYPE, Metrics
 from digest.monitoring import check_health, health_json
 from digest.render import get_environment

@@ -17,22 +17,23 @@ import pytest
 
 from bot.commands import CommandService, Invocation, email_command
 from digest.domain import Paper, Target
-from digest.email_subscriptions import (
-    OPTION_CONFIRMED,
-    UNCONFIRMED,
+from digest.errors import ConfigError, QueryError
+from digest.mail import OPTION_CONFIRMED, UNCONFIRMED
+from digest.mail.channel import EmailChannel
+from digest.mail.links import (
     EmailLinks,
-    EmailSubscriptions,
-    RateLimiter,
     SubscriptionError,
     TokenError,
     TokenSigner,
+    require_secret_key,
+)
+from digest.mail.signup import (
+    EmailSubscriptions,
+    RateLimiter,
     format_subscribers,
     normalise_address,
-    require_secret_key,
     run_admin,
 )
-from digest.errors import ConfigError, QueryError
-from digest.mailer import EmailChannel
 from storage.sql_store import SqlStore
 from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
 

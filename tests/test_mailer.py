@@ -21,39 +21,33 @@ import pytest
 from digest.channels import Channel, send_all
 from digest.config import Settings
 from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
-from digest.email_subscriptions import (
-    OPTION_CONFIRMED,
-    OPTION_FAILURES,
-    UNCONFIRMED,
-    EmailLinks,
-    EmailSubscriptions,
-    SubscriptionError,
-    TokenSigner,
-)
 from digest.errors import ConfigError
-from digest.mailer import (
-    CONNECT_TIMEOUT,
-    FAILURE_LIMIT,
+from digest.mail import OPTION_CONFIRMED, OPTION_FAILURES, UNCONFIRMED
+from digest.mail.channel import FAILURE_LIMIT, EmailChannel
+from digest.mail.links import EmailLinks, SubscriptionError, TokenSigner
+from digest.mail.mime import compose_message, message_bytes
+from digest.mail.render import (
     MAX_HTML_BYTES,
     MAX_TEXT_BYTES,
     MIN_ENTRY_BYTES,
-    RELAY_DOWN_SECONDS,
-    SMTP_TIMEOUT,
-    TEST_CONNECT_TIMEOUT,
-    EmailChannel,
     Entry,
     RenderedEmail,
     Section,
-    SmtpPool,
-    compose_message,
     digest_sections,
     fit_sections,
     fold_text,
     keep_papers,
-    message_bytes,
     render_digest,
     render_email_html,
     text_columns,
+)
+from digest.mail.signup import EmailSubscriptions
+from digest.mail.smtp import (
+    CONNECT_TIMEOUT,
+    RELAY_DOWN_SECONDS,
+    SMTP_TIMEOUT,
+    TEST_CONNECT_TIMEOUT,
+    SmtpPool,
 )
 from storage.sql_store import SqlStore
 from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
