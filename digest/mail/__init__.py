@@ -9,6 +9,7 @@ Each module imports only the ones listed above it:
     smtp         SmtpPool: pooled aiosmtplib sessions; SendResult / SendStatus
     channel      EmailChannel (the Channel for `email:` targets) and its channel_factory
     signup       EmailSubscriptions: sign-up, confirm, manage, unsubscribe; `daily-papers email`
+    pages        the aiohttp handlers of those pages, mounted by `digest.web`
 
 Only the bookkeeping names are handed on here: the core's views (`digest.monitoring`,
 `digest.metrics`, the CLI) need them, and importing them must not load SMTP, CSS inlining or
