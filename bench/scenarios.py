@@ -201,7 +201,7 @@ def _targets(layout: Layout) -> list[Any]:
 
 def _seed(spec: Spec, store: Any, now: datetime) -> tuple[list[str], int]:
     """Track the keywords (already backfilled: a steady-state day) and add the subscriptions."""
-    from digest.email_subscriptions import OPTION_CONFIRMED
+    from digest.mail import OPTION_CONFIRMED
     from digest.query import parse_query
 
     texts = [parse_query(q).text for q in keyword_queries(spec.keywords)]
@@ -469,7 +469,7 @@ def _seed_readme(spec: Spec, store: Any, now: datetime, result: Result) -> None:
 def _seed_email(spec: Spec, store: Any, now: datetime, result: Result) -> None:
     """`email_digests` confirmed readers, each owed the day's papers of two keywords."""
     from digest.domain import Target
-    from digest.email_subscriptions import OPTION_CONFIRMED
+    from digest.mail import OPTION_CONFIRMED
     from digest.query import match_papers, parse_query
 
     papers = generate_papers(

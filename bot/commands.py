@@ -31,7 +31,7 @@ from digest.store import PaperStore
 from digest.translate import language_name, translation_configured
 
 if TYPE_CHECKING:
-    from digest.email_subscriptions import EmailSubscriptions
+    from digest.mail.signup import EmailSubscriptions
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ def build_source(settings: Settings) -> ArxivSource:
 CHANNEL_MODULES: tuple[str, ...] = (
     "bot.slack_channel",
     "bot.discord_channel",
-    "digest.mailer",
+    "digest.mail.channel",
 )
 
 
@@ -459,7 +459,7 @@ async def _start_services(
     """Start the long-running adapters (chat bots, web server) that are configured."""
     from bot.commands import LANGUAGE_COMMAND, email_command
     from bot.slack_app import start_slack
-    from digest.email_subscriptions import build_subscriptions
+    from digest.mail.signup import build_subscriptions
     from digest.web import start_web
 
     # Email sign-up (web form and `/papers email`) sends through the registered email channel.

@@ -590,7 +590,7 @@ def _delivery_detail(record: DeliveryRecord) -> str:
 def _retry_deliveries(store: PaperStore, target: Target | None, loaded: Settings) -> int:
     """`deliveries retry`: resume disabled subscriptions and re-open what they left failed."""
     from digest.cycle import utcnow
-    from digest.email_subscriptions import UNCONFIRMED
+    from digest.mail import UNCONFIRMED
 
     subs = store.list_subscriptions(target)
     if target is not None and not subs:
@@ -619,7 +619,8 @@ def _retry_deliveries(store: PaperStore, target: Target | None, loaded: Settings
 def cmd_email(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Subscribe (with a confirmation email), list or remove email digest readers."""
     from digest.app import open_store
-    from digest.email_subscriptions import SubscriptionError, normalise_address, run_admin
+    from digest.mail.links import SubscriptionError
+    from digest.mail.signup import normalise_address, run_admin
 
     loaded = settings()
     if getattr(args, "address", None):

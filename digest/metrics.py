@@ -34,8 +34,8 @@ from prometheus_client.registry import Collector
 
 from digest.config import Settings
 from digest.domain import DeliveryStatus, RunReport
-from digest.email_subscriptions import UNCONFIRMED
 from digest.errors import DailyPapersError
+from digest.mail import UNCONFIRMED
 from digest.monitoring import ALERT_KINDS, DEFERRED, find_alerts, read_overview
 from digest.store import PaperStore
 

@@ -33,7 +33,7 @@ from digest.domain import (
     Subscription,
     when,
 )
-from digest.email_subscriptions import UNCONFIRMED
+from digest.mail import UNCONFIRMED
 from digest.platforms import PlatformStatus, read_platform_status
 from digest.schedule import latest_fire_time
 from digest.store import PaperStore

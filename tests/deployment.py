@@ -268,7 +268,7 @@ base_url = "https://papers.lab.example.org"
     def subscribe(self) -> None:
         """Each target follows two of the three keywords (email addresses confirmed), and the
         keywords count as backfilled, so the first run delivers the harvest only."""
-        from digest.email_subscriptions import OPTION_CONFIRMED
+        from digest.mail import OPTION_CONFIRMED
 
         before = datetime.now(UTC) - timedelta(days=2)
         with self.open_store() as store:

@@ -34,8 +34,10 @@ from bot.discord_channel import DiscordChannel, DiscordWebhookChannel, use_api_u
 from bot.slack_channel import SlackChannel, build_web_client
 from digest.channels import Channel, send_all
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target
-from digest.email_subscriptions import OPTION_CONFIRMED, OPTION_FAILURES, EmailLinks
-from digest.mailer import EmailChannel, SmtpPool
+from digest.mail import OPTION_CONFIRMED, OPTION_FAILURES
+from digest.mail.channel import EmailChannel
+from digest.mail.links import EmailLinks
+from digest.mail.smtp import SmtpPool
 from storage.sql_store import SqlStore
 from tests.fakes.discord_api import FakeDiscord, webhook_url
 from tests.fakes.slack_api import (
@@ -140,7 +142,7 @@ EXPECTED: dict[str, dict[str, Cell]] = {
         SLACK: Cell((PERMANENT,), "channel_not_found", attempts=1),
         DISCORD: Cell((PERMANENT,), "Unknown Channel", attempts=1),
         WEBHOOK: Cell((PERMANENT,), "Unknown Webhook", attempts=1),
-        # Issue 5 and digest/mailer.py: a 5xx for the recipient is counted, and only the third
+        # Issue 5 and digest/mail/channel.py: a 5xx for the recipient is counted, and only the third
         # refusal in a row (FAILURE_LIMIT) makes the deliveries PERMANENT.
         EMAIL: Cell((RETRY, RETRY, PERMANENT), "550", attempts=3, refusals=3),
     },

@@ -21,8 +21,8 @@ from playwright.async_api import Browser, Page, async_playwright
 from digest.arxiv_source import ArxivSource
 from digest.cycle import run_cycle
 from digest.domain import Batch, Delivery, Target
-from digest.email_subscriptions import EmailLinks
-from digest.mailer import render_digest
+from digest.mail.links import EmailLinks
+from digest.mail.render import render_digest
 from digest.query import parse_query
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn

@@ -19,7 +19,8 @@ from digest.app import serve
 from digest.channels import send_all
 from digest.cycle import render_snapshot
 from digest.domain import Paper, Target
-from digest.email_subscriptions import OPTION_CONFIRM_SENT, OPTION_CONFIRMED, RateLimiter
+from digest.mail import OPTION_CONFIRM_SENT, OPTION_CONFIRMED
+from digest.mail.signup import RateLimiter
 from digest.web import SECURITY_HEADERS, WebServer, build_web_app
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn

@@ -30,8 +30,9 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from digest.config import Secrets, Settings, settings_for_tests
-from digest.email_subscriptions import EmailLinks, EmailSubscriptions, RateLimiter
-from digest.mailer import EmailChannel
+from digest.mail.channel import EmailChannel
+from digest.mail.links import EmailLinks
+from digest.mail.signup import EmailSubscriptions, RateLimiter
 from digest.store import PaperStore
 from digest.web import WebServer, build_web_app
 

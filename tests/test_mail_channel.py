@@ -3,164 +3,48 @@
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import re
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from email.parser import BytesParser
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from digest.channels import Channel, send_all
 from digest.config import Settings
-from digest.domain import Batch, Delivery, OutcomeKind, Paper, Target
-from digest.email_subscriptions import (
-    OPTION_CONFIRMED,
-    OPTION_FAILURES,
-    UNCONFIRMED,
-    EmailLinks,
-    EmailSubscriptions,
-    SubscriptionError,
-    TokenSigner,
-)
+from digest.domain import Batch, Delivery, OutcomeKind, Target
 from digest.errors import ConfigError
-from digest.mailer import (
+from digest.mail import OPTION_CONFIRMED, OPTION_FAILURES, UNCONFIRMED
+from digest.mail.channel import FAILURE_LIMIT, EmailChannel
+from digest.mail.links import EmailLinks, SubscriptionError
+from digest.mail.render import MAX_HTML_BYTES
+from digest.mail.signup import EmailSubscriptions
+from digest.mail.smtp import (
     CONNECT_TIMEOUT,
-    FAILURE_LIMIT,
-    MAX_HTML_BYTES,
-    MAX_TEXT_BYTES,
-    MIN_ENTRY_BYTES,
     RELAY_DOWN_SECONDS,
     SMTP_TIMEOUT,
     TEST_CONNECT_TIMEOUT,
-    EmailChannel,
-    Entry,
-    RenderedEmail,
-    Section,
     SmtpPool,
-    compose_message,
-    digest_sections,
-    fit_sections,
-    fold_text,
-    keep_papers,
-    message_bytes,
-    render_digest,
-    render_email_html,
-    text_columns,
 )
 from storage.sql_store import SqlStore
 from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
+from tests.mail_helpers import (
+    ALICE,
+    NOW,
+    assert_folded,
+    batch_for,
+    flat,
+    many_papers,
+    paper,
+    parse_html,
+    parts,
+    squeeze,
+)
 from tests.reference_digest import REFERENCE_LANGUAGE, load_reference_digest
-
-NOW = datetime(2025, 1, 11, 2, 0, tzinfo=UTC)
-ALICE = "alice@lab.example.org"
-
-
-def paper(arxiv_id: str = "2501.00001", **fields: object) -> Paper:
-    """A plausible paper; `fields` override any attribute."""
-    base: dict[str, object] = {
-        "arxiv_id": arxiv_id,
-        "version": 1,
-        "title": f"A study of things {arxiv_id}",
-        "authors": ("Ada Lovelace", "Alan Turing"),
-        "abstract": "We study things and find results.",
-        "published": datetime(2025, 1, 10, 18, 0, tzinfo=UTC),
-        "updated": datetime(2025, 1, 10, 18, 0, tzinfo=UTC),
-        "primary_category": "cs.LG",
-        "categories": ("cs.LG", "stat.ML"),
-        "comment": "10 pages, 3 figures",
-    }
-    base.update(fields)
-    return Paper(**base)  # type: ignore[arg-type]
-
-
-def batch_for(
-    address: str, items: list[tuple[int, str, Paper]], *, confirmed: bool = True, **extra: object
-) -> Batch:
-    """A batch for `email:address` of (subscription id, keyword, paper) deliveries."""
-    options = {OPTION_CONFIRMED: NOW.isoformat()} if confirmed else {}
-    return Batch(
-        target=Target("email", address),
-        deliveries=tuple(Delivery(s, k, p) for s, k, p in items),
-        options=options,
-        **extra,  # type: ignore[arg-type]
-    )
-
-
-class TextOf(HTMLParser):
-    """The visible text of an HTML document (entities decoded), plus its links and tags."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.chunks: list[str] = []
-        self.links: list[str] = []
-        self.tags: set[str] = set()
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        """Collect tags and hrefs; skip head content."""
-        self.tags.add(tag)
-        if tag in {"style", "title"}:
-            self._skip += 1
-        if tag == "a":
-            self.links.extend(v for k, v in attrs if k == "href" and v)
-
-    def handle_endtag(self, tag: str) -> None:
-        """Leave skipped elements."""
-        if tag in {"style", "title"}:
-            self._skip -= 1
-
-    def handle_data(self, data: str) -> None:
-        """Visible text only."""
-        if not self._skip:
-            self.chunks.append(data)
-
-    @property
-    def text(self) -> str:
-        """Whitespace-collapsed visible text."""
-        return " ".join(" ".join(self.chunks).split())
-
-
-def parse_html(html: str) -> TextOf:
-    """Parse an HTML part."""
-    parser = TextOf()
-    parser.feed(html)
-    return parser
-
-
-def parts(msg: EmailMessage) -> tuple[str, str]:
-    """(text, html) of a multipart/alternative message, checking its structure."""
-    assert msg.get_content_type() == "multipart/alternative"
-    kinds = [p.get_content_type() for p in msg.iter_parts()]
-    assert kinds == ["text/plain", "text/html"]  # the preferred (richer) part last, per RFC 2046
-    text_part = msg.get_body(("plain",))
-    html_part = msg.get_body(("html",))
-    assert text_part is not None
-    assert html_part is not None
-    return str(text_part.get_content()), str(html_part.get_content())
-
-
-def flat(text: str) -> str:
-    """Whitespace collapsed, so wrapped plain text compares with the original."""
-    return " ".join(text.split())
-
-
-def squeeze(text: str) -> str:
-    """Whitespace removed, so text folded between Chinese characters compares too."""
-    return "".join(text.split())
-
-
-def assert_folded(text: str) -> None:
-    """Every line fits 76 columns, unless it is one word or URL that cannot be broken."""
-    for line in text.splitlines():
-        assert text_columns(line) <= 76 or len(line.split()) == 1, line
 
 
 @pytest.fixture
@@ -186,22 +70,6 @@ def make_channel(settings: Settings, store: SqlStore, **pool: object) -> EmailCh
         pool=pool_obj,
         clock=lambda: NOW,
     )
-
-
-# -- rendering ---------------------------------------------------------------------------------
-
-
-def test_sections_show_each_paper_in_full_once() -> None:
-    """A paper matching two keywords is shown under the first and linked from the second."""
-    shared, only = paper("2501.00001"), paper("2501.00002")
-    batch = batch_for(ALICE, [(1, "diffusion", shared), (2, "video", shared), (2, "video", only)])
-    sections = digest_sections(batch)
-    assert [s.keyword for s in sections] == ["diffusion", "video"]
-    assert [e.versioned_id for e in sections[0].entries] == ["2501.00001v1"]
-    assert sections[0].entries[0].other_keywords == ("video",)
-    assert [e.versioned_id for e in sections[1].entries] == ["2501.00002v1"]
-    assert [e.versioned_id for e in sections[1].also] == ["2501.00001v1"]
-    assert sections[1].total == 2
 
 
 def test_from_settings_is_none_when_disabled_and_refuses_without_secret(
@@ -450,34 +318,6 @@ async def test_every_line_of_every_text_part_is_folded_at_76_columns(
         assert squeeze(entry.abstract_zh) in squeeze(digest)
 
 
-def test_fold_text_breaks_between_chinese_characters_but_never_inside_words_or_urls() -> None:
-    """Wide characters count two columns; no line starts with closing punctuation."""
-    url = "https://papers.lab.org/manage?token=" + "x" * 120
-    text = "检索增强生成（RAG）是一种强大的策略，" * 8 + "\nChange keywords: " + url + "\n"
-    folded = fold_text(text)
-    assert_folded(folded)
-    assert url in folded.splitlines()
-    assert squeeze(folded) == squeeze(text)
-    assert not any(line.startswith(("，", "）", "。")) for line in folded.splitlines())
-    words = "word " * 40
-    assert flat(fold_text(words)) == flat(words)
-    assert all(len(line) <= 76 for line in fold_text(words).splitlines())
-
-
-def many_papers(count: int, *, abstract_words: int = 160) -> list[Paper]:
-    """`count` distinct papers with full-length abstracts, newest first."""
-    return [
-        paper(
-            f"2501.{n:05d}",
-            title=f"Paper {n:03d} on vision language models and their evaluation",
-            authors=tuple(f"Author {n}-{i}" for i in range(6)),
-            abstract=" ".join(["word"] * abstract_words) + f" END {n:03d}.",
-            updated=NOW - timedelta(minutes=n),
-        )
-        for n in range(count)
-    ]
-
-
 async def test_a_300_paper_digest_fits_gmail_with_its_footer_and_counts_the_rest(
     smtp: FakeSmtpServer, sqlite_store: SqlStore
 ) -> None:
@@ -524,125 +364,6 @@ async def test_a_300_paper_digest_fits_gmail_with_its_footer_and_counts_the_rest
     assert_folded(text)
     assert all(f"END {p.arxiv_id[-3:]}." in text for p in papers)
     assert "more papers for" not in text
-
-
-def test_the_plain_text_lists_every_paper_up_to_what_a_relay_takes() -> None:
-    """1,500 papers: the text part stays under MAX_TEXT_BYTES, counting and linking the rest."""
-    papers = many_papers(1500)
-    batch = batch_for(ALICE, [(1, "vision", p) for p in papers])
-    links = EmailLinks.from_settings(email_settings(None, base_url="https://papers.lab.org"))
-    rendered = render_digest(batch, links=links, now=NOW, timezone="UTC", list_name="l")
-    size = len(rendered.text.encode("utf-8"))
-    assert MAX_TEXT_BYTES * 0.8 < size < MAX_TEXT_BYTES
-    listed = len(re.findall(r"^Abstract: ", rendered.text, re.M))
-    assert 300 < listed < 1500
-    assert f"This email shows {listed} of the 1500 papers" in flat(rendered.text)
-    assert f"and {1500 - listed} more papers for vision: https://papers.lab.org/day?token=" in (
-        flat(rendered.text)
-    )
-    assert_folded(rendered.text)
-    assert len(rendered.html.encode("utf-8")) < MAX_HTML_BYTES
-
-
-def test_the_cut_takes_a_ranking_and_drops_a_left_out_paper_everywhere() -> None:
-    """keep_papers keeps the best-ranked papers; a left-out paper leaves its "also" lines too."""
-    papers = many_papers(6, abstract_words=5)
-    items = [(1, "a", p) for p in papers[:4]] + [(2, "b", p) for p in papers[2:]]
-    sections = digest_sections(batch_for(ALICE, items))
-    assert [len(s.also) for s in sections] == [0, 2]
-    in_order = keep_papers(sections, 3)
-    assert [[e.arxiv_id for e in s.entries] for s in in_order] == [
-        [p.arxiv_id for p in papers[:3]],
-        [],
-    ]
-    assert [(s.omitted, s.total) for s in in_order] == [(1, 4), (3, 4)]
-    assert [e.arxiv_id for e in in_order[1].also] == [papers[2].arxiv_id]
-
-    def newest_last(entries: Sequence[Entry]) -> Sequence[Entry]:
-        return list(reversed(entries))
-
-    ranked = keep_papers(sections, 2, rank=newest_last)
-    assert [[e.arxiv_id for e in s.entries] for s in ranked] == [
-        [],
-        [p.arxiv_id for p in papers[4:]],
-    ]
-    assert [(s.omitted, s.total) for s in ranked] == [(4, 4), (2, 4)]
-
-
-def test_without_a_web_server_the_rest_is_on_the_readme_or_just_counted() -> None:
-    """No web.base_url: the link points at readme.public_url; without one, the count only."""
-    papers = many_papers(120)
-    batch = batch_for(ALICE, [(1, "vision", p) for p in papers])
-    signer = TokenSigner(secret_key="k" * 32, list_id="papers.lab.org")
-    readme = "https://github.com/lab/papers#readme"
-    for readme_url, expected in ((readme, readme), ("", None)):
-        links = EmailLinks(base_url="", signer=signer, sender="p@lab.org", readme_url=readme_url)
-        rendered = render_digest(
-            batch, links=links, now=NOW, timezone="UTC", list_name="papers.lab.org"
-        )
-        assert len(rendered.html.encode("utf-8")) < MAX_HTML_BYTES
-        page = parse_html(rendered.html)
-        assert re.search(r"and \d+ more papers for vision", page.text)
-        if expected:
-            assert expected in page.links
-        else:
-            assert not [u for u in page.links if "day" in u or "readme" in u]
-
-
-def test_a_huge_digest_is_never_rendered_whole() -> None:
-    """5,000 papers: a handful of renders, none with more papers than could ever fit."""
-    sections = digest_sections(
-        batch_for(ALICE, [(1, "k", p) for p in many_papers(5000, abstract_words=100)])
-    )
-    rendered: list[int] = []
-
-    def render(shown: Sequence[Section]) -> str:
-        rendered.append(sum(len(s.entries) for s in shown))
-        return render_email_html_for_test(shown)
-
-    shown, html = fit_sections(sections, render)
-    assert len(html.encode("utf-8")) < MAX_HTML_BYTES
-    assert max(rendered) <= MAX_HTML_BYTES // MIN_ENTRY_BYTES
-    assert len(rendered) <= 6
-    assert shown[0].omitted == 5000 - rendered[-1]
-
-
-def render_email_html_for_test(shown: Sequence[Section]) -> str:
-    """The digest HTML of these sections, as render_digest builds it."""
-    links = EmailLinks(
-        base_url="https://papers.lab.org",
-        signer=TokenSigner(secret_key="k" * 32, list_id="l"),
-        sender="p@lab.org",
-    )
-    return render_email_html(
-        "digest",
-        sections=shown,
-        shown=sum(len(s.entries) for s in shown),
-        subject="s",
-        count=5000,
-        day="2025-01-11",
-        keywords=["k"],
-        address=ALICE,
-        list_name="l",
-        language="",
-        language_label="",
-        manage_url=links.manage_url(ALICE, now=NOW),
-        unsubscribe_url=links.unsubscribe_url(ALICE, now=NOW),
-        day_url=links.day_url(ALICE, day="2025-01-11", now=NOW),
-    )
-
-
-def test_a_small_digest_is_rendered_once_and_shows_everything() -> None:
-    """Under the limit nothing is cut and no note or link appears."""
-    calls: list[int] = []
-
-    def render(shown: Sequence[Section]) -> str:
-        calls.append(len(shown))
-        return "x" * 10
-
-    sections = digest_sections(batch_for(ALICE, [(1, "k", p) for p in many_papers(3)]))
-    shown, html = fit_sections(sections, render)
-    assert (shown, html, calls) == (sections, "x" * 10, [1])
 
 
 async def test_one_connection_carries_many_digests_within_the_concurrency_bound(
@@ -1038,17 +759,6 @@ async def test_starttls_and_login(tmp_path: Path, sqlite_store: SqlStore) -> Non
     assert "login" in refused.detail
 
 
-def test_render_digest_is_pure_and_repeatable() -> None:
-    """Rendering twice with the same inputs gives the same email (tokens and all)."""
-    settings = email_settings(None)
-    links = EmailLinks.from_settings(settings)
-    batch = batch_for(ALICE, [(1, "k", paper())])
-    first = render_digest(batch, links=links, now=NOW, timezone="UTC", list_name="l")
-    second = render_digest(batch, links=links, now=NOW, timezone="UTC", list_name="l")
-    assert first == second
-    assert "2025-01-11" in first.text
-
-
 async def test_internationalised_addresses(smtp: FakeSmtpServer, sqlite_store: SqlStore) -> None:
     """A Unicode domain goes out in IDNA form; a Unicode local part uses SMTPUTF8."""
     channel = make_channel(email_settings(smtp), sqlite_store)
@@ -1061,46 +771,3 @@ async def test_internationalised_addresses(smtp: FakeSmtpServer, sqlite_store: S
     ]
     assert smtp.messages[0].message["To"] == "bob@xn--universitt-y5a.example"
     assert smtp.messages[1].message["To"] == "zoë@lab.example.org"
-
-
-@pytest.mark.parametrize("utf8", [False, True])
-def test_composed_bytes_parse_back_to_the_exact_parts(utf8: bool) -> None:
-    """compose_message + message_bytes (encoded without the email package's Generator) give
-    a message any parser reads back exactly: both parts, every header, short lines."""
-    text = (
-        "Plain line\n"
-        "trailing spaces   \n"
-        "=3D is not an escape here; tabs\tand a long line " + "word " * 60 + "\n"
-        ".a line starting with a dot\n"
-        "From the start of a line\n"
-        "Ünïcödé, 中文, emoji 🚀, LaTeX $\\alpha_{i}=\\beta$\n"
-        "--=_dp_not_the_boundary\n"
-    )
-    html = "<p>" + "x" * 3000 + "</p><p>&amp; 中文 🚀</p>\n"
-    rendered = RenderedEmail(subject="3 new arXiv papers: ünïcode", text=text, html=html)
-    msg = compose_message(
-        rendered,
-        sender="papers@lab.example.org",
-        recipient="reader@lab.example.org",
-        now=datetime(2026, 3, 10, 21, 0, tzinfo=UTC),
-        list_id="papers.lab.example.org",
-        unsubscribe=("https://papers.example.org/unsubscribe?token=" + "t" * 300, "mailto:x@y"),
-    )
-    raw = message_bytes(msg, utf8=utf8)
-    policy = (email.policy.SMTPUTF8 if utf8 else email.policy.SMTP).clone(max_line_length=998)
-    assert raw == msg.as_bytes(policy=policy)  # byte for byte what the email package writes
-    assert raw.isascii() != utf8  # SMTPUTF8 carries the Subject as UTF-8; otherwise RFC 2047
-    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
-    assert b"\n" not in raw.replace(b"\r\n", b"")  # CRLF line ends only
-    parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
-    assert isinstance(parsed, EmailMessage)
-    got_text, got_html = parts(parsed)
-    # On the wire every line ends in CRLF, and so does the decoded text (as with the
-    # email package's own encoder); nothing else may change.
-    assert got_text.replace("\r\n", "\n") == text
-    assert got_html == html
-    assert parsed["Subject"] == rendered.subject
-    assert parsed["List-Unsubscribe"] == msg["List-Unsubscribe"]
-    assert parsed.defects == []
-    body_lines = raw.split(b"\r\n\r\n", 1)[1].split(b"\r\n")
-    assert max(len(line) for line in body_lines) <= 78

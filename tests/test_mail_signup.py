@@ -1,4 +1,4 @@
-"""Sign-up logic: addresses, signed tokens, double opt-in, manage and unsubscribe.
+"""Sign-up logic: addresses, double opt-in, manage and unsubscribe, the chat command, the CLI.
 
 The service runs against a real SQLite store and mails through the real EmailChannel to an
 aiosmtpd server in the test's loop; the clock is injected.
@@ -17,22 +17,17 @@ import pytest
 
 from bot.commands import CommandService, Invocation, email_command
 from digest.domain import Paper, Target
-from digest.email_subscriptions import (
-    OPTION_CONFIRMED,
-    UNCONFIRMED,
-    EmailLinks,
+from digest.errors import ConfigError, QueryError
+from digest.mail import OPTION_CONFIRMED, UNCONFIRMED
+from digest.mail.channel import EmailChannel
+from digest.mail.links import EmailLinks, SubscriptionError, TokenError
+from digest.mail.signup import (
     EmailSubscriptions,
     RateLimiter,
-    SubscriptionError,
-    TokenError,
-    TokenSigner,
     format_subscribers,
     normalise_address,
-    require_secret_key,
     run_admin,
 )
-from digest.errors import ConfigError, QueryError
-from digest.mailer import EmailChannel
 from storage.sql_store import SqlStore
 from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
 
@@ -76,78 +71,6 @@ def test_bad_addresses_are_refused_with_a_reason(raw: str) -> None:
     """Anything that is not one deliverable-looking address is refused, header injection too."""
     with pytest.raises(SubscriptionError):
         normalise_address(raw)
-
-
-# -- tokens ------------------------------------------------------------------------------------
-
-
-def test_token_round_trip_names_purpose_address_and_list() -> None:
-    """A signed token verifies to its purpose, address, list and expiry."""
-    signer = TokenSigner(secret_key=KEY, list_id="papers.lab.example.org")
-    token = signer.sign("manage", ALICE, now=NOW, ttl=timedelta(days=1))
-    claims = signer.verify(token, "manage", now=NOW + timedelta(hours=23))
-    assert (claims.purpose, claims.address, claims.list_id) == (
-        "manage",
-        ALICE,
-        "papers.lab.example.org",
-    )
-    assert claims.expires == int((NOW + timedelta(days=1)).timestamp())
-    assert re.fullmatch(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+", token)  # URL-safe as it is
-
-
-def test_tokens_refuse_tampering_expiry_and_misuse() -> None:
-    """Forged, altered, expired, cross-purpose and cross-list tokens all fail."""
-    signer = TokenSigner(secret_key=KEY, list_id="list-a")
-    token = signer.sign("confirm", ALICE, now=NOW, ttl=timedelta(hours=1))
-    body, mac = token.split(".")
-    forged = TokenSigner(secret_key="another-key-" + KEY, list_id="list-a")
-    other_list = TokenSigner(secret_key=KEY, list_id="list-b")
-    evil_body = signer.sign("confirm", "eve@evil.example.org", now=NOW, ttl=None).split(".")[0]
-    cases = {
-        "expired": lambda: signer.verify(token, "confirm", now=NOW + timedelta(hours=2)),
-        "purpose": lambda: signer.verify(token, "unsubscribe", now=NOW),
-        "key": lambda: forged.verify(token, "confirm", now=NOW),
-        "list": lambda: other_list.verify(token, "confirm", now=NOW),
-        "swapped body": lambda: signer.verify(f"{evil_body}.{mac}", "confirm", now=NOW),
-        "cut": lambda: signer.verify(token[:-3], "confirm", now=NOW),
-        "empty": lambda: signer.verify("", "confirm", now=NOW),
-        "dot": lambda: signer.verify(".", "confirm", now=NOW),
-        "unicode": lambda: signer.verify("é." + mac, "confirm", now=NOW),
-        "no mac": lambda: signer.verify(body, "confirm", now=NOW),
-    }
-    for name, attempt in cases.items():
-        with pytest.raises(TokenError):
-            attempt()
-        assert name  # each case named for the failure report
-    assert signer.verify(token, "confirm", now=NOW).address == ALICE
-
-
-def test_unsubscribe_tokens_never_expire() -> None:
-    """One-click links keep working from years-old emails."""
-    signer = TokenSigner(secret_key=KEY, list_id="l")
-    token = signer.sign("unsubscribe", ALICE, now=NOW, ttl=None)
-    assert signer.verify(token, "unsubscribe", now=NOW + timedelta(days=3650)).address == ALICE
-
-
-def test_email_features_refuse_to_start_without_a_secret_key() -> None:
-    """A missing or short DAILY_PAPERS_SECRET_KEY is a ConfigError saying how to make one."""
-    with pytest.raises(ConfigError, match=r"DAILY_PAPERS_SECRET_KEY.*is not set.*token_urlsafe"):
-        require_secret_key(email_settings(None, secret_key=""))
-    with pytest.raises(ConfigError, match="shorter than 16"):
-        require_secret_key(email_settings(None, secret_key="short"))
-    assert require_secret_key(email_settings(None, secret_key=KEY)) == KEY
-
-
-def test_links_are_absolute_and_mailto_names_the_address() -> None:
-    """Links use web.base_url; the mailto alternative goes to the sender."""
-    links = EmailLinks.from_settings(email_settings(None, base_url="https://p.lab.org/"))
-    url = links.unsubscribe_url(ALICE, now=NOW)
-    assert url.startswith("https://p.lab.org/unsubscribe?token=")
-    token = parse_qs(urlsplit(url).query)["token"][0]
-    assert links.signer.verify(token, "unsubscribe", now=NOW).address == ALICE
-    assert links.unsubscribe_mailto(ALICE) == (
-        "mailto:papers@lab.example.org?subject=unsubscribe%20alice%40lab.example.org"
-    )
 
 
 def test_rate_limiter_is_a_sliding_window_per_key() -> None:
