@@ -12,7 +12,7 @@ Channels never raise into the cycle: a transport failure is an outcome (`RETRY` 
 `PERMANENT`) for the deliveries not yet sent, yielded last; the cycle guards each call anyway,
 so one broken adapter cannot stop the others, and a delivery a channel never answered for is
 retried next cycle. Adding a channel = one module implementing this protocol plus its
-registration in `digest.app.build_channels`; the cycle does not change.
+registration in `digest.app.CHANNEL_MODULES`; the cycle does not change.
 """
 
 from __future__ import annotations
