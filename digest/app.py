@@ -70,6 +70,7 @@ CHANNEL_MODULES: tuple[str, ...] = (
     "bot.slack_channel",
     "bot.discord_channel",
     "digest.mailer",
+    "bot.apprise_channel",
 )
 
 
