@@ -71,6 +71,7 @@ CHANNEL_MODULES: tuple[str, ...] = (
     "bot.slack_channel",
     "bot.discord_channel",
     "digest.mail.channel",
+    "bot.apprise_channel",
 )
 
 

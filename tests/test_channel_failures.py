@@ -1,20 +1,21 @@
 """One failure table for every delivery channel, each failure made at the wire (STYLE habit 5).
 
-Rows are failure modes, columns the four channel kinds. Each cell runs the real channel and its
-real client library (slack_sdk, discord.py's HTTP client and webhook adapter, aiosmtplib) against
-the fake service on 127.0.0.1 (tests/fakes), scripts the failure there, sends a small batch for
-one or more cycles and checks every delivery's outcome: `send` never raises and returns exactly
-one outcome per delivery. Timeouts are configured short and retry delays are zero.
+Rows are failure modes, columns the five channel kinds. Each cell runs the real channel and its
+real client library (slack_sdk, discord.py's HTTP client and webhook adapter, aiosmtplib, Apprise)
+against the fake service on 127.0.0.1 (tests/fakes), scripts the failure there, sends a small
+batch for one or more cycles and checks every delivery's outcome: `send` never raises and returns
+exactly one outcome per delivery. Timeouts are configured short and retry delays are zero.
 
-| mode \\ kind            | slack     | discord   | discord_webhook | email                    |
-|------------------------|-----------|-----------|-----------------|--------------------------|
-| connection refused     | RETRY     | RETRY     | RETRY           | RETRY                    |
-| timeout                | RETRY     | RETRY     | RETRY           | RETRY                    |
-| 429 once (SMTP 451)    | SENT      | SENT      | SENT            | RETRY, next cycle SENT   |
-| 500 (SMTP 451) always  | RETRY     | RETRY     | RETRY           | RETRY x4, never disabled |
-| permanent              | PERMANENT | PERMANENT | PERMANENT       | RETRY, RETRY, PERMANENT  |
+| mode \\ kind          | slack | discord | discord_webhook | email              | apprise         |
+|-----------------------|-------|---------|-----------------|--------------------|-----------------|
+| connection refused    | R     | R       | R               | R                  | R               |
+| timeout               | R     | R       | R               | R                  | R               |
+| 429 once (SMTP 451)   | S     | S       | S               | R, next cycle S    | R, next cycle S |
+| 500 (SMTP 451) always | R     | R       | R               | R x4, not disabled | R               |
+| permanent             | P     | P       | P               | R, R, P            | P               |
 
-`EXPECTED` below is this table; every cell's reasons and request counts are in it too.
+S: SENT, R: RETRY, P: PERMANENT. `EXPECTED` below is this table; every cell's reasons and
+request counts are in it too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Protocol
 import discord.http
 import pytest
 
+from bot.apprise_channel import AppriseChannel
 from bot.discord_channel import DiscordChannel, DiscordWebhookChannel, use_api_url
 from bot.slack_channel import SlackChannel, build_web_client
 from digest.channels import Channel, send_all
@@ -40,6 +42,7 @@ from digest.mail.links import EmailLinks
 from digest.mail.smtp import SmtpPool
 from storage.sql_store import SqlStore
 from tests.fakes.discord_api import FakeDiscord, webhook_url
+from tests.fakes.recording_http import Answer, RecordingHttpServer
 from tests.fakes.slack_api import (
     BOT_TOKEN,
     FakeAnswer,
@@ -53,7 +56,8 @@ from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
 SENT, RETRY, PERMANENT = OutcomeKind.SENT, OutcomeKind.RETRY, OutcomeKind.PERMANENT
 
 SLACK, DISCORD, WEBHOOK, EMAIL = "slack", "discord", "discord_webhook", "email"
-KINDS = (SLACK, DISCORD, WEBHOOK, EMAIL)
+APPRISE = "apprise"
+KINDS = (SLACK, DISCORD, WEBHOOK, EMAIL, APPRISE)
 
 REFUSED = "connection_refused"
 TIMEOUT = "timeout"
@@ -68,6 +72,7 @@ RETRY_AFTER = 1  # seconds a 429 asks for: long enough to tell a wait from an in
 SLACK_TIMEOUT = 1  # seconds; slack_sdk takes whole seconds
 DISCORD_TIMEOUT = RETRY_AFTER + 0.5  # the channel's timeout also bounds discord.py's 429 waits
 SMTP_TIMEOUT = 0.3
+APPRISE_TIMEOUT = 0.5  # the URL's own `rto`/`cto` (Apprise's read and connect timeouts)
 HANG_MARGIN = 0.5
 
 SLACK_CHANNEL = "C0FAILTEST"
@@ -77,6 +82,7 @@ HOOK_ID = "223456789012345678"
 HOOK_URL = webhook_url(HOOK_ID)
 HOOK_ROUTE = f"POST /webhooks/{HOOK_ID}/{HOOK_URL.rsplit('/', 1)[1]}"
 ADDRESS = "reader@lab.example.org"
+APPRISE_PATH = "/hook/s3cret-token"
 
 NOW = datetime(2025, 2, 5, 12, 0, tzinfo=UTC)
 
@@ -109,12 +115,14 @@ EXPECTED: dict[str, dict[str, Cell]] = {
         DISCORD: Cell((RETRY,), "cannot reach Discord"),
         WEBHOOK: Cell((RETRY,), "cannot reach Discord"),
         EMAIL: Cell((RETRY,), "SMTPConnectError"),
+        APPRISE: Cell((RETRY,), "cannot reach the service"),
     },
     TIMEOUT: {
         SLACK: Cell((RETRY,), "did not answer in time", delivered=None),
         DISCORD: Cell((RETRY,), "did not answer in time", delivered=None),
         WEBHOOK: Cell((RETRY,), "did not answer in time", delivered=None),
         EMAIL: Cell((RETRY,), "Timed out", delivered=None),
+        APPRISE: Cell((RETRY,), "did not answer in time", delivered=None),
     },
     RATE_LIMITED_ONCE: {
         # 429 with Retry-After: 1, then success: the client library waits the second and retries
@@ -126,6 +134,9 @@ EXPECTED: dict[str, dict[str, Cell]] = {
         # retry within a cycle (documented: 4xx is RETRY, the outbox backs off); the next
         # cycle's send goes through, and the 451 was not counted as a refusal.
         EMAIL: Cell((RETRY, SENT), "451", attempts=2, delivered=1),
+        # Apprise does not pass a 429's Retry-After on (its plugins only log the status), and
+        # its own retries are off: RETRY, and the outbox's backoff is the wait.
+        APPRISE: Cell((RETRY, SENT), "HTTP 429 Too Many Requests", attempts=2, delivered=1),
     },
     SERVER_ERROR: {
         SLACK: Cell((RETRY,), "http_500", attempts=1),
@@ -137,6 +148,7 @@ EXPECTED: dict[str, dict[str, Cell]] = {
         WEBHOOK: Cell((RETRY,), "did not answer in time", attempts=2),
         # A persistent 4xx is never counted towards the 5xx limit: still RETRY past the third.
         EMAIL: Cell((RETRY, RETRY, RETRY, RETRY), "451", attempts=4),
+        APPRISE: Cell((RETRY,), "HTTP 500 Internal Server Error", attempts=1),
     },
     PERMANENT_ERROR: {
         SLACK: Cell((PERMANENT,), "channel_not_found", attempts=1),
@@ -145,6 +157,7 @@ EXPECTED: dict[str, dict[str, Cell]] = {
         # Issue 5 and digest/mail/channel.py: a 5xx for the recipient is counted, and only the third
         # refusal in a row (FAILURE_LIMIT) makes the deliveries PERMANENT.
         EMAIL: Cell((RETRY, RETRY, PERMANENT), "550", attempts=3, refusals=3),
+        APPRISE: Cell((PERMANENT,), "HTTP 404 Not Found", attempts=1),
     },
 }
 
@@ -391,6 +404,54 @@ class EmailRig:
         return int(self.store.get_target_option(self.target, OPTION_FAILURES) or 0)
 
 
+class AppriseRig:
+    """AppriseChannel (Apprise's json:// service, over requests) at a recording HTTP server."""
+
+    def __init__(self, server: RecordingHttpServer | None, port: int) -> None:
+        self.server = server
+        timeouts = f"rto={APPRISE_TIMEOUT}&cto={APPRISE_TIMEOUT}"
+        self.target = Target(APPRISE, f"json://127.0.0.1:{port}{APPRISE_PATH}?{timeouts}")
+        self.channel: Channel = AppriseChannel()
+
+    def _server(self) -> RecordingHttpServer:
+        assert self.server is not None
+        return self.server
+
+    def batch(self) -> Batch:
+        """This cycle's batch."""
+        return Batch(self.target, _deliveries())
+
+    def hang(self) -> None:
+        """A 200 that comes after the URL's read timeout."""
+        self._server().script(Answer(delay=APPRISE_TIMEOUT + HANG_MARGIN))
+
+    def rate_limit_once(self) -> None:
+        """HTTP 429 with Retry-After, once."""
+        self._server().script(Answer(status=429, headers={"Retry-After": str(RETRY_AFTER)}))
+
+    def server_error(self) -> None:
+        """HTTP 500 on every request."""
+        self._server().refuse(APPRISE_PATH, 500)
+
+    def refuse_permanently(self) -> None:
+        """HTTP 404: the webhook behind the URL was deleted."""
+        self._server().refuse(APPRISE_PATH, 404)
+
+    def attempts(self) -> int:
+        """Requests to the URL's path."""
+        return (
+            len([r for r in self.server.received if r.path == APPRISE_PATH]) if self.server else 0
+        )
+
+    def delivered(self) -> int:
+        """Requests answered with a 2xx."""
+        return len(self.server.accepted) if self.server else 0
+
+    def refusals(self) -> int:
+        """Apprise keeps no count: a permanent error is final at once."""
+        return 0
+
+
 @asynccontextmanager
 async def rig_for(kind: str, store: SqlStore, *, refused: bool = False) -> AsyncIterator[Rig]:
     """The rig of `kind`, its fake running; with `refused`, pointed at a closed port instead."""
@@ -414,6 +475,9 @@ async def rig_for(kind: str, store: SqlStore, *, refused: bool = False) -> Async
                     DiscordChannel(token="bot-token", timeout=DISCORD_TIMEOUT)
                 )
             yield DiscordRig(fake, channel, webhook=kind == WEBHOOK)
+        elif kind == APPRISE:
+            server = None if refused else await stack.enter_async_context(RecordingHttpServer())
+            yield AppriseRig(server, _closed_port() if server is None else server.port)
         else:
             smtp = None if refused else await stack.enter_async_context(smtp_server())
             email = EmailRig(smtp, _closed_port() if smtp is None else smtp.port, store)

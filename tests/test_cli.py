@@ -188,12 +188,12 @@ def test_status_counts_email_sign_ups_apart_from_failing_subscriptions(
     disabled with no ok cycle since, an alert (exit 1)."""
     from datetime import UTC, datetime
 
-    from digest.app import open_store
+    from digest.app import channel_settings, open_store
     from digest.config import load_settings
     from digest.domain import Target
 
     now = datetime.now(UTC)
-    with open_store(load_settings()) as store:
+    with open_store(load_settings(extensions=channel_settings)) as store:
         pending = store.add_subscription(Target("email", "me@example.org"), "llm", now=now)
         store.disable_subscription(pending.id, "unconfirmed")
         gone = store.add_subscription(Target("slack", "C0123"), "llm", now=now)
