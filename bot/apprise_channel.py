@@ -54,11 +54,11 @@ from apprise import (
     OverflowMode,
 )
 
-from digest.channels import ChannelSpec
+from digest.channels import ChannelSpec, subscribe_configured
 from digest.config import Settings, channel_section
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.errors import ConfigError, QueryError
-from digest.query import parse_query, query_key
+from digest.query import parse_query
 from digest.render import collapse_ws, get_environment, short_authors
 from digest.store import PaperStore
 
@@ -517,29 +517,10 @@ def configured_subscriptions(settings: Settings) -> list[tuple[Target, str]]:
 
 
 def subscribe_configured_targets(settings: Settings, store: PaperStore, *, now: datetime) -> int:
-    """Subscribe each `[apprise] targets` entry that has no subscription yet; how many were added.
-
-    A subscription disabled since (the service refused the URL) stays disabled: re-enabling it
-    on every start would send into the void; the operator fixes the URL or uses the CLI.
-    """
-    added = 0
-    for target, query in configured_subscriptions(settings):
-        key = query_key(query)
-        existing = [s for s in store.list_subscriptions(target) if query_key(s.keyword) == key]
-        if existing:
-            if not existing[0].active:
-                log.warning(
-                    "apprise.config_subscription_disabled target=%s query=%r reason=%r",
-                    target.display,
-                    query,
-                    existing[0].disabled_reason,
-                )
-            continue
-        store.add_subscription(target, query, now=now)
-        added += 1
-    if added:
-        log.info("apprise.config_subscribed added=%d", added)
-    return added
+    """Subscribe each `[apprise] targets` entry that has no subscription yet; how many."""
+    return subscribe_configured(
+        store, configured_subscriptions(settings), now=now, kind=AppriseChannel.kind
+    )
 
 
 async def channel_factory(

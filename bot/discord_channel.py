@@ -29,12 +29,12 @@ import discord
 from discord.http import HTTPClient, Route
 from discord.utils import escape_markdown, escape_mentions
 
-from digest.channels import ChannelSpec, MessageLimits, pack_items
+from digest.channels import ChannelSpec, MessageLimits, pack_items, subscribe_configured
 from digest.config import Settings
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, for_deliveries
 from digest.errors import ConfigError, QueryError
 from digest.pacing import TokenBucket
-from digest.query import parse_query, query_key
+from digest.query import parse_query
 from digest.render import short_authors
 from digest.store import PaperStore
 
@@ -618,29 +618,10 @@ __all__ = [
 
 
 def subscribe_configured_webhooks(settings: Settings, store: PaperStore, *, now: datetime) -> int:
-    """Subscribe each `discord.webhooks` entry that has no subscription yet; how many were added.
-
-    A subscription disabled since (the webhook was deleted) stays disabled: re-enabling it on
-    every start would post into the void; the operator fixes the config or uses the CLI.
-    """
-    added = 0
-    for target, query in webhook_subscriptions(settings):
-        key = query_key(query)
-        existing = [s for s in store.list_subscriptions(target) if query_key(s.keyword) == key]
-        if existing:
-            if not existing[0].active:
-                log.warning(
-                    "discord_webhook.config_subscription_disabled target=%s query=%r reason=%r",
-                    describe_target(target),
-                    query,
-                    existing[0].disabled_reason,
-                )
-            continue
-        store.add_subscription(target, query, now=now)
-        added += 1
-    if added:
-        log.info("discord_webhook.config_subscribed added=%d", added)
-    return added
+    """Subscribe each `discord.webhooks` entry that has no subscription yet; how many."""
+    return subscribe_configured(
+        store, webhook_subscriptions(settings), now=now, kind="discord_webhook"
+    )
 
 
 async def channel_factory(

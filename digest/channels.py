@@ -17,9 +17,11 @@ registration in `digest.app.CHANNEL_MODULES`; the cycle does not change.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from digest.domain import Batch, Outcome, Target
@@ -27,6 +29,8 @@ from digest.domain import Batch, Outcome, Target
 if TYPE_CHECKING:
     from digest.config import Settings
     from digest.store import PaperStore
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -87,6 +91,42 @@ class MessageLimits:
 
 
 _T = TypeVar("_T")
+
+
+def subscribe_configured(
+    store: PaperStore,
+    pairs: Sequence[tuple[Target, str]],
+    *,
+    now: datetime,
+    kind: str,
+) -> int:
+    """Subscribe each configured (target, query) pair that has no subscription yet (a channel's
+    `[section] targets`-style entries); how many were added.
+
+    A subscription disabled since (the service refused the target) stays disabled: re-enabling
+    it on every start would send into the void; the operator fixes the config or uses the CLI.
+    """
+    from digest.query import query_key
+
+    added = 0
+    for target, query in pairs:
+        key = query_key(query)
+        existing = [s for s in store.list_subscriptions(target) if query_key(s.keyword) == key]
+        if existing:
+            if not existing[0].active:
+                log.warning(
+                    "%s.config_subscription_disabled target=%s query=%r reason=%r",
+                    kind,
+                    target.display,
+                    query,
+                    existing[0].disabled_reason,
+                )
+            continue
+        store.add_subscription(target, query, now=now)
+        added += 1
+    if added:
+        log.info("%s.config_subscribed added=%d", kind, added)
+    return added
 
 
 def pack_items(
