@@ -21,6 +21,7 @@ import bisect
 import itertools
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from digest.domain import Paper
@@ -735,7 +736,15 @@ def _title(rng: random.Random, topics: Sequence[str]) -> str:
     return template.format(A=_title_case(a), B=_title_case(b), M=rng.choice(METHODS))
 
 
-def generate_papers(
+@dataclass(frozen=True, slots=True)
+class LabelledPaper:
+    """A generated paper and the phrases it was generated from (first: its title's)."""
+
+    paper: Paper
+    topics: tuple[str, ...]
+
+
+def generate_labelled(
     count: int,
     *,
     start: datetime,
@@ -743,10 +752,11 @@ def generate_papers(
     seed: int = 1,
     first_number: int = 1,
     id_prefix: str = "2603",
-) -> list[Paper]:
-    """`count` papers first submitted in [start, end), oldest first, ids `<prefix>.<5 digits>`.
+) -> list[LabelledPaper]:
+    """`count` papers first submitted in [start, end), oldest first, each with its topics.
 
-    About 8 % are revised (v2/v3, updated later than published, still before `end`).
+    Ids are `<prefix>.<5 digits>`; about 8 % are revised (v2/v3, updated later than published,
+    still before `end`). The topics label the corpus for the relevance benchmark (bench.similar).
     """
     rng = random.Random(seed)
     vocabulary = phrase_vocabulary()
@@ -755,7 +765,7 @@ def generate_papers(
     weights = [w for _, w in CATEGORY_WEIGHTS]
     span = (end - start).total_seconds()
     moments = sorted(rng.uniform(0, span) for _ in range(count))
-    papers: list[Paper] = []
+    labelled: list[LabelledPaper] = []
     for index, offset in enumerate(moments):
         wanted = rng.randint(*TOPICS_PER_PAPER)
         topics = list(dict.fromkeys(vocabulary[zipf.draw()] for _ in range(wanted)))
@@ -770,23 +780,38 @@ def generate_papers(
                 seconds=rng.uniform(0, (end - published).total_seconds())
             )
         authors = tuple(_author(rng) for _ in range(min(15, 1 + int(rng.expovariate(1 / 4)))))
-        papers.append(
-            Paper(
-                arxiv_id=f"{id_prefix}.{first_number + index:05d}",
-                version=version,
-                title=_title(rng, topics),
-                authors=tuple(dict.fromkeys(authors)),
-                abstract=_abstract(rng, topics),
-                published=published,
-                updated=updated,
-                primary_category=primary,
-                categories=tuple(dict.fromkeys([primary, *cross])),
-                comment=_comment(rng),
-                journal_ref=None,
-                doi=None,
-            )
+        paper = Paper(
+            arxiv_id=f"{id_prefix}.{first_number + index:05d}",
+            version=version,
+            title=_title(rng, topics),
+            authors=tuple(dict.fromkeys(authors)),
+            abstract=_abstract(rng, topics),
+            published=published,
+            updated=updated,
+            primary_category=primary,
+            categories=tuple(dict.fromkeys([primary, *cross])),
+            comment=_comment(rng),
+            journal_ref=None,
+            doi=None,
         )
-    return papers
+        labelled.append(LabelledPaper(paper=paper, topics=tuple(topics)))
+    return labelled
+
+
+def generate_papers(
+    count: int,
+    *,
+    start: datetime,
+    end: datetime,
+    seed: int = 1,
+    first_number: int = 1,
+    id_prefix: str = "2603",
+) -> list[Paper]:
+    """`generate_labelled`'s papers without their topics (what every other benchmark stores)."""
+    labelled = generate_labelled(
+        count, start=start, end=end, seed=seed, first_number=first_number, id_prefix=id_prefix
+    )
+    return [lp.paper for lp in labelled]
 
 
 def with_phrase(papers: Sequence[Paper], phrase: str, *, every: int, offset: int) -> list[Paper]:

@@ -1,7 +1,7 @@
 """`python -m bench.similar`: issue 16's acceptance run for `like:` subscriptions.
 
 The corpus is bench/corpus.py's synthetic arXiv, with each paper's generated topics recorded
-(`generate_labelled` makes exactly the papers `generate_papers` makes, plus their topics): 50,000
+(`bench.corpus.generate_labelled`, the papers `generate_papers` makes, plus their topics): 50,000
 stored papers submitted over the 10 weeks before "today", and the next week's 5,000 papers.
 
 Topics are the research heads of bench/corpus.py (`HEADS`: "anomaly detection", "language
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import random
 import re
 import sys
 import time
@@ -44,17 +43,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.corpus import (
-    CATEGORY_WEIGHTS,
-    HEADS,
-    TOPICS_PER_PAPER,
-    _abstract,
-    _author,
-    _comment,
-    _title,
-    _Zipf,
-    phrase_vocabulary,
-)
+from bench.corpus import HEADS, LabelledPaper, generate_labelled, phrase_vocabulary
 from bench.scenarios import machine
 from digest.domain import Paper
 from digest.similar import (
@@ -72,68 +61,6 @@ SEEDS = 10
 DEFAULT_HEADS = (0, 5, 15, 30, 50, 75, 100, 113)  # ranks of the topics run (113: the last head)
 PRECISION_TARGET = 0.8
 RECALL_TARGET = 0.7
-
-
-@dataclass(frozen=True, slots=True)
-class LabelledPaper:
-    """A generated paper and the phrases it was generated from (first: its title's)."""
-
-    paper: Paper
-    topics: tuple[str, ...]
-
-
-def generate_labelled(
-    count: int,
-    *,
-    start: datetime,
-    end: datetime,
-    seed: int = 1,
-    first_number: int = 1,
-    id_prefix: str = "2603",
-) -> list[LabelledPaper]:
-    """`generate_papers(count, ...)`'s papers, identical, each with its generated topics.
-
-    The same draws in the same order as bench.corpus.generate_papers (tests check the papers
-    are equal), so the corpus the other benchmarks use is the one labelled here.
-    """
-    rng = random.Random(seed)
-    vocabulary = phrase_vocabulary()
-    zipf = _Zipf(len(vocabulary), rng)
-    categories = [c for c, _ in CATEGORY_WEIGHTS]
-    weights = [w for _, w in CATEGORY_WEIGHTS]
-    span = (end - start).total_seconds()
-    moments = sorted(rng.uniform(0, span) for _ in range(count))
-    labelled: list[LabelledPaper] = []
-    for index, offset in enumerate(moments):
-        wanted = rng.randint(*TOPICS_PER_PAPER)
-        topics = list(dict.fromkeys(vocabulary[zipf.draw()] for _ in range(wanted)))
-        primary = rng.choices(categories, weights)[0]
-        cross = rng.sample(categories, rng.choice((0, 0, 1, 1, 2, 3)))
-        published = start + timedelta(seconds=offset)
-        version = 1
-        updated = published
-        if rng.random() < 0.08:
-            version = rng.choice((2, 2, 3))
-            updated = published + timedelta(
-                seconds=rng.uniform(0, (end - published).total_seconds())
-            )
-        authors = tuple(_author(rng) for _ in range(min(15, 1 + int(rng.expovariate(1 / 4)))))
-        paper = Paper(
-            arxiv_id=f"{id_prefix}.{first_number + index:05d}",
-            version=version,
-            title=_title(rng, topics),
-            authors=tuple(dict.fromkeys(authors)),
-            abstract=_abstract(rng, topics),
-            published=published,
-            updated=updated,
-            primary_category=primary,
-            categories=tuple(dict.fromkeys([primary, *cross])),
-            comment=_comment(rng),
-            journal_ref=None,
-            doi=None,
-        )
-        labelled.append(LabelledPaper(paper=paper, topics=tuple(topics)))
-    return labelled
 
 
 def mentions(phrase: str, topic: str) -> bool:
