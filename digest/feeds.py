@@ -12,6 +12,7 @@ the clock), so an unchanged keyword gives identical bytes and nothing is rewritt
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -49,7 +50,9 @@ EMPTY_FEED_UPDATED = datetime(1970, 1, 1, tzinfo=UTC)
 # A stable namespace for feed ids (uuid5 of the keyword's normalised query).
 FEED_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/daily-papers/feeds")
 
-_FEED_NAME = re.compile(r"[a-z0-9-]+\.atom|index\.opml")  # what feed_name and OPML_NAME make
+# What feed_name (page_slug: readable part, "-", six hex digits) and OPML_NAME make: only
+# such files are served, and only such *.atom files are ever removed from the folder.
+_FEED_NAME = re.compile(r"[a-z0-9-]+-[0-9a-f]{6}\.atom|index\.opml")
 # XML 1.0 cannot carry these code points at all (lxml refuses them): arXiv text rarely has one.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
@@ -201,7 +204,7 @@ def write_feeds(folder: Path, files: Sequence[FeedFile]) -> bool:
     keep = {file.name for file in files}
     for old in sorted(folder.glob(f"*{ATOM_SUFFIX}")):
         if old.name in keep or not _FEED_NAME.fullmatch(old.name):
-            continue  # not a feed this service would have named: someone else's file
+            continue  # not a name this service gives a feed: someone else's file
         try:
             old.unlink(missing_ok=True)
         except OSError as exc:
@@ -221,13 +224,25 @@ def content_type(name: str) -> str:
     return f"{OPML_TYPE if name == OPML_NAME else ATOM_TYPE}; charset=utf-8"
 
 
-def read_feed(folder: Path, name: str) -> bytes | None:
+@dataclass(frozen=True, slots=True)
+class WrittenFeed:
+    """A file of the feeds folder as written: its bytes and when they last changed."""
+
+    data: bytes
+    modified: datetime  # the file's mtime (UTC): write_feeds only touches a file that changed
+
+
+def read_feed(folder: Path, name: str) -> WrittenFeed | None:
     """A written file of the feeds folder, or None when the name is not one or it is missing."""
     if not is_feed_name(name):
         return None
+    path = folder / name
     try:
-        return (folder / name).read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
+        with path.open("rb") as handle:  # bytes and mtime of the same file, even mid-replace
+            data = handle.read()
+            mtime = os.fstat(handle.fileno()).st_mtime
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
     except OSError as exc:
-        raise ReadmeError(f"cannot read {folder / name}: {exc.strerror}") from exc
+        raise ReadmeError(f"cannot read {path}: {exc.strerror}") from exc
+    return WrittenFeed(data, datetime.fromtimestamp(mtime, UTC))
