@@ -4,7 +4,9 @@ OPML, the /feeds/ route of the real web server, and a cycle end to end."""
 from __future__ import annotations
 
 import os
+import re
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -32,7 +34,7 @@ from digest.feeds import (
 )
 from digest.readme import feed_name, page_slug
 from digest.render import collapse_ws
-from digest.web import WebServer, build_web_app
+from digest.web import FEED_CACHE_CONTROL, WebServer, build_web_app
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
 from tests.reference_papers import load_reference_papers, load_reference_sections
@@ -132,6 +134,8 @@ def test_the_same_papers_give_the_same_bytes_and_ids_whatever_the_order_or_time(
     first = build_feed("diffusion models", papers)
     assert build_feed("diffusion models", list(reversed(papers))) == first
     assert feed_id("diffusion models") == feed_id("Diffusion  Models")
+    assert feed_name("diffusion models") == feed_name("Diffusion  Models")
+    assert feed_name("C++") != feed_name("C#")
     assert feed_id("diffusion models") != feed_id("diffusion")
 
 
@@ -268,7 +272,7 @@ async def test_the_web_server_serves_the_written_bytes_with_validators(
         assert response.headers["Last-Modified"] == format_datetime(
             datetime.fromtimestamp(int((folder / name).stat().st_mtime), UTC), usegmt=True
         )
-        assert response.headers["Cache-Control"] == "public, no-cache"
+        assert response.headers["Cache-Control"] == FEED_CACHE_CONTROL
     async with aiohttp.ClientSession() as http, http.get(f"{url}/feeds/{OPML_NAME}") as response:
         assert response.status == 200
         assert response.content_type == "text/x-opml"
@@ -418,3 +422,33 @@ async def test_a_keyword_removed_from_the_config_loses_its_feed(
     names = {p.name for p in settings.feeds_path.iterdir()}
     assert feed_name(gone) not in names
     assert len(names) == 4  # three feeds and the OPML
+
+
+async def test_head_answers_like_get_without_a_body(feeds_server: tuple[str, Path]) -> None:
+    """HEAD gives the same validators as GET, so a reader can check for news for free."""
+    url, _folder = feeds_server
+    feed = f"{url}/feeds/{feed_name(_sections()[1][0])}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(feed) as got:
+            etag = got.headers["ETag"]
+        async with http.head(feed) as response:
+            assert response.status == 200
+            assert response.headers["ETag"] == etag
+            assert await response.read() == b""
+
+
+DOCS = Path(__file__).parent.parent / "docs" / "feeds-and-apprise.md"
+
+
+def test_the_docs_config_example_loads_and_the_documented_headers_are_the_served_ones() -> None:
+    """The feeds section's TOML is a valid config with feeds on, and its caching table names
+    the Cache-Control value the route sends."""
+    section = DOCS.read_text(encoding="utf-8").split("## Atom feeds", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```toml\n(.*?)```", section, flags=re.DOTALL)
+    assert block is not None
+    settings = settings_for_tests(**tomllib.loads(block.group(1)))
+    assert settings.feeds.enabled
+    assert settings.feeds_base_url == "https://lab.github.io/papers/feeds"
+    assert f"`{FEED_CACHE_CONTROL}`" in section
+    assert "`application/atom+xml; charset=utf-8`" in section
+    assert "`text/x-opml; charset=utf-8`" in section
