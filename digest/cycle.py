@@ -597,8 +597,8 @@ async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetim
 def write_keyword_feeds(
     settings: Settings, sections: Sequence[tuple[str, Sequence[Paper]]]
 ) -> bool:
-    """Build and write every published keyword's feed and the OPML (blocking: run it in a
-    thread); True when a file changed."""
+    """Build and write every published keyword's feed and the OPML, one at a time (blocking:
+    run it in a thread); True when a file changed."""
     files = build_feeds(
         sections,
         entries=settings.feeds.entries,
@@ -607,7 +607,7 @@ def write_keyword_feeds(
     )
     changed = write_feeds(settings.feeds_path, files)
     logger.info(
-        "feeds.rendered path=%s changed=%s feeds=%d", settings.feeds_path, changed, len(files) - 1
+        "feeds.rendered path=%s changed=%s feeds=%d", settings.feeds_path, changed, len(sections)
     )
     return changed
 

@@ -16,7 +16,7 @@ import os
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +108,28 @@ def _xml_text(text: str | None) -> str:
     return collapse_ws(_NOT_XML.sub("", text or ""))
 
 
+@dataclass(frozen=True, slots=True)
+class PaperText:
+    """A paper's text as its entries carry it, cleaned once however many feeds show it."""
+
+    title: str
+    authors: tuple[str, ...]
+    abstract: str
+
+
+TextCache = MutableMapping[tuple[str, int], PaperText]  # by (arxiv_id, version)
+
+
+def _paper_text(paper: Paper, cache: TextCache) -> PaperText:
+    key = (paper.arxiv_id, paper.version)
+    text = cache.get(key)
+    if text is None:
+        authors = tuple(a for a in map(_xml_text, paper.authors) if a)
+        text = PaperText(_xml_text(paper.title), authors, _xml_text(paper.abstract))
+        cache[key] = text
+    return text
+
+
 def build_feed(
     keyword: str,
     papers: Sequence[Paper],
@@ -115,6 +137,7 @@ def build_feed(
     entries: int = DEFAULT_ENTRIES,
     base_url: str = "",
     home_url: str = "",
+    texts: TextCache | None = None,
 ) -> str:
     """The Atom feed of a keyword: its newest `entries` papers, newest first.
 
@@ -122,8 +145,10 @@ def build_feed(
     creator of each, as from arXiv's own Atom API), the abstract as plain-text summary, the
     abstract page (alternate) and the PDF (related), its categories, published and updated
     times. `base_url` (the public folder of the feeds) makes the self link absolute;
-    `home_url` (the README's public page) becomes the feed's alternate link.
+    `home_url` (the README's public page) becomes the feed's alternate link. `texts` keeps
+    the papers' cleaned text across the feeds of one run (a paper is in many feeds).
     """
+    texts = {} if texts is None else texts
     shown = latest_papers(papers, entries)
     name = _xml_text(keyword)
     fg = FeedGenerator()
@@ -138,15 +163,15 @@ def build_feed(
     if home_url:
         fg.link(href=home_url, rel="alternate", type="text/html")
     for paper in shown:
+        text = _paper_text(paper, texts)
         entry = fg.add_entry(order="append")
         entry.id(entry_id(paper))
-        entry.title(_xml_text(paper.title))
+        entry.title(text.title)
         entry.updated(paper.updated.astimezone(UTC))
         entry.published(paper.published.astimezone(UTC))
-        authors = [{"name": a} for a in map(_xml_text, paper.authors) if a]
-        if authors:
-            entry.author(authors)
-        entry.summary(_xml_text(paper.abstract), type="text")
+        if text.authors:
+            entry.author([{"name": author} for author in text.authors])
+        entry.summary(text.abstract, type="text")
         entry.link(href=paper.abs_url, rel="alternate")
         getattr(entry, LINKS_EXTENSION).links = [
             {"href": paper.pdf_url, "rel": "related", "type": "application/pdf", "title": "PDF"},
@@ -180,28 +205,30 @@ def build_feeds(
     entries: int = DEFAULT_ENTRIES,
     base_url: str = "",
     home_url: str = "",
-) -> list[FeedFile]:
-    """Every keyword's feed, then the OPML that lists them, for (keyword, papers) pairs."""
-    files = [
-        FeedFile(
-            feed_name(keyword),
-            keyword,
-            build_feed(keyword, papers, entries=entries, base_url=base_url, home_url=home_url),
+) -> Iterator[FeedFile]:
+    """Every keyword's feed, then the OPML that lists them, for (keyword, papers) pairs.
+
+    One at a time, as they are written: a feed of 100 papers is ~200 kB, and thousands of
+    keywords' feeds must never sit in memory together.
+    """
+    texts: TextCache = {}
+    for keyword, papers in sections:
+        text = build_feed(
+            keyword, papers, entries=entries, base_url=base_url, home_url=home_url, texts=texts
         )
-        for keyword, papers in sections
-    ]
+        yield FeedFile(feed_name(keyword), keyword, text)
     keywords = [keyword for keyword, _ in sections]
-    opml = build_opml(keywords, base_url=base_url, home_url=home_url)
-    return [*files, FeedFile(OPML_NAME, None, opml)]
+    yield FeedFile(OPML_NAME, None, build_opml(keywords, base_url=base_url, home_url=home_url))
 
 
-def write_feeds(folder: Path, files: Sequence[FeedFile]) -> bool:
+def write_feeds(folder: Path, files: Iterable[FeedFile]) -> bool:
     """Write the feeds into `folder` where they changed; remove the `*.atom` files of keywords
     no longer there (nothing else in the folder is touched). True when any file changed."""
     changed = False
+    keep: set[str] = set()
     for file in files:
         changed |= write_text_atomic(folder / file.name, file.text)
-    keep = {file.name for file in files}
+        keep.add(file.name)
     for old in sorted(folder.glob(f"*{ATOM_SUFFIX}")):
         if old.name in keep or not _FEED_NAME.fullmatch(old.name):
             continue  # not a name this service gives a feed: someone else's file

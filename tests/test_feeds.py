@@ -25,6 +25,7 @@ from digest.errors import ConfigError
 from digest.feeds import (
     EMPTY_FEED_UPDATED,
     OPML_NAME,
+    TextCache,
     build_feed,
     build_feeds,
     build_opml,
@@ -60,7 +61,7 @@ def _paper(number: int, **changes: object) -> Paper:
         primary_category="cs.CV",
         categories=("cs.CV", "cs.LG"),
     )
-    return replace(paper, **changes)  # type: ignore[arg-type]
+    return replace(paper, **changes)
 
 
 def _xml(text: str) -> etree._Element:
@@ -193,7 +194,7 @@ def test_links_are_relative_without_a_base_url_and_absolute_with_one() -> None:
 def test_the_opml_lists_every_feed_in_readme_order() -> None:
     """index.opml parses as XML and has one rss outline per keyword, pointing at its feed."""
     keywords = [keyword for keyword, _ in _sections()]
-    files = build_feeds(_sections(), base_url="https://x.org/feeds")
+    files = list(build_feeds(_sections(), base_url="https://x.org/feeds"))
     assert [f.name for f in files] == [*(feed_name(k) for k in keywords), OPML_NAME]
     root = _xml(files[-1].text)
     assert root.tag == "opml"
@@ -213,7 +214,7 @@ def test_the_opml_lists_every_feed_in_readme_order() -> None:
 def test_write_feeds_writes_once_and_an_unchanged_run_touches_nothing(tmp_path: Path) -> None:
     """The first write creates the folder and files; the same input again changes no mtime."""
     folder = tmp_path / "feeds"
-    files = build_feeds(_sections())
+    files = list(build_feeds(_sections()))
     assert write_feeds(folder, files) is True
     assert {p.name for p in folder.iterdir()} == {f.name for f in files}
     assert all((folder / f.name).read_text(encoding="utf-8") == f.text for f in files)
@@ -452,3 +453,19 @@ def test_the_docs_config_example_loads_and_the_documented_headers_are_the_served
     assert f"`{FEED_CACHE_CONTROL}`" in section
     assert "`application/atom+xml; charset=utf-8`" in section
     assert "`text/x-opml; charset=utf-8`" in section
+
+
+def test_a_paper_in_many_feeds_is_cleaned_once_and_feeds_are_built_one_at_a_time() -> None:
+    """build_feeds yields each feed as it is built (memory stays one feed), sharing the
+    papers' cleaned text between keywords."""
+    shared = _paper(1)
+    sections = [("a", [shared]), ("b", [shared, _paper(2)])]
+    files = build_feeds(sections)
+    first = next(files)
+    assert (first.name, first.keyword) == (feed_name("a"), "a")
+    rest = list(files)
+    assert [f.keyword for f in rest] == ["b", None]
+    texts: TextCache = {}
+    build_feed("a", [shared], texts=texts)
+    assert list(texts) == [("2501.00001", 1)]
+    assert build_feed("b", [shared], texts=texts) == build_feed("b", [shared])
