@@ -20,7 +20,7 @@ from lxml import etree
 
 from digest.config import Settings, settings_for_tests
 from digest.cycle import render_snapshot
-from digest.domain import Paper
+from digest.domain import Paper, Target
 from digest.errors import ConfigError
 from digest.feeds import (
     EMPTY_FEED_UPDATED,
@@ -299,6 +299,8 @@ async def test_conditional_requests_get_304_until_the_feed_changes(
             assert response.status == 304  # If-None-Match compares weakly (RFC 9110)
         async with http.get(feed, headers={"If-Modified-Since": modified}) as response:
             assert response.status == 304
+        async with http.get(feed, headers={"If-None-Match": "*"}) as response:
+            assert response.status == 304
         async with http.get(
             feed, headers={"If-None-Match": '"other"', "If-Modified-Since": modified}
         ) as response:
@@ -469,3 +471,26 @@ def test_a_paper_in_many_feeds_is_cleaned_once_and_feeds_are_built_one_at_a_time
     build_feed("a", [shared], texts=texts)
     assert list(texts) == [("2501.00001", 1)]
     assert build_feed("b", [shared], texts=texts) == build_feed("b", [shared])
+
+
+async def test_an_email_readers_own_query_never_gets_a_public_feed(
+    tmp_path: Path, server: ArxivStandIn
+) -> None:
+    """Feeds follow the README's publishing rule: the operator's keyword and a channel's query
+    get one; an email reader's own query does not, not even in the OPML."""
+    settings = _feed_settings(tmp_path, server, base_url="https://x.org/feeds")
+    settings = replace(settings, keywords=replace(settings.keywords, queries=[]))
+    store = SqlStore.from_settings(settings)
+    store.migrate()
+    try:
+        store.add_keyword("operator topic")
+        store.add_subscription(Target("slack", "C1"), "channel topic", now=REFERENCE_DAY)
+        store.add_subscription(Target("email", "a@lab.org"), "reader topic", now=REFERENCE_DAY)
+        assert await render_snapshot(settings=settings, store=store, now=REFERENCE_DAY)
+    finally:
+        store.close()
+    names = {p.name for p in settings.feeds_path.iterdir()}
+    assert names == {feed_name("operator topic"), feed_name("channel topic"), OPML_NAME}
+    opml = (settings.feeds_path / OPML_NAME).read_text(encoding="utf-8")
+    assert "reader topic" not in opml
+    assert f'xmlUrl="https://x.org/feeds/{feed_name("operator topic")}"' in opml
