@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import inspect
 import json
 import os
@@ -289,15 +290,16 @@ def measure(papers: int, added: int, keep: Path) -> Measure:
     return row
 
 
-def readme_check(keywords: int, keep: Path) -> dict[str, Any]:
+def readme_check(keywords: int, keep: Path, *, feeds: bool = False) -> dict[str, Any]:
     """K keywords matched against the window, then the README snapshot: layout, size, pages,
-    reachability, seconds and peak memory (in a fresh process)."""
-    folder = keep / f"readme-{keywords}"
+    reachability, seconds and peak memory (in a fresh process); with `feeds`, the Atom feeds
+    too, and a second rendering of the same database (which should write nothing)."""
+    folder = keep / f"readme-{keywords}{'-feeds' if feeds else ''}"
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     return _in_a_fresh_process(
-        "--readme-worker", {"data_dir": str(folder), "keywords": keywords}, folder
+        "--readme-worker", {"data_dir": str(folder), "keywords": keywords, "feeds": feeds}, folder
     )
 
 
@@ -328,6 +330,10 @@ def readme_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     folder = Path(spec["data_dir"])
     settings = _settings(folder, "http://127.0.0.1:9/api/query")
+    if spec.get("feeds"):
+        settings = dataclasses.replace(
+            settings, feeds=dataclasses.replace(settings.feeds, enabled=True)
+        )
     store = SqlStore.from_settings(settings)
     store.migrate()
     window = next(_slices())
@@ -346,6 +352,15 @@ def readme_worker(spec: dict[str, Any]) -> dict[str, Any]:
     asyncio.run(render_snapshot(settings=settings, store=store, now=NOW))
     wall = time.perf_counter() - wall
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    feeds = sorted(settings.feeds_path.glob("*.atom")) if spec.get("feeds") else []
+    feed_sizes = [p.stat().st_size for p in feeds]
+    again_cpu = 0.0
+    again_changed = None
+    if spec.get("feeds"):  # the same database again: nothing may be rewritten
+        again_cpu = usage.ru_utime + usage.ru_stime
+        again_changed = asyncio.run(render_snapshot(settings=settings, store=store, now=NOW))
+        again = resource.getrusage(resource.RUSAGE_SELF)
+        again_cpu = again.ru_utime + again.ru_stime - again_cpu
     readme = settings.readme_path
     text = readme.read_text(encoding="utf-8")
     pages = sorted((readme.parent / "papers").glob("*.md"))
@@ -380,6 +395,11 @@ def readme_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "wall_s": wall,
         "peak_rss_mb": _peak_mb(),
         "rss_before_mb": before,
+        "feeds": len(feeds),
+        "feeds_bytes": sum(feed_sizes),
+        "largest_feed_bytes": max(feed_sizes, default=0),
+        "second_render_changed": again_changed,
+        "second_render_cpu_s": again_cpu,
     }
 
 
@@ -409,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adds", default="10,100", help="new keywords per row, comma-separated")
     parser.add_argument("--skip", default="", help="rows to leave out, e.g. 500000x100")
     parser.add_argument("--readme", type=int, default=0, help="instead: README check at K keywords")
+    parser.add_argument("--feeds", action="store_true", help="with --readme: feeds on too")
     parser.add_argument("--keep", default=str(Path(tempfile.gettempdir()) / "bench-new-keywords"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--readme-worker", help=argparse.SUPPRESS)
@@ -421,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     keep = Path(args.keep)
     if args.readme:
-        print(json.dumps(readme_check(args.readme, keep), indent=2))
+        print(json.dumps(readme_check(args.readme, keep, feeds=args.feeds), indent=2))
         return 0
     skip = set(filter(None, args.skip.split(",")))
     rows = []

@@ -332,6 +332,24 @@ class ReadmeSettings:
 
 
 @dataclass(frozen=True)
+class FeedsSettings:
+    """[feeds]"""
+
+    enabled: bool = _opt(
+        False,
+        "Write an Atom feed per keyword and feeds/index.opml next to the README (needs "
+        "readme.enabled); the web server serves them under /feeds/.",
+    )
+    entries: int = _opt(100, "Latest N papers in each keyword's feed.", _positive)
+    base_url: str = _opt(
+        "",
+        "Public URL of the feeds folder (e.g. https://lab.github.io/papers/feeds), for the "
+        "feeds' self links and the OPML. Empty: web.base_url + /feeds when set, else relative.",
+        _optional_http_url,
+    )
+
+
+@dataclass(frozen=True)
 class ScheduleSettings:
     """[schedule]"""
 
@@ -529,6 +547,7 @@ class Settings:
     keywords: KeywordSettings = field(default_factory=KeywordSettings)
     arxiv: ArxivSettings = field(default_factory=ArxivSettings)
     readme: ReadmeSettings = field(default_factory=ReadmeSettings)
+    feeds: FeedsSettings = field(default_factory=FeedsSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -562,6 +581,23 @@ class Settings:
     def readme_path(self) -> Path:
         """Where the README snapshot goes."""
         return Path(self.readme.path) if self.readme.path else self.data_path / "README.md"
+
+    @property
+    def feeds_path(self) -> Path:
+        """The feeds folder: `feeds/` next to the README, so whatever publishes the README
+        (a GitHub Pages site of its repository) publishes the feeds too."""
+        from digest.readme import FEEDS_DIR  # the README links into it by the same name
+
+        return self.readme_path.parent / FEEDS_DIR
+
+    @property
+    def feeds_base_url(self) -> str:
+        """Where the feeds are read publicly ('' when unknown: links stay relative)."""
+        if self.feeds.base_url:
+            return self.feeds.base_url.rstrip("/")
+        if self.web.base_url:
+            return self.web.base_url.rstrip("/") + "/feeds"
+        return ""
 
     @property
     def arxiv_is_real(self) -> bool:
@@ -807,7 +843,17 @@ def load_settings(
             "service.test_mode = true is not allowed while arxiv.api_url points at arXiv "
             f"({settings.arxiv.api_url}): it removes the delay arXiv's terms require"
         )
+    _check_together(settings)
     return settings
+
+
+def _check_together(settings: Settings) -> None:
+    """Checks across sections: what one setting needs from another."""
+    if settings.feeds.enabled and not settings.readme.enabled:
+        raise ConfigError(
+            "feeds.enabled = true needs readme.enabled = true: the feeds are written next to "
+            "the README, when it is rendered"
+        )
 
 
 def settings_for_tests(
@@ -828,7 +874,9 @@ def settings_for_tests(
     channels = {
         name: _build_section(name, cls, tables.get(name, {}), {}) for name, cls in extra.items()
     }
-    return Settings(**built, secrets=Secrets(), source="tests", channels=channels)
+    settings = Settings(**built, secrets=Secrets(), source="tests", channels=channels)
+    _check_together(settings)
+    return settings
 
 
 def starter_file(extensions: Extensions | None = None) -> str:

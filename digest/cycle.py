@@ -54,6 +54,7 @@ from digest.errors import (
     StoreError,
     crash_reason,
 )
+from digest.feeds import build_feeds, write_feeds
 from digest.monitoring import record_readme_failure
 from digest.platforms import record_delivery_refusal
 from digest.query import (
@@ -544,18 +545,22 @@ async def deliver(
 
 
 async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetime) -> bool:
-    """Re-render the README snapshot (and its pages, when it is an index); True when a file
-    changed (and it was committed if asked).
+    """Re-render the README snapshot (and its pages, when it is an index) and, with
+    feeds.enabled, the keywords' Atom feeds; True when a file changed (and it was committed if
+    asked).
 
-    Only public keywords get a section: an email reader's own query is never published, and
-    chat channels' queries only while keywords.publish_chat_queries is on.
+    Only public keywords get a section (and a feed): an email reader's own query is never
+    published, and chat channels' queries only while keywords.publish_chat_queries is on.
     """
     tracked = await asyncio.to_thread(store.list_keywords)
     chat = settings.keywords.publish_chat_queries
     keywords = [k.query for k in public_keywords(tracked, chat_queries=chat)]
     limit = settings.readme.max_papers
+    feeds = settings.feeds.enabled
     today = now.astimezone(ZoneInfo(settings.readme.timezone)).date()
-    latest = await asyncio.to_thread(store.latest_matches_by_keyword, limit)
+    latest = await asyncio.to_thread(
+        store.latest_matches_by_keyword, max(limit, settings.feeds.entries) if feeds else limit
+    )
     result = await asyncio.to_thread(
         partial(
             build_readme,
@@ -567,10 +572,14 @@ async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetim
             tz=settings.readme.timezone,
             max_bytes=settings.readme.max_bytes,
             totals={keyword: total for keyword, (_, total) in latest.items()},
+            feeds=feeds,
         )
     )
     path = settings.readme_path
     changed = await asyncio.to_thread(write_snapshot, path, result)
+    if feeds:
+        sections = [(keyword, latest.get(keyword, ([], 0))[0]) for keyword in keywords]
+        changed |= await asyncio.to_thread(partial(write_keyword_feeds, settings, sections))
     logger.info(
         "readme.rendered path=%s changed=%s layout=%s bytes=%d pages=%d",
         path,
@@ -582,6 +591,24 @@ async def render_snapshot(*, settings: Settings, store: PaperStore, now: datetim
     if changed and settings.readme.git_commit:
         outcome = await asyncio.to_thread(partial(commit_readme, path, today=today))
         logger.info("readme.git outcome=%s", outcome)
+    return changed
+
+
+def write_keyword_feeds(
+    settings: Settings, sections: Sequence[tuple[str, Sequence[Paper]]]
+) -> bool:
+    """Build and write every published keyword's feed and the OPML, one at a time (blocking:
+    run it in a thread); True when a file changed."""
+    files = build_feeds(
+        sections,
+        entries=settings.feeds.entries,
+        base_url=settings.feeds_base_url,
+        home_url=settings.readme.public_url,
+    )
+    changed = write_feeds(settings.feeds_path, files)
+    logger.info(
+        "feeds.rendered path=%s changed=%s feeds=%d", settings.feeds_path, changed, len(sections)
+    )
     return changed
 
 

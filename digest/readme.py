@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, tzinfo
 from functools import partial
 from pathlib import Path
@@ -37,6 +37,8 @@ GitOutcome = Literal["skipped", "unchanged", "committed", "pushed"]
 
 TEMPLATE = "README.md.j2"
 PAGES_DIR = "papers"  # next to the README: one page per keyword in the index layout
+FEEDS_DIR = "feeds"  # next to the README: an Atom feed per keyword (digest/feeds.py)
+OPML_NAME = "index.opml"  # in FEEDS_DIR: the list of every keyword's feed
 DEFAULT_MAX_PAPERS = 100  # DailyArXiv keeps the latest 100 per keyword
 DEFAULT_MAX_BYTES = 500_000  # GitHub stops rendering a README at 512 KB; leave some headroom
 FOLD_COMMENT_OVER = 20  # DailyArXiv folds comments longer than this into <details>
@@ -158,20 +160,30 @@ def page_slug(keyword: str) -> str:
     return f"{readable or 'keyword'}-{digest}"
 
 
+def feed_name(keyword: str) -> str:
+    """A keyword's Atom feed file in FEEDS_DIR: its page slug, so that README sections, pages
+    and feeds share one name."""
+    return f"{page_slug(keyword)}.atom"
+
+
 class _Parts:
     """The README's pieces, rendered once each: a paper's row is shared by every keyword."""
 
-    def __init__(self, *, link: LinkKind, tz: tzinfo) -> None:
+    def __init__(self, *, link: LinkKind, tz: tzinfo, feeds: bool = False) -> None:
         self._macros = get_environment().get_template(TEMPLATE).module
         self._link = link
         self._tz = tz
+        self._feeds = feeds
         self._rows: dict[tuple[str, int], str] = {}
 
     def header(self, today: date) -> str:
-        return str(self._macros.header(today.isoformat()))  # type: ignore[attr-defined]
+        opml = f"{FEEDS_DIR}/{OPML_NAME}" if self._feeds else None
+        return str(self._macros.header(today.isoformat(), opml))  # type: ignore[attr-defined]
 
-    def head(self, keyword: str) -> str:
-        return str(self._macros.section_head(keyword))  # type: ignore[attr-defined]
+    def head(self, keyword: str, up: str = "") -> str:
+        """A section's heading; `up` leads from the page it is on to the README's folder."""
+        feed = f"{up}{FEEDS_DIR}/{feed_name(keyword)}" if self._feeds else None
+        return str(self._macros.section_head(keyword, feed))  # type: ignore[attr-defined]
 
     def row(self, paper: Paper) -> str:
         key = (paper.arxiv_id, paper.version)
@@ -267,6 +279,7 @@ def layout_readme(
     tz: str | tzinfo = UTC,
     max_bytes: int = DEFAULT_MAX_BYTES,
     totals: Mapping[str, int] | None = None,
+    feeds: bool = False,
 ) -> ReadmeResult:
     """The README for (keyword, papers) pairs within `max_bytes`, in the first layout that fits.
 
@@ -276,9 +289,11 @@ def layout_readme(
     3. index: when even one row per keyword is too much, one line per keyword (papers, newest
        date, a link) and each keyword's table on its own page, `papers/<slug>.md`, each page
        within `max_bytes` too (a long index continues on `papers/index-2.md`, ...).
-    `totals` gives each keyword's number of stored papers (default: the rows it has).
+    `totals` gives each keyword's number of stored papers (default: the rows it has). With
+    `feeds` (feeds.enabled) each keyword's heading links to its Atom feed in `feeds/` and the
+    header says so; without it nothing differs from DailyArXiv's README.
     """
-    parts = _Parts(link=link, tz=_zone(tz))
+    parts = _Parts(link=link, tz=_zone(tz), feeds=feeds)
     totals = totals or {}
     built = [
         _section(parts, keyword, latest, totals.get(keyword, len(latest)))
@@ -362,8 +377,9 @@ def _page_renderer(parts: _Parts, section: _Section, max_bytes: int) -> Callable
 
     def render() -> str:
         lead = parts.page_head("../README.md")
-        count = _fit_even(parts, lead, [section], max_bytes) or 1
-        return lead + section.text(parts, count)
+        on_page = replace(section, head=parts.head(section.keyword, up="../"))
+        count = _fit_even(parts, lead, [on_page], max_bytes) or 1
+        return lead + on_page.text(parts, count)
 
     return render
 
@@ -392,6 +408,7 @@ def build_readme(
     tz: str | tzinfo = UTC,
     max_bytes: int = DEFAULT_MAX_BYTES,
     totals: Mapping[str, int] | None = None,
+    feeds: bool = False,
 ) -> ReadmeResult:
     """The README for the tracked keywords (display text, config/DB order), within the cap.
 
@@ -412,6 +429,7 @@ def build_readme(
         tz=tz,
         max_bytes=max_bytes,
         totals=totals,
+        feeds=feeds,
     )
     if result.warning:
         logger.warning("%s max_bytes=%d", result.warning, max_bytes)
@@ -567,8 +585,8 @@ def commit_readme(
     today: date | None = None,
     timeout: float = GIT_TIMEOUT,
 ) -> GitOutcome:
-    """Commit the README and its pages folder (nothing else) if in a git work tree; push if a
-    remote.
+    """Commit the README, its pages folder and its feeds folder (nothing else) if in a git
+    work tree; push if a remote.
 
     Returns "skipped" (not in a work tree), "unchanged" (nothing to commit), "committed" or
     "pushed". Failures raise `ReadmeError` with git's own reason and a hint.
@@ -580,10 +598,11 @@ def commit_readme(
         logger.warning("readme.git_skipped reason=not_a_work_tree path=%s", path)
         return "skipped"
     paths = [str(path)]
-    pages = folder / PAGES_DIR
-    tracked = _git(folder, "ls-files", "--", str(pages), timeout=timeout).stdout.strip()
-    if pages.exists() or tracked:
-        paths.append(str(pages))  # new, changed and removed pages of the index layout
+    for sub in (PAGES_DIR, FEEDS_DIR):  # the index layout's pages; feeds (GitHub Pages)
+        written = folder / sub
+        tracked = _git(folder, "ls-files", "--", str(written), timeout=timeout).stdout.strip()
+        if written.exists() or tracked:
+            paths.append(str(written))  # new, changed and removed files
     _git(folder, "add", "-A", "--", *paths, timeout=timeout)
     staged = _git(folder, "diff", "--cached", "--quiet", "--", *paths, timeout=timeout, check=False)
     if staged.returncode == 0:

@@ -6,7 +6,9 @@
   one-click, `/day`), from `digest.mail.pages`;
 - `GET /healthz`: JSON, 200 when the last cycle is recent by the schedule and the database
   answers, 503 with the reason otherwise (`digest.monitoring.assess_health`);
-- `GET /metrics`: Prometheus metrics (`digest.metrics`).
+- `GET /metrics`: Prometheus metrics (`digest.metrics`);
+- `GET /feeds/<slug>.atom` and `/feeds/index.opml` (feeds.enabled): the files the cycle wrote
+  next to the README (`digest.feeds`), with a strong ETag and Last-Modified, answering 304.
 
 Pages are server-rendered from `templates/web/*.html.j2` (autoescaped, `digest.web_pages`) with
 a strict Content-Security-Policy (no scripts at all) and `Referrer-Policy: no-referrer`, because
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,6 +32,7 @@ from aiohttp import web
 
 from digest.config import Settings
 from digest.errors import ConfigError, DailyPapersError
+from digest.feeds import content_type, is_feed_name, read_feed
 from digest.mail.pages import MAX_FORM_BYTES, SUBSCRIPTIONS_KEY, add_email_pages
 from digest.mail.signup import EmailSubscriptions, RateLimiter
 from digest.metrics import CONTENT_TYPE, Metrics
@@ -114,6 +118,49 @@ async def metrics_page(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+# -- /feeds/ ---------------------------------------------------------------------------------
+
+# Feed readers poll: let them (and proxies) keep a copy but ask every time; a 304 costs nothing.
+FEED_CACHE_CONTROL = "public, no-cache"
+
+
+def _not_modified(request: web.Request, etag: str, modified: datetime) -> bool:
+    """RFC 9110 13.2.2: If-None-Match decides when sent (weak comparison); else
+    If-Modified-Since (`modified` in whole seconds, as the header carries it)."""
+    if_none_match = request.if_none_match
+    if if_none_match is not None:
+        return any(tag.value in (etag, "*") for tag in if_none_match)
+    since = request.if_modified_since
+    return since is not None and modified <= since
+
+
+async def feed_file(request: web.Request) -> web.StreamResponse:
+    """A keyword's Atom feed or the OPML of them all: the bytes the last cycle wrote."""
+    settings = request.app[SETTINGS_KEY]
+    name = request.match_info["name"]
+    if not settings.feeds.enabled or not is_feed_name(name):
+        raise web.HTTPNotFound()
+    try:
+        written = await asyncio.to_thread(read_feed, settings.feeds_path, name)
+    except DailyPapersError as exc:
+        log.error("web.feed_failed name=%s error=%s", name, exc)
+        raise web.HTTPServiceUnavailable() from exc
+    if written is None:
+        raise web.HTTPNotFound()
+    etag = hashlib.sha256(written.data).hexdigest()[:32]  # strong: the same bytes, the same tag
+    modified = written.modified.replace(microsecond=0)  # HTTP dates have whole seconds
+    headers = {"Cache-Control": FEED_CACHE_CONTROL}
+    if _not_modified(request, etag, modified):
+        response = web.Response(status=304, headers=headers)
+    else:
+        response = web.Response(
+            body=written.data, headers={**headers, "Content-Type": content_type(name)}
+        )
+    response.etag = etag
+    response.last_modified = modified
+    return response
+
+
 async def index(request: web.Request) -> web.StreamResponse:
     """The root sends people to the sign-up form."""
     if request.app.get(SUBSCRIPTIONS_KEY) is None:
@@ -147,6 +194,7 @@ def build_web_app(
             web.get("/", index),
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_page),
+            web.get("/feeds/{name}", feed_file),
         ]
     )
     add_email_pages(app, subscriptions=subscriptions, form_limiter=form_limiter)

@@ -21,6 +21,7 @@ from digest.readme import (
     _redact,
     build_readme,
     commit_readme,
+    feed_name,
     layout_readme,
     page_slug,
     render_readme,
@@ -603,3 +604,73 @@ def test_commit_readme_commits_the_pages_too(repo: Path) -> None:
     assert commit_readme(path, today=REFERENCE_DAY) == "committed"
     assert f"papers/{page_slug('Topic 35')}.md" not in _git(repo, "ls-files")
     assert _git(repo, "status", "--porcelain") == ""
+
+
+# --- feeds (feeds.enabled) -------------------------------------------------------------------
+
+
+def test_feeds_on_link_each_heading_and_say_so_once_and_off_nothing_differs() -> None:
+    """With feeds each `## keyword` links to feeds/<slug>.atom and the header names the OPML;
+    every other line is the reference's, and without feeds the reference is unchanged."""
+    sections = _reference_sections()
+    off = layout_readme(sections, today=REFERENCE_DAY, max_bytes=10_000_000, feeds=False).text
+    assert off.encode("utf-8") == REFERENCE_README.read_bytes()
+    on = layout_readme(sections, today=REFERENCE_DAY, max_bytes=10_000_000, feeds=True).text
+    reference = REFERENCE_README.read_text(encoding="utf-8").splitlines()
+    lines = on.splitlines()
+    added = [
+        "Each keyword's heading links to its Atom feed; [feeds/index.opml](feeds/index.opml) "
+        "lists them all for a feed reader.",
+        "",
+    ]
+    at = reference.index("Last update: 2025-02-11")
+    assert lines[at : at + 2] == added
+    del lines[at : at + 2]
+    headings = {f"## [{k}](feeds/{feed_name(k)})": f"## {k}" for k, _ in sections}
+    assert [line for line in lines if line.startswith("## ")] == list(headings)
+    assert [headings.get(line, line) for line in lines] == reference
+    tokens = MarkdownIt("commonmark").enable("table").parse(on)
+    assert sum(1 for t in tokens if t.type == "table_open") == len(sections)
+
+
+def test_a_hostile_keyword_heading_link_stays_one_link() -> None:
+    """A keyword with brackets and markup still links its heading to its own feed only."""
+    keyword = "C++ ](http://evil) <b>x</b>"
+    text = layout_readme([(keyword, [_paper(1)])], today=REFERENCE_DAY, feeds=True).text
+    heading = next(line for line in text.splitlines() if line.startswith("## "))
+    links = [
+        t.attrGet("href")
+        for token in MarkdownIt("commonmark").parse(heading)
+        for t in token.children or []
+        if t.type == "link_open"
+    ]
+    assert links == [f"feeds/{feed_name(keyword)}"]
+
+
+def test_index_pages_link_their_heading_to_the_feed_one_folder_up() -> None:
+    """In the index layout a keyword's page sits in papers/: its heading links ../feeds/."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    sections = [
+        (f"Topic {k}", [_paper(k * 10 + i, abstract="w " * 300, updated=start) for i in range(3)])
+        for k in range(40)
+    ]
+    result = _layout(sections, 12_000, feeds=True)
+    assert result.layout == "index"
+    page = next(p for p in result.pages if p.keyword == "Topic 3").render()
+    assert f"## [Topic 3](../feeds/{feed_name('Topic 3')})\n" in page
+
+
+def test_commit_readme_commits_the_feeds_too(repo: Path) -> None:
+    """The feeds folder next to the README is committed with it (a GitHub Pages site serves
+    it), and a removed feed is committed as removed."""
+    path = repo / "README.md"
+    write_readme(path, "x\n")
+    feeds = repo / "feeds"
+    write_text_atomic(feeds / f"{page_slug('a')}.atom", "<feed/>\n")
+    write_text_atomic(feeds / "index.opml", "<opml/>\n")
+    assert commit_readme(path, today=REFERENCE_DAY) == "committed"
+    committed = set(_git(repo, "show", "--name-only", "--format=", "HEAD").splitlines())
+    assert committed == {"README.md", f"feeds/{page_slug('a')}.atom", "feeds/index.opml"}
+    (feeds / f"{page_slug('a')}.atom").unlink()
+    assert commit_readme(path, today=REFERENCE_DAY) == "committed"
+    assert _git(repo, "ls-files") == "README.md\nfeeds/index.opml"
