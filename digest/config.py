@@ -483,6 +483,14 @@ class DigestSettings:
     """[digest]"""
 
     archive_dir: str = _opt("", "One Markdown digest per day is written here ('' = off).")
+    relevance_from: int = _opt(
+        10,
+        "A keyword with at least this many papers in one email digest or chat post lists them "
+        "most relevant first (learned from its earlier matches), so the email's 'and N more' "
+        "cut drops the least relevant; shorter lists stay newest first (0 = always newest "
+        "first). The README and the Markdown digest keep newest first.",
+        _non_negative,
+    )
 
 
 @dataclass(frozen=True)

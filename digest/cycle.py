@@ -66,6 +66,7 @@ from digest.query import (
     to_arxiv,
 )
 from digest.readme import build_readme, commit_readme, write_snapshot
+from digest.relevance import broad_keywords, rank_keywords, with_relevance
 from digest.store import OutcomeCounts, PaperStore
 from digest.translate import Translator
 from digest.translation import translate_for_readers
@@ -411,6 +412,33 @@ async def _with_translations(store: PaperStore, settings: Settings, batch: Batch
     return replace(batch, language=language, translations=found)
 
 
+async def _with_relevance_order(
+    settings: Settings, store: PaperStore, batches: Sequence[Batch], *, now: datetime
+) -> list[Batch]:
+    """The batches with their broad keywords in relevance order, ranked once per keyword for
+    every target (digest.relevance). Never stops delivery: on any failure the papers stay
+    newest first."""
+    threshold = settings.digest.relevance_from
+    wanted = broad_keywords(batches, threshold)
+    if not wanted:
+        return list(batches)
+    zone = ZoneInfo(settings.service.timezone)
+    day_start = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), tzinfo=zone)
+    try:
+        ranked = await asyncio.to_thread(partial(rank_keywords, store, wanted, before=day_start))
+    except Exception as exc:  # ordering is a nicety: a failure must never hold up delivery
+        logger.exception("relevance.failed error=%s", crash_reason(exc))
+        return list(batches)
+    logger.info(
+        "relevance.ranked keywords=%d papers=%d background=%d seconds=%.2f",
+        len(ranked.orders),
+        ranked.papers,
+        ranked.background,
+        ranked.seconds,
+    )
+    return [with_relevance(batch, ranked.orders, threshold) for batch in batches]
+
+
 class DeliveryHalted(StoreError):
     """Delivery stopped because an outcome could not be recorded; nothing more was sent."""
 
@@ -488,6 +516,7 @@ async def deliver(
     if not batches:
         return None
     await asyncio.to_thread(store.check_writable)
+    batches = await _with_relevance_order(settings, store, batches, now=now)
     limits = {kind: asyncio.Semaphore(DELIVERY_CONCURRENCY) for kind in channels}
     finished = 0
     halted: str | None = None
