@@ -15,7 +15,7 @@ from bot.discord_channel import DiscordChannel, use_api_url
 from bot.slack_channel import SlackChannel, build_web_client
 from digest.config import Settings, settings_for_tests
 from digest.cycle import _Tally, deliver, render_snapshot
-from digest.domain import Paper, Target
+from digest.domain import OutcomeKind, Paper, Target
 from digest.mail import OPTION_CONFIRMED
 from digest.mail.channel import EmailChannel
 from digest.mail.links import EmailLinks
@@ -311,3 +311,30 @@ async def test_discord_post_lists_on_topic_first(tmp_path: Path, sqlite_store: S
     posted = [re.findall(r"2503\.\d{5}", e["url"])[0] for e in embeds]
     assert len(posted) == 12
     assert set(posted[:6]) == {p.arxiv_id for p in on_topic}
+
+
+async def test_a_retried_batch_is_ordered_as_before(tmp_path: Path, sqlite_store: SqlStore) -> None:
+    """A post that failed is re-sent next time in the same order: the order comes from stored
+    data, not from the run."""
+    seed_history(sqlite_store)
+    on_topic, off_topic = todays_papers(6, 6)
+    owe(sqlite_store, [Target("slack", "C1")], BROAD, [*on_topic, *off_topic])
+    settings = settings_for_tests(service={"data_dir": str(tmp_path)})
+    failing = RecordingChannel(kind="slack", answer=OutcomeKind.RETRY, error="500")
+    await run_delivery(settings, sqlite_store, {"slack": failing})
+    healthy = RecordingChannel(kind="slack")
+    later = NOW + timedelta(hours=2)  # past the retry backoff, the same day
+    await deliver(
+        settings=settings,
+        store=sqlite_store,
+        channels={"slack": healthy},
+        now=later,
+        tally=_Tally(),
+    )
+    (first,) = failing.batches
+    (second,) = healthy.batches
+    assert list(first.ranks) == [BROAD]
+    assert second.ranks == first.ranks
+    assert [p.arxiv_id for _, ps in second.by_keyword() for p in ps] == [
+        p.arxiv_id for _, ps in first.by_keyword() for p in ps
+    ]
