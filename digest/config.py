@@ -479,6 +479,31 @@ class TranslationSettings:
 
 
 @dataclass(frozen=True)
+class SummarySettings:
+    """[summary]"""
+
+    enabled: bool = _opt(
+        False,
+        "Show a one-sentence TL;DR of each paper in email digests, chat posts and the Markdown "
+        "digest, written by [translation]'s provider (its base_url, TRANSLATION_API_KEY, "
+        "timeout, retries, concurrency and max_age_days). A paper whose TL;DR is not ready by "
+        "the deadline is delivered without one.",
+    )
+    model: str = _opt("", "Model name ('' = translation.model).")
+    prompt: str = _opt(
+        "",
+        "System prompt ('' = the built-in one: one plain English sentence of at most 30 words "
+        "saying what the paper does and finds).",
+    )
+    deadline_seconds: float = _opt(
+        60.0,
+        "Longest time a cycle spends writing TL;DRs before it delivers (after translation's "
+        "own deadline; the rest waits for the next cycle).",
+        _positive,
+    )
+
+
+@dataclass(frozen=True)
 class DigestSettings:
     """[digest]"""
 
@@ -546,6 +571,7 @@ class Settings:
     email: EmailSettings = field(default_factory=EmailSettings)
     web: WebSettings = field(default_factory=WebSettings)
     translation: TranslationSettings = field(default_factory=TranslationSettings)
+    summary: SummarySettings = field(default_factory=SummarySettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
     secrets: Secrets = field(default_factory=Secrets, repr=False)
     source: str = "defaults"  # where the settings came from, for messages

@@ -68,6 +68,7 @@ from digest.query import (
 from digest.readme import build_readme, commit_readme, write_snapshot
 from digest.relevance import broad_keywords, rank_keywords, with_relevance
 from digest.store import OutcomeCounts, PaperStore
+from digest.summary import OpenAISummarizer, stored_summaries, summarize_new_papers
 from digest.translate import Translator
 from digest.translation import translate_for_readers
 
@@ -401,13 +402,17 @@ async def backfill_keywords(
 
 
 async def _with_translations(store: PaperStore, settings: Settings, batch: Batch) -> Batch:
-    """Attach the stored translations the batch's target wants (never waits for a provider)."""
+    """Attach the stored translations the batch's target wants, and the stored TL;DRs when
+    `[summary]` is on (never waits for a provider)."""
+    ids = [p.arxiv_id for p in batch.papers]
+    if settings.summary.enabled:
+        summaries = await asyncio.to_thread(stored_summaries, store, ids)
+        batch = replace(batch, summaries=summaries)
     language = batch.options.get("language") or (
         settings.translation.language if batch.target.kind == "email" else ""
     )
     if not language or language == "off":
         return batch
-    ids = [p.arxiv_id for p in batch.papers]
     found = await asyncio.to_thread(store.get_translations, ids, language)
     return replace(batch, language=language, translations=found)
 
@@ -720,6 +725,7 @@ async def run_cycle(
     now: Callable[[], datetime] = utcnow,
     progress: Progress = _no_progress,
     translator: Translator | None = None,
+    summarizer: OpenAISummarizer | None = None,
     stop_reason: StopReason = _never_stop,
 ) -> RunReport:
     """Run one full daily cycle and return (and record) its report; never raises for arXiv.
@@ -778,6 +784,14 @@ async def run_cycle(
         ):
             if step.error:
                 tally.warnings.append(f"translation ({step.language}): {step.error}")
+    stopped = stop_reason()
+    if summarizer is not None and stopped is None:
+        # Bounded by summary.deadline_seconds and never raising, as translation is.
+        step = await summarize_new_papers(
+            settings=settings, store=store, summarizer=summarizer, now=started_at
+        )
+        if step.error:
+            tally.warnings.append(f"summary: {step.error}")
     stopped = stop_reason()
     if stopped is None:
         try:

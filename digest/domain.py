@@ -283,6 +283,9 @@ class Batch:
     translations: dict[str, tuple[str, str]] = field(
         default_factory=dict, compare=False, hash=False
     )
+    # One-sentence TL;DRs of this batch's papers, by arxiv_id (`[summary]`); a paper missing
+    # here is shown without one (a summary never blocks delivery).
+    summaries: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     # A broad keyword's relevance order: keyword -> arxiv_id -> place (0 = most relevant).
     # Filled by the cycle (digest.relevance) for the keywords that need it; every channel
     # reads it through `by_keyword`, so none of them knows about ranking.
