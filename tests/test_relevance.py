@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bot.apprise_channel import AppriseChannel
 from bot.discord_channel import DiscordChannel, use_api_url
 from bot.slack_channel import SlackChannel, build_web_client
 from digest.config import Settings, settings_for_tests
@@ -24,6 +25,7 @@ from digest.relevance import broad_keywords, rank_keywords
 from storage.sql_store import SqlStore
 from tests.fakes.discord_api import FakeDiscord
 from tests.fakes.recording_channel import RecordingChannel
+from tests.fakes.recording_http import RecordingHttpServer
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
 from tests.fakes.smtp import FakeSmtpServer, email_settings, smtp_server
 from tests.mail_helpers import parse_html, parts
@@ -338,3 +340,22 @@ async def test_a_retried_batch_is_ordered_as_before(tmp_path: Path, sqlite_store
     assert [p.arxiv_id for _, ps in second.by_keyword() for p in ps] == [
         p.arxiv_id for _, ps in first.by_keyword() for p in ps
     ]
+
+
+async def test_apprise_notification_lists_on_topic_first(
+    tmp_path: Path, sqlite_store: SqlStore
+) -> None:
+    """The recording HTTP server behind a json:// target receives the papers most relevant
+    first."""
+    seed_history(sqlite_store)
+    on_topic, off_topic = todays_papers(6, 6)
+    settings = settings_for_tests(service={"data_dir": str(tmp_path)})
+    async with RecordingHttpServer() as server:
+        url = f"json://127.0.0.1:{server.port}/hook"
+        owe(sqlite_store, [Target("apprise", url)], BROAD, [*on_topic, *off_topic])
+        await run_delivery(settings, sqlite_store, {"apprise": AppriseChannel()})
+        (request,) = server.received
+    body = request.json()["message"]
+    posted = list(dict.fromkeys(re.findall(r"arxiv\.org/abs/(2503\.\d{5})v\d", body)))
+    assert len(posted) == 12
+    assert set(posted[:6]) == {p.arxiv_id for p in on_topic}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,18 @@ import pytest
 
 from bot.apprise_channel import render_notification
 from bot.discord_channel import render_embed
-from bot.slack_channel import render_paper
+from bot.slack_channel import SlackChannel, build_web_client, render_paper
 from digest.archive import render_digest_markdown
 from digest.arxiv_source import ArxivSource
+from digest.channels import send_all
 from digest.config import Settings, settings_for_tests
 from digest.cycle import run_cycle
 from digest.domain import Batch, Delivery, Paper, RunReport, Target
+from digest.mail import OPTION_CONFIRMED
+from digest.mail.channel import EmailChannel
 from digest.mail.links import EmailLinks
 from digest.mail.render import render_digest
+from digest.mail.smtp import SmtpPool
 from digest.summary import (
     SUMMARY_KEY,
     SYSTEM_PROMPT,
@@ -34,8 +39,9 @@ from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
 from tests.fakes.openai_api import FakeOpenAI, Slow, serve_openai
 from tests.fakes.recording_channel import RecordingChannel
-from tests.fakes.smtp import email_settings
-from tests.mail_helpers import parse_html
+from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
+from tests.fakes.smtp import email_settings, smtp_server
+from tests.mail_helpers import parse_html, parts
 from tests.reference_papers import load_reference_papers
 
 REFERENCE_DAY = datetime(2025, 2, 11, 12, 0, tzinfo=UTC)
@@ -338,3 +344,45 @@ def test_a_hostile_summary_is_inert_in_the_markdown_digest(
     assert "```" not in line
     assert markdown.count("\n---\n") == 1
     assert not any(line.startswith("# Heading") for line in markdown.splitlines())
+
+
+async def test_a_hostile_summary_arrives_inert_at_slack_and_smtp(
+    hostile_summary: tuple[Paper, str], sqlite_store: SqlStore
+) -> None:
+    """At the wire: the fake Slack API gets the TL;DR escaped; the SMTP server gets it escaped
+    in the HTML part, with no link to the model's URLs."""
+    paper, stored = hostile_summary
+    async with FakeSlackApi() as slack:
+        client = build_web_client(
+            token=BOT_TOKEN, api_url=slack.api_url, connection_retry_delay=0.0
+        )
+        await send_all(SlackChannel(client=client), _batch(paper, stored))
+        posted = "\n".join(
+            block["text"]["text"]
+            for call in slack.posted()
+            for block in call.params["blocks"]
+            if "text" in block
+        )
+    (line,) = [line for line in posted.splitlines() if line.startswith("TL;DR: ")]
+    assert "&lt;!channel&gt;" in line
+    assert "<" not in line
+    async with smtp_server() as smtp:
+        settings = email_settings(smtp, base_url="https://papers.lab.org")
+        channel = EmailChannel(
+            settings=settings,
+            store=sqlite_store,
+            links=EmailLinks.from_settings(settings),
+            pool=SmtpPool(hostname="127.0.0.1", port=smtp.port, security="none", size=1),
+            clock=lambda: REFERENCE_DAY,
+        )
+        batch = replace(
+            _batch(paper, stored, "email", "alice@lab.example.org"),
+            options={OPTION_CONFIRMED: REFERENCE_DAY.isoformat()},
+        )
+        await send_all(channel, batch)
+        await channel.close()
+        (received,) = smtp.messages
+    text, html = parts(received.message)
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert not any("evil" in link for link in parse_html(html).links)
+    assert "TL;DR: " in text
