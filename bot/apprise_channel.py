@@ -288,6 +288,7 @@ class PaperView:
     translated_title: str | None
     comment: str | None
     abstract: str
+    summary: str | None = None  # the one-sentence TL;DR ([summary])
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +316,7 @@ def notification_title(batch: Batch) -> str:
 
 def _view(paper: Paper, batch: Batch, abstract_chars: int) -> PaperView:
     translated = batch.translations.get(paper.arxiv_id)
+    summary = batch.summaries.get(paper.arxiv_id)
     meta = " · ".join(
         part
         for part in (
@@ -333,6 +335,7 @@ def _view(paper: Paper, batch: Batch, abstract_chars: int) -> PaperView:
         abstract=defuse_mentions(shorten(paper.abstract, abstract_chars))
         if abstract_chars > 0
         else "",
+        summary=defuse_mentions(summary) if summary else None,
     )
 
 

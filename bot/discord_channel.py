@@ -52,6 +52,7 @@ MAX_AUTHOR_NAME = 256
 MAX_CONTENT = 2000  # plain message content
 MAX_NONCE = 25  # characters of a message nonce
 # Our own choices.
+MAX_SUMMARY = 400  # a TL;DR is one sentence (digest.summary keeps it under 300 characters)
 ABSTRACT_CHARS = 600  # enough to judge a paper; keeps 5-8 papers per message instead of 3
 EMBED_COLOUR = 0xB31B1B  # arXiv's red
 MAX_RATELIMIT_WAIT = 60.0  # seconds; a longer 429 wait fails the batch, retried next cycle
@@ -128,13 +129,17 @@ def render_embed(
     keyword: str,
     *,
     translated_title: str | None = None,
+    summary: str | None = None,
     abstract_chars: int = ABSTRACT_CHARS,
 ) -> discord.Embed:
-    """One paper as an embed, every part within Discord's per-field limits."""
+    """One paper as an embed, every part within Discord's per-field limits; a translated title
+    and a TL;DR (a model's text) are escaped like the paper's own (`fit`)."""
     description = ""
     if translated_title:
         # Under the original title, as the translation issue asks; italic marks it as a rendering.
         description = "*" + fit(translated_title, MAX_TITLE) + "*\n\n"
+    if summary:
+        description += "**TL;DR:** " + fit(summary, MAX_SUMMARY) + "\n\n"
     description += fit(paper.abstract, min(abstract_chars, MAX_DESCRIPTION - len(description)))
     embed = discord.Embed(
         title=fit(paper.title, MAX_TITLE),
@@ -199,6 +204,7 @@ def render_messages(batch: Batch, *, abstract_chars: int = ABSTRACT_CHARS) -> li
                 paper,
                 keyword,
                 translated_title=translated[0] if translated else None,
+                summary=batch.summaries.get(paper.arxiv_id),
                 abstract_chars=abstract_chars,
             )
             owed = tuple(

@@ -138,12 +138,17 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def render_paper(paper: Paper, translated_title: str | None = None) -> str:
-    """One paper as mrkdwn: bold linked title, translation, authors · date · category, comment."""
+def render_paper(
+    paper: Paper, translated_title: str | None = None, summary: str | None = None
+) -> str:
+    """One paper as mrkdwn: bold linked title, translation, TL;DR, authors · date · category,
+    comment. The translation and the TL;DR are a model's text: inert (`escape_model_text`)."""
     title = _shorten(_one_line(paper.title), 1000)
     lines = [f"*<{paper.abs_url}|{escape_mrkdwn(title)}>*"]
     if translated_title:
         lines.append(f"_{escape_model_text(_shorten(_one_line(translated_title), 500))}_")
+    if summary:
+        lines.append("TL;DR: " + escape_model_text(_shorten(_one_line(summary), 500)))
     meta = [
         authors_line(paper),
         paper.updated.date().isoformat(),
@@ -206,7 +211,9 @@ def build_messages(batch: Batch) -> tuple[str, list[_Message]]:
         carried: list[tuple[str, str]] = []
         for paper in papers:
             translated = batch.translations.get(paper.arxiv_id)
-            text = render_paper(paper, translated[0] if translated else None)
+            text = render_paper(
+                paper, translated[0] if translated else None, batch.summaries.get(paper.arxiv_id)
+            )
             if chunk and len("\n\n".join([*chunk, text])) > MAX_SECTION_CHARS:
                 add_block(_section("\n\n".join(chunk)), carried)
                 chunk, carried = [], []

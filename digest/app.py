@@ -37,6 +37,7 @@ from digest.errors import ConfigError, CycleStopped
 from digest.lease import Lease, hold_lease
 from digest.schedule import latest_fire_time
 from digest.store import PaperStore
+from digest.summary import OpenAISummarizer, build_summarizer
 from digest.translate import Translator, build_translator
 from storage.sql_store import SqlStore
 
@@ -142,6 +143,7 @@ class CycleRunner:
     progress: Progress = _no_progress
     now: Callable[[], datetime] = utcnow
     translator: Translator | None = None  # None: translation is not configured
+    summarizer: OpenAISummarizer | None = None  # None: [summary] is off
     on_busy: Callable[[LeaseHolder], None] | None = None  # hears who holds the lease we wait for
     on_report: Callable[[RunReport], None] | None = None  # hears each cycle run here (metrics)
 
@@ -219,6 +221,7 @@ class CycleRunner:
                         now=self.now,
                         progress=self.progress,
                         translator=self.translator,
+                        summarizer=self.summarizer,
                         stop_reason=self._stop_reason(lease),
                     )
                     if self.on_report is not None:
@@ -270,6 +273,9 @@ async def open_runner(
         translator = build_translator(settings)
         if translator is not None:
             await stack.enter_async_context(translator)  # closes its HTTP session
+        summarizer = build_summarizer(settings)
+        if summarizer is not None:
+            await stack.enter_async_context(summarizer)
         yield CycleRunner(
             settings=settings,
             store=store,
@@ -277,6 +283,7 @@ async def open_runner(
             channels=channels,
             progress=progress,
             translator=translator,
+            summarizer=summarizer,
             now=now,
         )
 

@@ -27,6 +27,7 @@ from digest.errors import ConfigError
 from digest.readme import write_text_atomic
 from digest.render import collapse_ws, get_environment
 from digest.store import PaperStore
+from digest.summary import stored_summaries
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class DigestEntry:
     abstract: tuple[str, ...]  # lines, shown as one paragraph (arXiv's own line breaks)
     translated_title: str = ""
     translated_abstract: tuple[str, ...] = ()  # paragraphs
+    summary: str = ""  # the one-sentence TL;DR ([summary]), one line; '' when there is none
 
     @property
     def translated(self) -> bool:
@@ -80,9 +82,10 @@ def translated_paragraphs(source: str, translation: str) -> tuple[str, ...]:
     return parts
 
 
-def _entry(paper: Paper, translation: tuple[str, str] | None) -> DigestEntry:
+def _entry(paper: Paper, translation: tuple[str, str] | None, summary: str) -> DigestEntry:
     title, abstract = translation if translation else ("", "")
     return DigestEntry(
+        summary=collapse_ws(summary),
         # A title or author list is one Markdown line; a line break in it would end the heading.
         title=collapse_ws(paper.title),
         authors=collapse_ws(", ".join(paper.authors)),
@@ -97,17 +100,24 @@ def render_digest_markdown(
     papers: Sequence[Paper],
     translations: Mapping[str, tuple[str, str]],
     language: str | None,
+    summaries: Mapping[str, str] | None = None,
 ) -> str:
     """The Markdown digest of `papers` in the order given, with `language` lines when known.
 
     `translations` maps arxiv id -> (title, abstract) in `language`; `language` None or ''
-    (translation off) leaves every translated line out.
+    (translation off) leaves every translated line out. `summaries` (arxiv id -> TL;DR) adds a
+    `**TL;DR**` line to the papers that have one.
     """
+    summaries = summaries or {}
     unique: dict[str, Paper] = {}
     for paper in papers:
         unique.setdefault(paper.arxiv_id, paper)
     entries = [
-        _entry(paper, translations.get(paper.arxiv_id) if language else None)
+        _entry(
+            paper,
+            translations.get(paper.arxiv_id) if language else None,
+            summaries.get(paper.arxiv_id, ""),
+        )
         for paper in unique.values()
     ]
     template = get_environment().get_template(TEMPLATE)
@@ -133,7 +143,12 @@ def render_day(settings: Settings, store: PaperStore, day: date) -> tuple[str, i
         if language and papers
         else {}
     )
-    text = render_digest_markdown(papers, translations, language)
+    summaries = (
+        stored_summaries(store, [p.arxiv_id for p in papers])
+        if settings.summary.enabled and papers
+        else {}
+    )
+    text = render_digest_markdown(papers, translations, language, summaries)
     return text, len(papers), len(translations)
 
 

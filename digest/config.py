@@ -497,10 +497,43 @@ class TranslationSettings:
 
 
 @dataclass(frozen=True)
+class SummarySettings:
+    """[summary]"""
+
+    enabled: bool = _opt(
+        False,
+        "Show a one-sentence TL;DR of each paper in email digests, chat posts and the Markdown "
+        "digest, written by [translation]'s provider (its base_url, TRANSLATION_API_KEY, "
+        "timeout, retries, concurrency and max_age_days). A paper whose TL;DR is not ready by "
+        "the deadline is delivered without one.",
+    )
+    model: str = _opt("", "Model name ('' = translation.model).")
+    prompt: str = _opt(
+        "",
+        "System prompt ('' = the built-in one: one plain English sentence of at most 30 words "
+        "saying what the paper does and finds).",
+    )
+    deadline_seconds: float = _opt(
+        60.0,
+        "Longest time a cycle spends writing TL;DRs before it delivers (after translation's "
+        "own deadline; the rest waits for the next cycle).",
+        _positive,
+    )
+
+
+@dataclass(frozen=True)
 class DigestSettings:
     """[digest]"""
 
     archive_dir: str = _opt("", "One Markdown digest per day is written here ('' = off).")
+    relevance_from: int = _opt(
+        10,
+        "A keyword with at least this many papers in one email digest or chat post lists them "
+        "most relevant first (learned from its earlier matches), so the email's 'and N more' "
+        "cut drops the least relevant; shorter lists stay newest first (0 = always newest "
+        "first). The README and the Markdown digest keep newest first.",
+        _non_negative,
+    )
 
 
 @dataclass(frozen=True)
@@ -557,6 +590,7 @@ class Settings:
     email: EmailSettings = field(default_factory=EmailSettings)
     web: WebSettings = field(default_factory=WebSettings)
     translation: TranslationSettings = field(default_factory=TranslationSettings)
+    summary: SummarySettings = field(default_factory=SummarySettings)
     digest: DigestSettings = field(default_factory=DigestSettings)
     secrets: Secrets = field(default_factory=Secrets, repr=False)
     source: str = "defaults"  # where the settings came from, for messages

@@ -67,7 +67,9 @@ from digest.query import (
     to_arxiv,
 )
 from digest.readme import build_readme, commit_readme, write_snapshot
+from digest.relevance import broad_keywords, rank_keywords, with_relevance
 from digest.store import OutcomeCounts, PaperStore
+from digest.summary import OpenAISummarizer, stored_summaries, summarize_new_papers
 from digest.translate import Translator
 from digest.translation import translate_for_readers
 
@@ -401,15 +403,46 @@ async def backfill_keywords(
 
 
 async def _with_translations(store: PaperStore, settings: Settings, batch: Batch) -> Batch:
-    """Attach the stored translations the batch's target wants (never waits for a provider)."""
+    """Attach the stored translations the batch's target wants, and the stored TL;DRs when
+    `[summary]` is on (never waits for a provider)."""
+    ids = [p.arxiv_id for p in batch.papers]
+    if settings.summary.enabled:
+        summaries = await asyncio.to_thread(stored_summaries, store, ids)
+        batch = replace(batch, summaries=summaries)
     language = batch.options.get("language") or (
         settings.translation.language if batch.target.kind == "email" else ""
     )
     if not language or language == "off":
         return batch
-    ids = [p.arxiv_id for p in batch.papers]
     found = await asyncio.to_thread(store.get_translations, ids, language)
     return replace(batch, language=language, translations=found)
+
+
+async def _with_relevance_order(
+    settings: Settings, store: PaperStore, batches: Sequence[Batch], *, now: datetime
+) -> list[Batch]:
+    """The batches with their broad keywords in relevance order, ranked once per keyword for
+    every target (digest.relevance). Never stops delivery: on any failure the papers stay
+    newest first."""
+    threshold = settings.digest.relevance_from
+    wanted = broad_keywords(batches, threshold)
+    if not wanted:
+        return list(batches)
+    zone = ZoneInfo(settings.service.timezone)
+    day_start = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), tzinfo=zone)
+    try:
+        ranked = await asyncio.to_thread(partial(rank_keywords, store, wanted, before=day_start))
+    except Exception as exc:  # ordering is a nicety: a failure must never hold up delivery
+        logger.exception("relevance.failed error=%s", crash_reason(exc))
+        return list(batches)
+    logger.info(
+        "relevance.ranked keywords=%d papers=%d background=%d seconds=%.2f",
+        len(ranked.orders),
+        ranked.papers,
+        ranked.background,
+        ranked.seconds,
+    )
+    return [with_relevance(batch, ranked.orders, threshold) for batch in batches]
 
 
 class DeliveryHalted(StoreError):
@@ -489,6 +522,7 @@ async def deliver(
     if not batches:
         return None
     await asyncio.to_thread(store.check_writable)
+    batches = await _with_relevance_order(settings, store, batches, now=now)
     limits = {kind: asyncio.Semaphore(DELIVERY_CONCURRENCY) for kind in channels}
     finished = 0
     halted: str | None = None
@@ -718,6 +752,7 @@ async def run_cycle(
     now: Callable[[], datetime] = utcnow,
     progress: Progress = _no_progress,
     translator: Translator | None = None,
+    summarizer: OpenAISummarizer | None = None,
     stop_reason: StopReason = _never_stop,
 ) -> RunReport:
     """Run one full daily cycle and return (and record) its report; never raises for arXiv.
@@ -776,6 +811,14 @@ async def run_cycle(
         ):
             if step.error:
                 tally.warnings.append(f"translation ({step.language}): {step.error}")
+    stopped = stop_reason()
+    if summarizer is not None and stopped is None:
+        # Bounded by summary.deadline_seconds and never raising, as translation is.
+        step = await summarize_new_papers(
+            settings=settings, store=store, summarizer=summarizer, now=started_at
+        )
+        if step.error:
+            tally.warnings.append(f"summary: {step.error}")
     stopped = stop_reason()
     if stopped is None:
         try:

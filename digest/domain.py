@@ -283,9 +283,17 @@ class Batch:
     translations: dict[str, tuple[str, str]] = field(
         default_factory=dict, compare=False, hash=False
     )
+    # One-sentence TL;DRs of this batch's papers, by arxiv_id (`[summary]`); a paper missing
+    # here is shown without one (a summary never blocks delivery).
+    summaries: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # A broad keyword's relevance order: keyword -> arxiv_id -> place (0 = most relevant).
+    # Filled by the cycle (digest.relevance) for the keywords that need it; every channel
+    # reads it through `by_keyword`, so none of them knows about ranking.
+    ranks: dict[str, dict[str, int]] = field(default_factory=dict, compare=False, hash=False)
 
     def by_keyword(self) -> list[tuple[str, list[Paper]]]:
-        """Group the papers by keyword (keywords in first-seen order, papers newest first).
+        """Group the papers by keyword (keywords in first-seen order; papers in the keyword's
+        relevance order when `ranks` has one, else newest first).
 
         A paper that matches two keywords of the same target appears under both: the reader
         subscribed to both and each heading should be complete.
@@ -298,10 +306,16 @@ class Batch:
                 continue
             ids.add(delivery.paper.arxiv_id)
             groups.setdefault(delivery.keyword, []).append(delivery.paper)
-        return [
-            (keyword, sorted(papers, key=lambda p: (p.updated, p.arxiv_id), reverse=True))
-            for keyword, papers in groups.items()
-        ]
+        return [(keyword, self._ordered(keyword, papers)) for keyword, papers in groups.items()]
+
+    def _ordered(self, keyword: str, papers: list[Paper]) -> list[Paper]:
+        """Newest first, then (stable sort) by the keyword's relevance order when it has one;
+        a paper the order does not know goes after the ranked ones."""
+        newest = sorted(papers, key=lambda p: (p.updated, p.arxiv_id), reverse=True)
+        order = self.ranks.get(keyword)
+        if not order:
+            return newest
+        return sorted(newest, key=lambda p: order.get(p.arxiv_id, len(order)))
 
     @property
     def papers(self) -> list[Paper]:

@@ -169,6 +169,15 @@ class PaperStore(Protocol):
         """The newest `limit` papers matching `query`, by last-updated date, newest first."""
         ...
 
+    def matches_stored_before(self, query: str, before: datetime, limit: int) -> list[Paper]:
+        """The newest `limit` papers matching `query` first stored before `before` (or by a
+        backfill): a keyword's history without the day's papers (relevance order's positives)."""
+        ...
+
+    def recent_papers(self, limit: int) -> list[Paper]:
+        """The newest `limit` stored papers by last-updated date (relevance order's background)."""
+        ...
+
     def latest_matches_by_keyword(self, limit: int) -> dict[str, tuple[list[Paper], int]]:
         """Every tracked keyword's newest `limit` papers and its total number of matches."""
         ...

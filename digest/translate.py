@@ -15,6 +15,7 @@ import asyncio
 import logging
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -265,8 +266,13 @@ def clean_answer(answer: str, *, one_line: bool) -> str:
     return collapse_ws(text) if one_line else text
 
 
-class OpenAITranslator:
-    """A `Translator` over an OpenAI-compatible `/chat/completions` endpoint."""
+class OpenAIChat:
+    """The one client of an OpenAI-compatible `/chat/completions` endpoint, shared by
+    translation and summaries: the request, the API key, the per-request timeout, the bound on
+    requests in flight, and the bounded retries (stamina, Retry-After obeyed) of a 429, a 5xx,
+    a timeout or an answer its caller rejects. Subclasses say what to ask and what to accept."""
+
+    MODEL_SETTING = "translation.model"  # named when the provider does not know the model
 
     def __init__(
         self,
@@ -293,23 +299,20 @@ class OpenAITranslator:
         self._owns_session = session is None
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, session: aiohttp.ClientSession | None = None
-    ) -> OpenAITranslator:
-        """The translator `[translation]` describes (no waits between retries in test mode)."""
+    def provider_options(cls, settings: Settings) -> dict[str, Any]:
+        """The constructor's arguments `[translation]` gives every client of the provider
+        (no waits between retries in test mode); the model is each client's own."""
         section = settings.translation
         test_mode = settings.service.test_mode
-        return cls(
-            base_url=section.base_url,
-            model=section.model,
-            api_key=settings.secrets.translation_api_key,
-            timeout=section.timeout_seconds,
-            attempts=section.retries + 1,
-            wait_initial=0.0 if test_mode else 1.0,
-            wait_max=0.0 if test_mode else section.backoff_max_seconds,
-            concurrency=section.concurrency,
-            session=session,
-        )
+        return {
+            "base_url": section.base_url,
+            "api_key": settings.secrets.translation_api_key,
+            "timeout": section.timeout_seconds,
+            "attempts": section.retries + 1,
+            "wait_initial": 0.0 if test_mode else 1.0,
+            "wait_max": 0.0 if test_mode else section.backoff_max_seconds,
+            "concurrency": section.concurrency,
+        }
 
     async def __aenter__(self) -> Self:
         return self
@@ -323,7 +326,7 @@ class OpenAITranslator:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session this translator opened (an injected one is left open)."""
+        """Close the HTTP session this client opened (an injected one is left open)."""
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -333,24 +336,19 @@ class OpenAITranslator:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    async def translate(self, paper: Paper, language: str) -> TranslationResult:
-        """The paper's title and abstract in `language`; failures become a result, not raised."""
-        title_source = collapse_ws(paper.title)
-        abstract_source = paper.abstract.strip()
+    async def _guarded(
+        self, paper: Paper, event: str, work: Callable[[], Awaitable[Translation]], **fields: str
+    ) -> TranslationResult:
+        """Run `work` for one paper; every failure becomes a result (logged as `event.*`)."""
+        shown = "".join(f" {name}={value}" for name, value in fields.items())
         try:
-            # One after the other, the abstract first: when it fails the paper is skipped
-            # without a wasted title request; papers run side by side instead (the step's
-            # concurrency). A paper without an abstract has only its title to translate.
-            if not abstract_source:
-                title = await self._translate_text(title_source, language, one_line=True)
-                return TranslationResult(paper.arxiv_id, Translation(title=title, abstract=""))
-            abstract = await self._translate_text(abstract_source, language, one_line=False)
-            title = await self._translate_title(paper, title_source, language)
+            return TranslationResult(paper.arxiv_id, await work())
         except _Refused as exc:
             logger.warning(
-                "translate.refused arxiv_id=%s language=%s fatal=%s error=%s",
+                "%s.refused arxiv_id=%s%s fatal=%s error=%s",
+                event,
                 paper.arxiv_id,
-                language,
+                shown,
                 exc.fatal,
                 exc,
             )
@@ -358,36 +356,12 @@ class OpenAITranslator:
         except (_BadAnswer, _Throttled, aiohttp.ClientError, TimeoutError) as exc:
             reason = str(exc) or type(exc).__name__
             logger.warning(
-                "translate.skipped arxiv_id=%s language=%s error=%s",
-                paper.arxiv_id,
-                language,
-                reason,
+                "%s.skipped arxiv_id=%s%s error=%s", event, paper.arxiv_id, shown, reason
             )
             return TranslationResult(paper.arxiv_id, None, reason)
         except Exception as exc:  # the guard: a bug here must not stop the cycle's delivery
-            logger.exception("translate.crashed arxiv_id=%s language=%s", paper.arxiv_id, language)
+            logger.exception("%s.crashed arxiv_id=%s%s", event, paper.arxiv_id, shown)
             return TranslationResult(paper.arxiv_id, None, f"{type(exc).__name__}: {exc}")
-        return TranslationResult(paper.arxiv_id, Translation(title=title, abstract=abstract))
-
-    async def _translate_title(self, paper: Paper, source: str, language: str) -> str:
-        """The title's translation, or '' when it fails for any reason but a refused key:
-        a good abstract translation is never thrown away for its title, and the paper is not
-        asked for again (the title is then shown in English only)."""
-        try:
-            return await self._translate_text(source, language, one_line=True)
-        except _Refused as exc:
-            if exc.fatal:
-                raise
-            reason = str(exc)
-        except (_BadAnswer, _Throttled, aiohttp.ClientError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-        logger.warning(
-            "translate.title_skipped arxiv_id=%s language=%s error=%s",
-            paper.arxiv_id,
-            language,
-            reason,
-        )
-        return ""
 
     def _should_retry(self, exc: Exception) -> bool | float:
         """stamina's hook: which failures are worth another request, and when (Retry-After)."""
@@ -397,8 +371,19 @@ class OpenAITranslator:
             return True
         return isinstance(exc, _BadAnswer | aiohttp.ClientError | TimeoutError)
 
-    async def _translate_text(self, text: str, language: str, *, one_line: bool) -> str:
-        """One text translated and checked, retried within the configured attempts."""
+    async def _ask(
+        self,
+        system: str,
+        text: str,
+        *,
+        max_tokens: int,
+        accept: Callable[[str, str | None], tuple[str, str]],
+    ) -> str:
+        """One answer to `text` under `system`, retried within the configured attempts.
+
+        `accept(answer, finish_reason)` gives (the cleaned answer, why it is unusable or '');
+        an unusable answer is asked for again.
+        """
         async for attempt in stamina.retry_context(
             on=self._should_retry,
             attempts=self._attempts,
@@ -408,25 +393,23 @@ class OpenAITranslator:
             wait_jitter=min(1.0, self._wait_max),
         ):
             with attempt:
-                answer, finish_reason = await self._complete(text, language)
-                cleaned = clean_answer(answer, one_line=one_line)
-                problem = check_answer(text, cleaned, language, finish_reason=finish_reason)
+                answer, finish_reason = await self._complete(system, text, max_tokens)
+                cleaned, problem = accept(answer, finish_reason)
                 if problem:
                     raise _BadAnswer(problem)
                 return cleaned
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
-    async def _complete(self, text: str, language: str) -> tuple[str, str | None]:
+    async def _complete(self, system: str, text: str, max_tokens: int) -> tuple[str, str | None]:
         """One chat-completions request: (the answer's text, its finish_reason)."""
         payload = {
             "model": self._model,
             "messages": [
-                {"role": "system", "content": system_prompt(language)},
+                {"role": "system", "content": system},
                 {"role": "user", "content": text},
             ],
             "temperature": 0,
-            # A translation takes about as many tokens as the source has characters or fewer.
-            "max_tokens": MAX_TOKENS_FLOOR + len(text),
+            "max_tokens": max_tokens,
             "stream": False,
         }
         headers = {"Content-Type": "application/json"}
@@ -456,7 +439,7 @@ class OpenAITranslator:
             if status == 404:
                 raise _Refused(
                     f"HTTP 404 from {self._url}: check translation.base_url and "
-                    f"translation.model ({self._model!r})",
+                    f"{self.MODEL_SETTING} ({self._model!r})",
                     fatal=True,
                 )
             if status >= 400:
@@ -466,6 +449,69 @@ class OpenAITranslator:
             except ValueError as exc:
                 raise _BadAnswer("answer is not JSON") from exc
         return _read_completion(body)
+
+
+class OpenAITranslator(OpenAIChat):
+    """A `Translator` over an OpenAI-compatible `/chat/completions` endpoint."""
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, session: aiohttp.ClientSession | None = None
+    ) -> OpenAITranslator:
+        """The translator `[translation]` describes (no waits between retries in test mode)."""
+        return cls(
+            model=settings.translation.model, session=session, **cls.provider_options(settings)
+        )
+
+    async def translate(self, paper: Paper, language: str) -> TranslationResult:
+        """The paper's title and abstract in `language`; failures become a result, not raised."""
+        title_source = collapse_ws(paper.title)
+        abstract_source = paper.abstract.strip()
+
+        async def work() -> Translation:
+            # One after the other, the abstract first: when it fails the paper is skipped
+            # without a wasted title request; papers run side by side instead (the step's
+            # concurrency). A paper without an abstract has only its title to translate.
+            if not abstract_source:
+                title = await self._translate_text(title_source, language, one_line=True)
+                return Translation(title=title, abstract="")
+            abstract = await self._translate_text(abstract_source, language, one_line=False)
+            title = await self._translate_title(paper, title_source, language)
+            return Translation(title=title, abstract=abstract)
+
+        return await self._guarded(paper, "translate", work, language=language)
+
+    async def _translate_title(self, paper: Paper, source: str, language: str) -> str:
+        """The title's translation, or '' when it fails for any reason but a refused key:
+        a good abstract translation is never thrown away for its title, and the paper is not
+        asked for again (the title is then shown in English only)."""
+        try:
+            return await self._translate_text(source, language, one_line=True)
+        except _Refused as exc:
+            if exc.fatal:
+                raise
+            reason = str(exc)
+        except (_BadAnswer, _Throttled, aiohttp.ClientError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+        logger.warning(
+            "translate.title_skipped arxiv_id=%s language=%s error=%s",
+            paper.arxiv_id,
+            language,
+            reason,
+        )
+        return ""
+
+    async def _translate_text(self, text: str, language: str, *, one_line: bool) -> str:
+        """One text translated and checked, retried within the configured attempts."""
+
+        def accept(answer: str, finish_reason: str | None) -> tuple[str, str]:
+            cleaned = clean_answer(answer, one_line=one_line)
+            return cleaned, check_answer(text, cleaned, language, finish_reason=finish_reason)
+
+        # A translation takes about as many tokens as the source has characters or fewer.
+        return await self._ask(
+            system_prompt(language), text, max_tokens=MAX_TOKENS_FLOOR + len(text), accept=accept
+        )
 
 
 def _read_completion(body: Any) -> tuple[str, str | None]:

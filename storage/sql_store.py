@@ -871,6 +871,36 @@ class SqlStore:
             ).all()
         return [_paper(r) for r in rows]
 
+    def matches_stored_before(self, query: str, before: datetime, limit: int) -> list[Paper]:
+        """The newest `limit` papers matching `query` (as `latest_matches` orders them) that
+        were first stored before `before` or by a backfill (history, never delivered)."""
+        with self._transaction() as conn:
+            keyword_id = self._keyword_id(conn, query)
+            if keyword_id is None:
+                return []
+            rows = conn.execute(
+                select(*_PAPER_COLUMNS)
+                .join(MatchRow, MatchRow.arxiv_id == PaperRow.arxiv_id)
+                .where(
+                    MatchRow.keyword_id == keyword_id,
+                    or_(PaperRow.first_seen < as_utc(before), PaperRow.backfilled.is_(True)),
+                )
+                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
+                .limit(limit)
+            ).all()
+        return [_paper(r) for r in rows]
+
+    def recent_papers(self, limit: int) -> list[Paper]:
+        """The newest `limit` stored papers by last-updated date (ties: id descending), read
+        through the index on `updated`: the cost follows `limit`, not the database."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(*_PAPER_COLUMNS)
+                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
+                .limit(limit)
+            ).all()
+        return [_paper(r) for r in rows]
+
     def latest_matches_by_keyword(self, limit: int) -> dict[str, tuple[list[Paper], int]]:
         """For every tracked keyword: its newest `limit` papers (as `latest_matches` orders
         them) and how many papers it matches in all.

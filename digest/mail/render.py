@@ -60,6 +60,7 @@ class Entry:
     abstract: str
     translation: tuple[str, str] | None
     other_keywords: tuple[str, ...]
+    summary: str = ""  # the one-sentence TL;DR ([summary]), one line; '' when there is none
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ def _entry(paper: Paper, batch: Batch, keywords: Sequence[str]) -> Entry:
         if translation
         else None,
         other_keywords=tuple(keywords),
+        summary=collapse_ws(batch.summaries.get(paper.arxiv_id, "")),
     )
 
 
