@@ -86,23 +86,41 @@ def test_the_cut_takes_a_ranking_and_drops_a_left_out_paper_everywhere() -> None
     items = [(1, "a", p) for p in papers[:4]] + [(2, "b", p) for p in papers[2:]]
     sections = digest_sections(batch_for(ALICE, items))
     assert [len(s.also) for s in sections] == [0, 2]
-    in_order = keep_papers(sections, 3)
-    assert [[e.arxiv_id for e in s.entries] for s in in_order] == [
-        [p.arxiv_id for p in papers[:3]],
-        [],
+    in_turns = keep_papers(sections, 3)
+    # Turns: a's first, b's first (its first own entry), a's second; "also" lines follow.
+    assert [[e.arxiv_id for e in s.entries] for s in in_turns] == [
+        [p.arxiv_id for p in papers[:2]],
+        [papers[4].arxiv_id],
     ]
-    assert [(s.omitted, s.total) for s in in_order] == [(1, 4), (3, 4)]
-    assert [e.arxiv_id for e in in_order[1].also] == [papers[2].arxiv_id]
+    assert [(s.omitted, s.total) for s in in_turns] == [(2, 4), (3, 4)]
+    assert [e.arxiv_id for e in in_turns[1].also] == []
 
-    def newest_last(entries: Sequence[Entry]) -> Sequence[Entry]:
-        return list(reversed(entries))
+    def last_section_first(sections: Sequence[Section]) -> Sequence[Entry]:
+        return [entry for section in reversed(sections) for entry in section.entries]
 
-    ranked = keep_papers(sections, 2, rank=newest_last)
+    ranked = keep_papers(sections, 2, rank=last_section_first)
     assert [[e.arxiv_id for e in s.entries] for s in ranked] == [
         [],
         [p.arxiv_id for p in papers[4:]],
     ]
     assert [(s.omitted, s.total) for s in ranked] == [(4, 4), (2, 4)]
+
+
+def test_a_cut_keeps_every_keywords_first_papers() -> None:
+    """Three keywords, room for half the papers: each keeps its first papers, none is dropped."""
+    papers = many_papers(30, abstract_words=5)
+    items = [
+        (1, keyword, p)
+        for keyword, chunk in zip("abc", (papers[:18], papers[18:24], papers[24:]), strict=True)
+        for p in chunk
+    ]
+    sections = digest_sections(batch_for(ALICE, items))
+    kept = keep_papers(sections, 15)
+    assert [len(s.entries) for s in kept] == [5, 5, 5]
+    assert [[e.arxiv_id for e in s.entries] for s in kept] == [
+        [e.arxiv_id for e in s.entries[:5]] for s in sections
+    ]
+    assert [s.omitted for s in kept] == [13, 1, 1]
 
 
 def test_without_a_web_server_the_rest_is_on_the_readme_or_just_counted() -> None:

@@ -4,7 +4,8 @@ Jinja2 templates under `templates/email/`, HTML autoescaped and its CSS inlined 
 (dark-mode and narrow-screen rules stay in a <style> element), and a plain-text part folded at
 76 columns (`fold_text`). A digest's HTML part stays under MAX_HTML_BYTES, where Gmail would
 clip it and hide the footer: `fit_sections` keeps the best-ranked papers that fit (a
-`Ranking`; the digest's own order by default) and the rest are counted per keyword and linked
+`Ranking`; by default each keyword's papers take turns, each keyword in its own order, so every
+keyword keeps its first papers and loses its last) and the rest are counted per keyword and linked
 to the reader's day (`EmailLinks.day_url`). `digest.mail.mime` makes a message of the result.
 """
 
@@ -176,25 +177,35 @@ def digest_sections(batch: Batch) -> list[Section]:
 # -- what fits in one email -----------------------------------------------------------------
 
 # Puts a digest's papers in the order they deserve a place in the email, best first. The cut
-# keeps the first ones that fit; the default keeps the digest's own order (a relevance ranking
-# plugs in here).
-Ranking = Callable[[Sequence[Entry]], Sequence[Entry]]
+# keeps the first ones that fit.
+Ranking = Callable[[Sequence[Section]], Sequence[Entry]]
 
 
-def in_digest_order(entries: Sequence[Entry]) -> Sequence[Entry]:
-    """The default ranking: the papers in the order the digest lists them."""
-    return entries
+def in_turns(sections: Sequence[Section]) -> list[Entry]:
+    """The default ranking: each keyword's first paper, then each one's second, and so on.
+
+    A section lists its papers in the order the batch gives them (most relevant first for a
+    broad keyword, newest first otherwise: `Batch.by_keyword`), so a cut drops the end of every
+    long section, its least relevant papers, instead of whole sections at the end of the email.
+    """
+    depth = max((len(section.entries) for section in sections), default=0)
+    return [
+        section.entries[position]
+        for position in range(depth)
+        for section in sections
+        if position < len(section.entries)
+    ]
 
 
 def keep_papers(
-    sections: Sequence[Section], keep: int, *, rank: Ranking = in_digest_order
+    sections: Sequence[Section], keep: int, *, rank: Ranking = in_turns
 ) -> list[Section]:
     """The sections showing only the `keep` best-ranked papers; each counts what it leaves out.
 
     A paper left out disappears from every keyword it matches (also from "Also matches"
     lines, whose link would point at nothing) and is counted in each of them.
     """
-    ranked = rank([entry for section in sections for entry in section.entries])
+    ranked = rank(sections)
     chosen = {entry.arxiv_id for entry in list(ranked)[: max(keep, 0)]}
     cut: list[Section] = []
     for section in sections:
@@ -211,7 +222,7 @@ def fit_sections(
     *,
     max_bytes: int = MAX_HTML_BYTES,
     min_entry_bytes: int = MIN_ENTRY_BYTES,
-    rank: Ranking = in_digest_order,
+    rank: Ranking = in_turns,
 ) -> tuple[list[Section], str]:
     """The sections to show and their rendering (`render`): every paper when it fits in
     `max_bytes`, else as many of the best-ranked as fit (the footer is part of what must fit).
@@ -336,7 +347,7 @@ def render_digest(
     timezone: str,
     list_name: str,
     max_html_bytes: int = MAX_HTML_BYTES,
-    rank: Ranking = in_digest_order,
+    rank: Ranking = in_turns,
 ) -> RenderedEmail:
     """The digest email of one batch, its HTML part under `max_html_bytes`.
 
