@@ -149,6 +149,21 @@ class PaperStore(Protocol):
         """The stored papers of these ids (unknown ids are left out)."""
         ...
 
+    def recent_papers(self, limit: int) -> list[Paper]:
+        """The `limit` most recently updated stored papers, newest first."""
+        ...
+
+    # -- like: models -----------------------------------------------------------------------
+    def load_similarity_model(self, query: str) -> tuple[str, bytes] | None:
+        """The cached model of a `like:` keyword: (seed key, SimilarityModel JSON), or None."""
+        ...
+
+    def save_similarity_model(
+        self, query: str, *, seed_key: str, model: bytes, now: datetime
+    ) -> bool:
+        """Keep (or replace) a tracked keyword's model; False when the keyword is not tracked."""
+        ...
+
     def commit_harvest(
         self,
         *,
