@@ -37,6 +37,7 @@ from bot.discord_channel import LOGIN_REFUSED, split_text, use_api_url
 from digest.config import Settings
 from digest.domain import Target, TargetKind
 from digest.errors import PlatformUnreachable
+from digest.likes import SeedSource
 from digest.platforms import NETWORK_ERRORS, describe_error, start_supervisor
 from digest.store import PaperStore
 
@@ -259,6 +260,7 @@ def build_bot(
     request_backfill: Callable[[str], None],
     extra_commands: Sequence[Command] = (),
     ack_seconds: float = ACK_SECONDS,
+    seed_source: SeedSource | None = None,
 ) -> PapersBot:
     """The bot with its command service, configured from the settings (REST at discord.api_url)."""
     use_api_url(settings.discord.api_url)
@@ -270,6 +272,7 @@ def build_bot(
         command_name="/" + settings.discord.command,
         extra_commands=extra_commands,
         ask_admin="ask a server admin, or anyone with the Manage Channels permission",
+        seed_source=seed_source,
     )
     return PapersBot(
         service=service,
@@ -316,6 +319,7 @@ class DiscordApp:
         store: PaperStore,
         request_backfill: Callable[[str], None],
         extra_commands: Sequence[Command] = (),
+        seed_source: SeedSource | None = None,
     ) -> DiscordApp | None:
         """The app for these settings, or None when DISCORD_BOT_TOKEN is not set."""
         token = settings.secrets.discord_bot_token
@@ -328,6 +332,7 @@ class DiscordApp:
                 store=store,
                 request_backfill=request_backfill,
                 extra_commands=extra_commands,
+                seed_source=seed_source,
             )
 
         return cls(make_bot=make_bot, token=token)
@@ -416,12 +421,17 @@ async def start_discord(
     request_backfill: Callable[[str], None],
     stack: AsyncExitStack,
     extra_commands: Sequence[Command] = (),
+    seed_source: SeedSource | None = None,
 ) -> DiscordApp | None:
     """`serve`'s entry point: keep the bot connected in the background (digest.platforms'
     supervisor, stopped with `stack`); returns at once, Discord up or not. None when
     DISCORD_BOT_TOKEN is not set."""
     app = DiscordApp.from_settings(
-        settings, store=store, request_backfill=request_backfill, extra_commands=extra_commands
+        settings,
+        store=store,
+        request_backfill=request_backfill,
+        extra_commands=extra_commands,
+        seed_source=seed_source,
     )
     if app is None:
         return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -170,20 +171,27 @@ def select_like(
     return found
 
 
-def latest_like(
-    store: PaperStore, text: str, *, now: datetime, limit: int | None = None
-) -> tuple[list[Paper], SimilarityModel]:
+@dataclass(frozen=True, slots=True)
+class LikePreview:
+    """What a `like:` keyword would have sent this week."""
+
+    papers: tuple[Paper, ...]  # every selected paper, best first
+    considered: int  # stored papers of the week it chose from
+    model: SimilarityModel
+
+
+def latest_like(store: PaperStore, text: str, *, now: datetime) -> LikePreview:
     """What the keyword would have sent this week: the stored papers submitted in the last 7
-    days that its model selects, best first (at most `limit`), and the model."""
+    days (seeds left out) that its model selects, best first."""
     model = like_model(store, text, now=now)
     seeds = {arxiv_id for arxiv_id, _ in model.seeds}
     week = [p for p in store.papers_submitted_since(now - WEEK) if p.arxiv_id not in seeds]
-    chosen = select(model, week)
-    return (chosen if limit is None else chosen[:limit]), model
+    return LikePreview(papers=tuple(select(model, week)), considered=len(week), model=model)
 
 
 __all__ = [
     "WEEK",
+    "LikePreview",
     "SeedSource",
     "latest_like",
     "like_keywords",
