@@ -89,7 +89,7 @@ class PapersGroup(app_commands.Group):
     @app_commands.command()
     @app_commands.describe(**_argument_help("subscribe"))
     async def subscribe(self, interaction: discord.Interaction, query: str) -> None:
-        """Post new arXiv papers matching a query to this channel every day."""
+        """Post new arXiv papers matching a query (or like:ID,ID,ID papers) here daily."""
         await self.bot.run_command(interaction, invocation_text("subscribe", query))
 
     @app_commands.command()
@@ -111,7 +111,7 @@ class PapersGroup(app_commands.Group):
         query: str,
         n: app_commands.Range[int, 1, LATEST_MAX] | None = None,
     ) -> None:
-        """Show the newest stored papers for a query (n up to 20)."""
+        """Show the newest papers for a query, or this week's for like: (n up to 20)."""
         await self.bot.run_command(interaction, invocation_text("latest", query, n))
 
     @app_commands.command(name="help")
