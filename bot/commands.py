@@ -28,7 +28,7 @@ from digest.errors import DailyPapersError, QueryError
 from digest.likes import SeedSource, latest_like, resolve_like
 from digest.query import parse_query, query_key
 from digest.render import get_environment, short_authors
-from digest.similar import SimilarityError, is_like_query
+from digest.similar import SimilarityError, canonical_like, is_like_query
 from digest.store import PaperStore
 from digest.translate import language_name, translation_configured
 
@@ -297,6 +297,11 @@ def _find(subs: Sequence[Subscription], text: str) -> Subscription | None:
     if text.isdigit():
         index = int(text) - 1
         return subs[index] if 0 <= index < len(subs) else None
+    if is_like_query(text):
+        try:
+            text = canonical_like(text)  # the same seeds in any order, with or without versions
+        except SimilarityError:
+            return None
     key = query_key(text)
     return next((s for s in subs if query_key(s.keyword) == key), None)
 
@@ -373,6 +378,7 @@ async def _subscribe(service: CommandService, inv: Invocation, args: str) -> Rep
             count=count,
             papers=newest,
             backfilling=backfilling,
+            like=is_like_query(query),
         ),
         public=True,
     )

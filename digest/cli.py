@@ -334,11 +334,16 @@ _ORIGIN_WORDS = {"operator": "database", "chat": "chat channel", "email": "email
 def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Add, list or remove tracked keywords stored in the database."""
     from digest.app import open_store
+    from digest.similar import canonical_like, is_like_query, parse_like
 
     loaded = settings()
     status = EXIT_OK
     if args.action == "add":
-        queries = [parse_query(text) for text in args.queries]  # validate all before storing
+        for text in args.queries:  # validate all before storing (like: seeds: below)
+            if is_like_query(text):
+                parse_like(text)
+            else:
+                parse_query(text)
     store = open_store(loaded)
     try:
         if args.action == "list":
@@ -349,10 +354,14 @@ def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> 
                 count = store.count_matches(keyword.query)
                 print(f"{keyword.query}\t({origin}{listed}, {count} matching papers stored)")
         elif args.action == "add":
-            for query in queries:
-                added = store.add_keyword(query.text)
+            for raw in args.queries:
+                if is_like_query(raw):
+                    text = _resolve_like(loaded, store, raw)
+                else:
+                    text = parse_query(raw).text
+                added = store.add_keyword(text)
                 state = "added; backfilled on the next run" if added else "already tracked"
-                print(f"{query.text}: {state}")
+                print(f"{text}: {state}")
         else:
             # The config file's keywords come back on the next run: say where to remove them.
             in_config = {query_key(q) for q in loaded.keywords.queries}
@@ -365,6 +374,8 @@ def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> 
                     )
                     status = EXIT_USAGE
                     continue
+                if is_like_query(text):
+                    text = canonical_like(text)
                 removed = store.remove_keyword(text)
                 print(f"{text}: {'removed' if removed else 'not tracked'}")
     finally:
@@ -830,8 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
         "queries",
         nargs="+",
         metavar="QUERY",
-        help='a phrase like "diffusion models" or arXiv syntax like '
-        "'ti:\"graph neural\" AND cat:cs.LG'",
+        help='a phrase like "diffusion models", arXiv syntax like '
+        "'ti:\"graph neural\" AND cat:cs.LG', or like:ID,ID,ID (3 to 50 seed papers, "
+        "fetched from arXiv once)",
     )
     kw.add_parser("list", help="list tracked keywords, where each comes from and its papers")
     kw_rm = kw.add_parser("remove", help="stop tracking keywords added here or from chat")

@@ -492,3 +492,20 @@ def test_like_from_an_export_with_too_few_arxiv_papers_is_refused(
         assert store.list_subscriptions() == []
     finally:
         store.close()
+
+
+def test_keywords_add_and_remove_like(
+    like_workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keywords add like:...` checks the seeds on arXiv and tracks the canonical text;
+    `keywords remove` takes the seeds in any order."""
+    from tests.like_helpers import like_corpus
+
+    corpus = like_corpus()
+    assert main(["keywords", "add", corpus.like]) == 0
+    assert (
+        capsys.readouterr().out.strip() == f"{corpus.canonical}: added; backfilled on the next run"
+    )
+    reordered = "like:" + ",".join(sorted(p.arxiv_id for p in corpus.seeds))
+    assert main(["keywords", "remove", reordered.replace(",", " ")]) == 0
+    assert capsys.readouterr().out.strip() == f"{corpus.canonical}: removed"
