@@ -253,7 +253,14 @@ async def harvest(
     if likes:
         started = time.perf_counter()
         models = await asyncio.to_thread(
-            partial(like_models, store, likes, now=now, warnings=tally.warnings)
+            partial(
+                like_models,
+                store,
+                likes,
+                now=now,
+                warnings=tally.warnings,
+                incoming=fetch.papers,  # a first cycle's background: not stored yet
+            )
         )
         selected = await asyncio.to_thread(select_like, models, [*fresh, *revised])
         for text, ids in selected.items():

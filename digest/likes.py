@@ -96,10 +96,13 @@ def like_model(
     *,
     now: datetime,
     params: SimilarityParams = DEFAULT_PARAMS,
+    incoming: Sequence[Paper] = (),
 ) -> SimilarityModel:
     """The keyword's model: the cached one while its stored seeds are unchanged, otherwise
-    trained against the most recent stored papers and cached. SimilarityError when a seed is
-    not stored, there are too few stored papers, or the seeds share no topic."""
+    trained against the most recent stored papers (and the `incoming` ones a harvest is about
+    to store, so the first cycle of a new installation has a background) and cached.
+    SimilarityError when a seed is not stored, there are too few papers to compare with, or
+    the seeds share no topic."""
     query = parse_like(text)
     seeds = store.papers_by_id(query.seeds)
     if len(seeds) < len(query.seeds):
@@ -119,7 +122,7 @@ def like_model(
         return model
     started = time.perf_counter()
     # The seeds may be among the most recent papers: read enough to keep max_background others.
-    background = store.recent_papers(params.max_background + len(seeds))
+    background = [*incoming, *store.recent_papers(params.max_background + len(seeds))]
     model = train_similarity(seeds, background, params=params)
     store.save_similarity_model(query.text, seed_key=model.seed_key, model=model.dumps(), now=now)
     log.info(
@@ -135,14 +138,19 @@ def like_model(
 
 
 def like_models(
-    store: PaperStore, texts: Collection[str], *, now: datetime, warnings: list[str]
+    store: PaperStore,
+    texts: Collection[str],
+    *,
+    now: datetime,
+    warnings: list[str],
+    incoming: Sequence[Paper] = (),
 ) -> dict[str, SimilarityModel]:
-    """The model of each `like:` keyword that has one; a keyword without (too few stored
-    papers yet, seeds lost) is skipped with a warning for the run report."""
+    """The model of each `like:` keyword that has one; a keyword without (too few papers yet,
+    seeds lost) is skipped with a warning for the run report."""
     models: dict[str, SimilarityModel] = {}
     for text in texts:
         try:
-            models[text] = like_model(store, text, now=now)
+            models[text] = like_model(store, text, now=now, incoming=incoming)
         except SimilarityError as exc:
             log.warning("like.skipped query=%r error=%s", text, exc)
             warnings.append(f"keyword {text!r} selects nothing this cycle: {exc}")

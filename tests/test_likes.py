@@ -242,3 +242,25 @@ def test_export_without_references_is_empty() -> None:
     """Text that is neither BibTeX nor RIS holds no reference."""
     found = arxiv_ids_from_export("just some words about arXiv:2501.09733\n")
     assert (found.ids, found.entries, found.without_id) == ((), 0, 0)
+
+
+async def test_first_cycle_of_a_new_installation_delivers_like_papers(
+    server: ArxivStandIn, settings: Settings, source: ArxivSource
+) -> None:
+    """With no stored papers but the seeds, the harvest's own papers are the background: the
+    first cycle already delivers what the model selects."""
+    corpus = like_corpus()
+    db = SqlStore.from_settings(settings)
+    db.migrate()
+    try:
+        query, _ = resolve_like(db, source, corpus.like, now=NOW)
+        db.add_subscription(TARGET, query.text, now=NOW - timedelta(days=3))
+        server.add_papers(corpus.week)
+        slack = RecordingChannel(kind="slack")
+        report = await _cycle(settings, db, slack, 0)
+        assert report.ok, report.error
+        assert not [w for w in report.warnings if "selects nothing" in w]
+        delivered = set(slack.sent_ids(TARGET))
+        assert len(delivered & corpus.week_of_topic) >= 0.7 * len(corpus.week_of_topic)
+    finally:
+        db.close()
