@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 from digest.config import Settings
 from digest.domain import Subscription, Target
 from digest.errors import DailyPapersError, QueryError
+from digest.likes import SeedSource, latest_like, resolve_like
 from digest.query import parse_query, query_key
 from digest.render import get_environment, short_authors
+from digest.similar import SimilarityError, canonical_like, is_like_query
 from digest.store import PaperStore
 from digest.translate import language_name, translation_configured
 
@@ -181,8 +183,12 @@ class CommandService:
         command_name: str = "/papers",
         extra_commands: Sequence[Command] = (),
         ask_admin: str = "ask a workspace admin",
+        seed_source: SeedSource | None = None,
     ) -> None:
         self.store = store
+        # Fetches `like:` seed papers from arXiv (the cycle's ArxivSource, paced with it);
+        # without one, only seeds already stored can be used.
+        self.seed_source = seed_source
         self.settings = settings
         self.markup: ChatMarkup = markup if markup is not None else PlainMarkup()
         self.command_name = command_name
@@ -291,6 +297,11 @@ def _find(subs: Sequence[Subscription], text: str) -> Subscription | None:
     if text.isdigit():
         index = int(text) - 1
         return subs[index] if 0 <= index < len(subs) else None
+    if is_like_query(text):
+        try:
+            text = canonical_like(text)  # the same seeds in any order, with or without versions
+        except SimilarityError:
+            return None
     key = query_key(text)
     return next((s for s in subs if query_key(s.keyword) == key), None)
 
@@ -302,14 +313,34 @@ async def _tracked_spelling(service: CommandService, query: str) -> str | None:
     return next((k.query for k in keywords if query_key(k.query) == key), None)
 
 
+async def _resolve_like(service: CommandService, text: str) -> str:
+    """The canonical text of a `like:` query whose seeds exist and are not withdrawn (they are
+    fetched from arXiv once and stored); SimilarityError with a one-line reason otherwise."""
+    query, _ = await service.call_store(
+        resolve_like, service.store, service.seed_source, text, now=service.now()
+    )
+    return query.text
+
+
+def _refuse_like(service: CommandService, exc: SimilarityError) -> Reply:
+    """A bad `like:` query's one-line reason, only to the user."""
+    return Reply(text=service.markup.escape(str(exc)), ok=False)
+
+
 async def _subscribe(service: CommandService, inv: Invocation, args: str) -> Reply:
     command = service.commands["subscribe"]
     if not args:
         return service.refuse(command, "Say which papers to follow.")
-    try:
-        query = parse_query(args).text
-    except QueryError as exc:
-        return service.refuse(command, f"That query does not work: {exc}")
+    if is_like_query(args):
+        try:
+            query = await _resolve_like(service, args)
+        except SimilarityError as exc:
+            return _refuse_like(service, exc)
+    else:
+        try:
+            query = parse_query(args).text
+        except QueryError as exc:
+            return service.refuse(command, f"That query does not work: {exc}")
     store = service.store
     subs = await service.call_store(store.list_subscriptions, inv.target)
     existing = _find(subs, query) if not query.isdigit() else None
@@ -347,6 +378,7 @@ async def _subscribe(service: CommandService, inv: Invocation, args: str) -> Rep
             count=count,
             papers=newest,
             backfilling=backfilling,
+            like=is_like_query(query),
         ),
         public=True,
     )
@@ -404,6 +436,8 @@ async def _latest(service: CommandService, inv: Invocation, args: str) -> Reply:
         return service.refuse(command, "Say which papers to show.")
     if count is not None and not 1 <= count <= LATEST_MAX:
         return service.refuse(command, f"n must be a number from 1 to {LATEST_MAX}.")
+    if is_like_query(query):
+        return await _latest_like(service, query, count or LATEST_DEFAULT)
     try:
         query = parse_query(query).text
     except QueryError as exc:
@@ -411,6 +445,25 @@ async def _latest(service: CommandService, inv: Invocation, args: str) -> Reply:
     query = await _tracked_spelling(service, query) or query
     papers = await service.call_store(service.store.latest_matches, query, count or LATEST_DEFAULT)
     return Reply(text=service.render("latest.txt.j2", query=query, papers=papers))
+
+
+async def _latest_like(service: CommandService, text: str, count: int) -> Reply:
+    """`latest like:...`: what the query would have sent this week, and what drives it."""
+    try:
+        query = await _resolve_like(service, text)
+        preview = await service.call_store(latest_like, service.store, query, now=service.now())
+    except SimilarityError as exc:
+        return _refuse_like(service, exc)
+    return Reply(
+        text=service.render(
+            "latest_like.txt.j2",
+            query=query,
+            papers=preview.papers[:count],
+            total=len(preview.papers),
+            week=preview.considered,
+            terms=preview.model.top_terms(8),
+        )
+    )
 
 
 async def _help(service: CommandService, inv: Invocation, args: str) -> Reply:
@@ -421,9 +474,11 @@ BUILTIN_COMMANDS: tuple[Command, ...] = (
     Command(
         name="subscribe",
         usage="subscribe <query>",
-        summary="Post new arXiv papers matching a query to this channel every day.",
+        summary="Post new arXiv papers matching a query (or like:ID,ID,ID papers) here daily.",
         handler=_subscribe,
-        arguments=(Argument("query", "Words or arXiv syntax, e.g. ti:diffusion AND cat:cs.CV"),),
+        arguments=(
+            Argument("query", "Words, arXiv syntax (ti:diffusion AND cat:cs.CV) or like:ID,ID,ID"),
+        ),
         changes_target=True,
     ),
     Command(
@@ -443,10 +498,12 @@ BUILTIN_COMMANDS: tuple[Command, ...] = (
     Command(
         name="latest",
         usage="latest <query> [n]",
-        summary=f"Show the newest stored papers for a query (n up to {LATEST_MAX}).",
+        summary=(
+            f"Show the newest papers for a query, or this week's for like: (n up to {LATEST_MAX})."
+        ),
         handler=_latest,
         arguments=(
-            Argument("query", "Words or arXiv syntax"),
+            Argument("query", "Words, arXiv syntax or like:ID,ID,ID"),
             Argument("n", f"How many papers (1-{LATEST_MAX})", required=False, kind="int"),
         ),
     ),

@@ -37,6 +37,7 @@ from bot.discord_channel import LOGIN_REFUSED, split_text, use_api_url
 from digest.config import Settings
 from digest.domain import Target, TargetKind
 from digest.errors import PlatformUnreachable
+from digest.likes import SeedSource
 from digest.platforms import NETWORK_ERRORS, describe_error, start_supervisor
 from digest.store import PaperStore
 
@@ -88,7 +89,7 @@ class PapersGroup(app_commands.Group):
     @app_commands.command()
     @app_commands.describe(**_argument_help("subscribe"))
     async def subscribe(self, interaction: discord.Interaction, query: str) -> None:
-        """Post new arXiv papers matching a query to this channel every day."""
+        """Post new arXiv papers matching a query (or like:ID,ID,ID papers) here daily."""
         await self.bot.run_command(interaction, invocation_text("subscribe", query))
 
     @app_commands.command()
@@ -110,7 +111,7 @@ class PapersGroup(app_commands.Group):
         query: str,
         n: app_commands.Range[int, 1, LATEST_MAX] | None = None,
     ) -> None:
-        """Show the newest stored papers for a query (n up to 20)."""
+        """Show the newest papers for a query, or this week's for like: (n up to 20)."""
         await self.bot.run_command(interaction, invocation_text("latest", query, n))
 
     @app_commands.command(name="help")
@@ -259,6 +260,7 @@ def build_bot(
     request_backfill: Callable[[str], None],
     extra_commands: Sequence[Command] = (),
     ack_seconds: float = ACK_SECONDS,
+    seed_source: SeedSource | None = None,
 ) -> PapersBot:
     """The bot with its command service, configured from the settings (REST at discord.api_url)."""
     use_api_url(settings.discord.api_url)
@@ -270,6 +272,7 @@ def build_bot(
         command_name="/" + settings.discord.command,
         extra_commands=extra_commands,
         ask_admin="ask a server admin, or anyone with the Manage Channels permission",
+        seed_source=seed_source,
     )
     return PapersBot(
         service=service,
@@ -316,6 +319,7 @@ class DiscordApp:
         store: PaperStore,
         request_backfill: Callable[[str], None],
         extra_commands: Sequence[Command] = (),
+        seed_source: SeedSource | None = None,
     ) -> DiscordApp | None:
         """The app for these settings, or None when DISCORD_BOT_TOKEN is not set."""
         token = settings.secrets.discord_bot_token
@@ -328,6 +332,7 @@ class DiscordApp:
                 store=store,
                 request_backfill=request_backfill,
                 extra_commands=extra_commands,
+                seed_source=seed_source,
             )
 
         return cls(make_bot=make_bot, token=token)
@@ -416,12 +421,17 @@ async def start_discord(
     request_backfill: Callable[[str], None],
     stack: AsyncExitStack,
     extra_commands: Sequence[Command] = (),
+    seed_source: SeedSource | None = None,
 ) -> DiscordApp | None:
     """`serve`'s entry point: keep the bot connected in the background (digest.platforms'
     supervisor, stopped with `stack`); returns at once, Discord up or not. None when
     DISCORD_BOT_TOKEN is not set."""
     app = DiscordApp.from_settings(
-        settings, store=store, request_backfill=request_backfill, extra_commands=extra_commands
+        settings,
+        store=store,
+        request_backfill=request_backfill,
+        extra_commands=extra_commands,
+        seed_source=seed_source,
     )
     if app is None:
         return None

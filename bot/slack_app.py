@@ -38,6 +38,7 @@ from bot.slack_channel import SlackMarkup, client_from_settings
 from digest.config import Settings
 from digest.domain import Target, TargetKind
 from digest.errors import ConfigError, PlatformUnreachable
+from digest.likes import SeedSource
 from digest.platforms import NETWORK_ERRORS, describe_error, start_supervisor
 from digest.store import PaperStore
 
@@ -156,6 +157,7 @@ class SlackCommandApp:
         request_backfill: Callable[[str], None],
         extra_commands: Sequence[Command] = (),
         client: AsyncWebClient | None = None,
+        seed_source: SeedSource | None = None,
     ) -> SlackCommandApp | None:
         """The app for these settings, or None when SLACK_BOT_TOKEN is not set.
 
@@ -177,6 +179,7 @@ class SlackCommandApp:
             markup=SlackMarkup(),
             command_name=settings.slack.command,
             extra_commands=extra_commands,
+            seed_source=seed_source,
         )
         return cls(
             service=service,
@@ -331,6 +334,7 @@ async def start_slack(
     request_backfill: Callable[[str], None],
     stack: AsyncExitStack,
     extra_commands: Sequence[Command] = (),
+    seed_source: SeedSource | None = None,
 ) -> SlackCommandApp | None:
     """`serve`'s entry point: build the app; in Socket Mode keep it connected in the background
     (digest.platforms' supervisor, stopped with `stack`). Returns at once, Slack up or not.
@@ -339,7 +343,11 @@ async def start_slack(
     the shared web server.
     """
     app = SlackCommandApp.from_settings(
-        settings, store=store, request_backfill=request_backfill, extra_commands=extra_commands
+        settings,
+        store=store,
+        request_backfill=request_backfill,
+        extra_commands=extra_commands,
+        seed_source=seed_source,
     )
     if app is None:
         return None

@@ -486,6 +486,7 @@ async def _start_services(
         request_backfill=runner.request_backfill,
         stack=services,
         extra_commands=extra,
+        seed_source=runner.source,  # like: seeds, paced with the cycle's requests
     )
     from bot.discord_app import start_discord
 
@@ -495,6 +496,7 @@ async def _start_services(
         request_backfill=runner.request_backfill,
         stack=services,
         extra_commands=extra,
+        seed_source=runner.source,  # like: seeds, paced with the cycle's requests
     )
     await start_web(
         settings,

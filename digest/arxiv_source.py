@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 
 PROJECT_NAME = "daily-papers"
 MAX_PAGE_SIZE = 2000  # arXiv's documented maximum of max_results per request
+# Ids per `id_list` request: 50 is a whole `like:` seed set (digest.similar.MAX_SEEDS) in one
+# request, and keeps the URL short (about 800 characters).
+ID_LIST_CHUNK = 50
 
 # `["all"]` harvests every arXiv category. Rather than OR-ing ~155 categories (7 requests per
 # window), each archive is one term: a wildcard where the archive has subcategories (arXiv's
@@ -167,6 +170,10 @@ class PaperSource(Protocol):
         self, query: str, *, limit: int, progress: Callable[[int, int], None] | None = None
     ) -> Fetch:
         """The latest `limit` papers (by last update) for an arXiv query."""
+        ...
+
+    def fetch_ids(self, arxiv_ids: Sequence[str]) -> Fetch:
+        """The latest version of each of these papers (unknown ids are left out)."""
         ...
 
 
@@ -273,17 +280,20 @@ def build_query_url(
     sort_order: SortOrder,
     start: int,
     max_results: int,
+    id_list: Sequence[str] = (),
 ) -> str:
-    """The URL of one page of a query, in arXiv's documented parameters (urlencoded)."""
-    params = urlencode(
-        {
-            "search_query": query,
-            "sortBy": sort_by,
-            "sortOrder": sort_order,
-            "start": start,
-            "max_results": max_results,
-        }
-    )
+    """The URL of one page of a query, in arXiv's documented parameters (urlencoded); with
+    `id_list` (and an empty query) the page of those papers."""
+    fields: dict[str, str | int] = {
+        "search_query": query,
+        "sortBy": sort_by,
+        "sortOrder": sort_order,
+        "start": start,
+        "max_results": max_results,
+    }
+    if id_list:
+        fields["id_list"] = ",".join(id_list)
+    params = urlencode(fields)
     joiner = "&" if "?" in api_url else "?"
     return f"{api_url}{joiner}{params}"
 
@@ -656,6 +666,33 @@ class ArxivSource:
             )
         return run.fetch(papers)
 
+    def fetch_ids(self, arxiv_ids: Sequence[str]) -> Fetch:
+        """The latest version of each paper named (ids without versions), by arXiv's
+        `id_list`, `ID_LIST_CHUNK` ids a request, paced like every other request.
+
+        An id arXiv does not know is simply absent from the answer (arXiv sends an empty
+        page for it); a malformed one is refused by arXiv (ArxivError with its message).
+        """
+        wanted = list(dict.fromkeys(arxiv_ids))
+        run = _Run(progress=None)
+        papers: dict[str, Paper] = {}
+        for first in range(0, len(wanted), ID_LIST_CHUNK):
+            chunk = wanted[first : first + ID_LIST_CHUNK]
+            with run.counted_on_failure():
+                self._collect(
+                    "",
+                    sort_by="relevance",
+                    sort_order="descending",
+                    limit=len(chunk),
+                    run=run,
+                    into=papers,
+                    id_list=chunk,
+                )
+        log.info(
+            "arxiv.fetch_ids asked=%d found=%d requests=%d", len(wanted), len(papers), run.requests
+        )
+        return run.fetch(papers)
+
     # -- internals ------------------------------------------------------------------------
     def _collect(
         self,
@@ -666,6 +703,7 @@ class ArxivSource:
         limit: int | None,
         run: _Run,
         into: dict[str, Paper],
+        id_list: Sequence[str] = (),
     ) -> int:
         """Page through one query (at most `limit` entries); add its papers to `into` (highest
         version kept); return how many distinct entries arrived."""
@@ -682,6 +720,7 @@ class ArxivSource:
                 sort_order=sort_order,
                 start=start,
                 max_results=wanted,
+                id_list=id_list,
             )
             page = self._fetch_page(url, start=start, run=run)
             if page.entries == 0:
@@ -840,6 +879,7 @@ def _no_wait(seconds: float) -> None:
 
 __all__ = [
     "ALL_CATEGORIES",
+    "ID_LIST_CHUNK",
     "ArxivSource",
     "Fetch",
     "MalformedPage",

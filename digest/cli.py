@@ -334,11 +334,16 @@ _ORIGIN_WORDS = {"operator": "database", "chat": "chat channel", "email": "email
 def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Add, list or remove tracked keywords stored in the database."""
     from digest.app import open_store
+    from digest.similar import canonical_like, is_like_query, parse_like
 
     loaded = settings()
     status = EXIT_OK
     if args.action == "add":
-        queries = [parse_query(text) for text in args.queries]  # validate all before storing
+        for text in args.queries:  # validate all before storing (like: seeds: below)
+            if is_like_query(text):
+                parse_like(text)
+            else:
+                parse_query(text)
     store = open_store(loaded)
     try:
         if args.action == "list":
@@ -349,10 +354,14 @@ def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> 
                 count = store.count_matches(keyword.query)
                 print(f"{keyword.query}\t({origin}{listed}, {count} matching papers stored)")
         elif args.action == "add":
-            for query in queries:
-                added = store.add_keyword(query.text)
+            for raw in args.queries:
+                if is_like_query(raw):
+                    text = _resolve_like(loaded, store, raw)
+                else:
+                    text = parse_query(raw).text
+                added = store.add_keyword(text)
                 state = "added; backfilled on the next run" if added else "already tracked"
-                print(f"{query.text}: {state}")
+                print(f"{text}: {state}")
         else:
             # The config file's keywords come back on the next run: say where to remove them.
             in_config = {query_key(q) for q in loaded.keywords.queries}
@@ -365,6 +374,8 @@ def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> 
                     )
                     status = EXIT_USAGE
                     continue
+                if is_like_query(text):
+                    text = canonical_like(text)
                 removed = store.remove_keyword(text)
                 print(f"{text}: {'removed' if removed else 'not tracked'}")
     finally:
@@ -376,6 +387,7 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     """Add, list or remove a target's subscriptions without a chat command."""
     from digest.app import open_store
     from digest.cycle import utcnow
+    from digest.similar import canonical_like, is_like_query  # scikit-learn: only when needed
 
     loaded = settings()
     if args.action == "kinds":
@@ -393,36 +405,87 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                 state = "active" if sub.active else f"disabled: {sub.disabled_reason}"
                 print(f"{sub.target.display}\t{sub.keyword}\t{state}")
         elif args.action == "add":
-            target, query = resolve_target(store, args.target), parse_query(args.query)
-            target = _subscribable(target)  # the channel checks ids, URLs and the like
+            target = _subscribable(resolve_target(store, args.target))  # the channel checks it
+            text = _subscribed_query(args)
+            if is_like_query(text):
+                text = _resolve_like(loaded, store, text)
+            else:
+                text = parse_query(text).text
             _warn_if_undeliverable(target, loaded)
             existing = store.list_subscriptions(target)
             limit = loaded.limits.subscriptions_per_target
             if len(existing) >= limit and all(
-                s.keyword.casefold() != query.text.casefold() for s in existing
+                s.keyword.casefold() != text.casefold() for s in existing
             ):
                 raise ConfigError(
                     f"{target.display} already has {len(existing)} subscriptions, the limit "
                     f"(limits.subscriptions_per_target = {limit})"
                 )
-            before = next(
-                (s for s in existing if query_key(s.keyword) == query_key(query.text)), None
-            )
-            sub = store.add_subscription(target, query.text, now=utcnow())
+            before = next((s for s in existing if query_key(s.keyword) == query_key(text)), None)
+            sub = store.add_subscription(target, text, now=utcnow())
             if before is None or before.active:
                 print(f"{sub.target.display} subscribed to {sub.keyword!r}")
             else:
                 _say_resubscribed(store, before)
         else:
-            target, query = resolve_target(store, args.target), parse_query(args.query)
-            removed = store.remove_subscription(target, query.text)
+            target = resolve_target(store, args.target)
+            text = canonical_like(args.query) if is_like_query(args.query) else args.query
+            text = parse_query(text).text if not is_like_query(text) else text
+            removed = store.remove_subscription(target, text)
             print(
                 f"{target.display} {'unsubscribed from' if removed else 'was not subscribed to'} "
-                f"{query.text!r}"
+                f"{text!r}"
             )
     finally:
         store.close()
     return EXIT_OK
+
+
+def _subscribed_query(args: argparse.Namespace) -> str:
+    """`subscriptions add`'s query: the argument, or a `like:` query of the arXiv papers in a
+    BibTeX or RIS export (`--like-from FILE`)."""
+    from digest.bibliography import arxiv_ids_from_export
+    from digest.similar import LIKE_PREFIX, MIN_SEEDS, SimilarityError
+
+    if args.like_from is None:
+        if args.query is None:
+            raise ConfigError("say what to subscribe to: a QUERY, or --like-from FILE")
+        return str(args.query)
+    if args.query is not None:
+        raise ConfigError("give a QUERY or --like-from FILE, not both")
+    path = Path(args.like_from)
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"--like-from {path}: cannot read it ({exc.strerror})") from None
+    found = arxiv_ids_from_export(text)
+    if found.without_id:
+        print(
+            f"note: {found.without_id} of the {found.entries} references in {path} have no "
+            "arXiv id and are left out",
+            file=sys.stderr,
+        )
+    if len(found.ids) < MIN_SEEDS:
+        raise SimilarityError(
+            f"like: {path} holds {len(found.ids)} arXiv paper(s) among {found.entries} "
+            f"references; at least {MIN_SEEDS} are needed (BibTeX or RIS export)"
+        )
+    return LIKE_PREFIX + ",".join(found.ids)
+
+
+def _resolve_like(settings: Settings, store: PaperStore, text: str) -> str:
+    """A `like:` query checked against arXiv (seeds fetched once and stored): its canonical
+    text, or SimilarityError naming the unknown or withdrawn ids (nothing stored)."""
+    from digest.app import build_source
+    from digest.cycle import utcnow
+    from digest.likes import resolve_like
+    from digest.similar import parse_like
+
+    parse_like(text)  # a malformed query is refused before arXiv is asked
+    with build_source(settings) as source:
+        query, seeds = resolve_like(store, source, text, now=utcnow())
+    print(f"{len(seeds)} seed papers checked on arXiv", file=sys.stderr)
+    return query.text
 
 
 def _say_resubscribed(store: PaperStore, before: Subscription) -> None:
@@ -778,8 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
         "queries",
         nargs="+",
         metavar="QUERY",
-        help='a phrase like "diffusion models" or arXiv syntax like '
-        "'ti:\"graph neural\" AND cat:cs.LG'",
+        help='a phrase like "diffusion models", arXiv syntax like '
+        "'ti:\"graph neural\" AND cat:cs.LG', or like:ID,ID,ID (3 to 50 seed papers, "
+        "fetched from arXiv once)",
     )
     kw.add_parser("list", help="list tracked keywords, where each comes from and its papers")
     kw_rm = kw.add_parser("remove", help="stop tracking keywords added here or from chat")
@@ -801,20 +865,40 @@ def build_parser() -> argparse.ArgumentParser:
         "`daily-papers email`.",
     )
     sa = subs.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sa_add = sa.add_parser("add", help='subscribe a target: add slack:C0123 "diffusion models"')
+    sa_add = sa.add_parser(
+        "add",
+        help='subscribe a target: add slack:C0123 "diffusion models"',
+        description="Subscribe a target to a keyword query, or to papers like 3 to 50 seed "
+        'papers: add slack:C0123 "like:2501.09733,2412.20455,2410.01234" (the seeds are '
+        "fetched from arXiv once; unknown or withdrawn ids are refused), or --like-from "
+        "FILE to take the seeds from a BibTeX or RIS export (Zotero, JabRef, Google "
+        "Scholar...): its references' arXiv ids (eprint, arXiv DOI, arxiv.org URL, "
+        "'arXiv:ID' notes); references without one are left out.",
+    )
     sa_add.add_argument(
         "target",
         help="KIND:ADDRESS, e.g. slack:C0123ABCD; `daily-papers subscriptions kinds` lists the "
         "kinds with an example of each",
     )
-    sa_add.add_argument("query", help="the keyword query, quoted if it has spaces")
+    sa_add.add_argument(
+        "query",
+        nargs="?",
+        help='the keyword query, quoted if it has spaces, or "like:ID,ID,ID" (3 to 50 arXiv ids)',
+    )
+    sa_add.add_argument(
+        "--like-from",
+        metavar="FILE",
+        help="follow papers like the arXiv papers of this BibTeX (.bib) or RIS (.ris) export",
+    )
     sa_list = sa.add_parser("list", help="list subscriptions, of one target or all")
     sa_list.add_argument(
         "target", nargs="?", help="only this KIND:ADDRESS, as this list shows it (default: all)"
     )
     sa_rm = sa.add_parser("remove", help="remove one subscription")
     sa_rm.add_argument("target", help="KIND:ADDRESS as `subscriptions list` shows it")
-    sa_rm.add_argument("query", help="the subscribed query, quoted if it has spaces")
+    sa_rm.add_argument(
+        "query", help="the subscribed query, quoted if it has spaces (like: ids in any order)"
+    )
     sa.add_parser(
         "kinds",
         help="the kinds of target this installation delivers to: an example of each, and what "

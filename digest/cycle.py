@@ -55,6 +55,7 @@ from digest.errors import (
     crash_reason,
 )
 from digest.feeds import build_feeds, write_feeds
+from digest.likes import WEEK, like_keywords, like_model, like_models, select_like
 from digest.monitoring import record_readme_failure
 from digest.platforms import record_delivery_refusal
 from digest.query import (
@@ -68,6 +69,7 @@ from digest.query import (
 )
 from digest.readme import build_readme, commit_readme, write_snapshot
 from digest.relevance import broad_keywords, rank_keywords, with_relevance
+from digest.similar import SimilarityError, is_like_query
 from digest.store import OutcomeCounts, PaperStore
 from digest.summary import OpenAISummarizer, stored_summaries, summarize_new_papers
 from digest.translate import Translator
@@ -152,9 +154,14 @@ class _Tally:
 
 
 def parse_keywords(queries: Sequence[str]) -> list[Query]:
-    """Parse tracked keywords; a keyword that no longer parses is skipped with a warning."""
+    """Parse tracked keywords; a keyword that no longer parses is skipped with a warning.
+
+    `like:` keywords are not queries (digest.likes selects their papers): they are left out.
+    """
     parsed = []
     for text in queries:
+        if is_like_query(text):
+            continue
         try:
             parsed.append(parse_query(text))
         except QueryError as exc:
@@ -196,8 +203,13 @@ async def harvest(
     now: datetime,
     tally: _Tally,
     progress: Progress,
+    likes: Sequence[str] = (),
 ) -> None:
     """Read the daily window from arXiv, match every keyword locally and commit it all at once.
+
+    `like:` keywords (`likes`) select from the same new and revised papers with their models
+    (trained first if their seeds changed), and their papers become matches and deliveries
+    exactly like a keyword's.
 
     Raises ArxivError (watermark untouched) when arXiv failed or returned less than promised.
     """
@@ -241,6 +253,28 @@ async def harvest(
         len(fresh) + len(revised),
         time.perf_counter() - started,
     )
+    if likes:
+        started = time.perf_counter()
+        models = await asyncio.to_thread(
+            partial(
+                like_models,
+                store,
+                likes,
+                now=now,
+                warnings=tally.warnings,
+                incoming=fetch.papers,  # a first cycle's background: not stored yet
+            )
+        )
+        selected = await asyncio.to_thread(select_like, models, [*fresh, *revised])
+        for text, ids in selected.items():
+            matches.setdefault(text, set()).update(ids)
+        logger.info(
+            "like.matched keywords=%d papers=%d selected=%d seconds=%.2f",
+            len(models),
+            len(fresh) + len(revised),
+            sum(len(ids) for ids in selected.values()),
+            time.perf_counter() - started,
+        )
     committed = await asyncio.to_thread(
         partial(
             store.commit_harvest,
@@ -330,6 +364,13 @@ async def backfill_keywords(
         due = [text for text in due if text.casefold() in wanted]
     if not due:
         return 0
+    done = 0
+    for text in like_keywords(due):
+        if await _backfill_like(settings=settings, store=store, text=text, now=now(), tally=tally):
+            done += 1
+    due = [text for text in due if not is_like_query(text)]
+    if not due:
+        return done
     all_queries = parse_keywords([k.query for k in await asyncio.to_thread(store.list_keywords)])
     due_queries: list[Query] = []
     for text in due:
@@ -342,7 +383,7 @@ async def backfill_keywords(
     # tokenising is most of the cost, so each such paper is tokenised once, and the others not
     # at all (narrowing by folded substrings costs microseconds a paper).
     index = await asyncio.to_thread(_window_index, store, window_start, due_queries)
-    done = failures = 0
+    failures = 0
     for position, query in enumerate(due_queries):
         if clock() - began >= budget:
             waiting = len(due_queries) - position
@@ -400,6 +441,32 @@ async def backfill_keywords(
             len(mine) - len(papers),
         )
     return done
+
+
+async def _backfill_like(
+    *, settings: Settings, store: PaperStore, text: str, now: datetime, tally: _Tally
+) -> bool:
+    """A new `like:` keyword's backfill: its model (trained now) selects among the stored
+    papers of the harvest window (at least the last 7 days), recorded as matches but never
+    delivered, so `latest`, the README and the subscription's first day start from them. No
+    arXiv request: its seeds were fetched when it was subscribed. True when it was done."""
+    days = max(WEEK, timedelta(days=settings.arxiv.lookback_days))
+
+    def run() -> int:
+        week = store.papers_submitted_since(now - days)
+        selected = select_like({text: like_model(store, text, now=now)}, week)
+        store.commit_harvest(papers=(), matches=selected, deliverable=(), now=now, backfilled=True)
+        store.mark_backfilled(text, now)
+        return len(selected.get(text, ()))
+
+    try:
+        found = await asyncio.to_thread(run)
+    except SimilarityError as exc:  # too few stored papers yet: tried again next cycle
+        logger.warning("backfill.failed keyword=%r error=%s", text, exc)
+        tally.warnings.append(f"backfill of {text!r} waits: {exc}")
+        return False
+    logger.info("backfill.finished keyword=%r window_matches=%d", text, found)
+    return True
 
 
 async def _with_translations(store: PaperStore, settings: Settings, batch: Batch) -> Batch:
@@ -791,6 +858,7 @@ async def run_cycle(
             now=started_at,
             tally=tally,
             progress=stoppable,
+            likes=like_keywords([k.query for k in keywords]),
         )
     except CycleStopped:
         pass  # recorded below as stopped

@@ -149,6 +149,22 @@ class PaperStore(Protocol):
         """The stored papers of these ids (unknown ids are left out)."""
         ...
 
+    def recent_papers(self, limit: int) -> list[Paper]:
+        """The `limit` most recently updated stored papers, newest first (`like:` and relevance
+        order's background)."""
+        ...
+
+    # -- like: models -----------------------------------------------------------------------
+    def load_similarity_model(self, query: str) -> tuple[str, bytes] | None:
+        """The cached model of a `like:` keyword: (seed key, SimilarityModel JSON), or None."""
+        ...
+
+    def save_similarity_model(
+        self, query: str, *, seed_key: str, model: bytes, now: datetime
+    ) -> bool:
+        """Keep (or replace) a tracked keyword's model; False when the keyword is not tracked."""
+        ...
+
     def commit_harvest(
         self,
         *,
@@ -172,10 +188,6 @@ class PaperStore(Protocol):
     def matches_stored_before(self, query: str, before: datetime, limit: int) -> list[Paper]:
         """The newest `limit` papers matching `query` first stored before `before` (or by a
         backfill): a keyword's history without the day's papers (relevance order's positives)."""
-        ...
-
-    def recent_papers(self, limit: int) -> list[Paper]:
-        """The newest `limit` stored papers by last-updated date (relevance order's background)."""
         ...
 
     def latest_matches_by_keyword(self, limit: int) -> dict[str, tuple[list[Paper], int]]:

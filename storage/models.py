@@ -142,6 +142,19 @@ class MatchRow(Base):
     __table_args__ = (Index("ix_matches_arxiv_id", "arxiv_id"),)
 
 
+class SimilarityModelRow(Base):
+    """A `like:` keyword's trained model (digest.similar), kept until its seeds change."""
+
+    __tablename__ = "similarity_models"
+
+    keyword_id: Mapped[int] = mapped_column(
+        ForeignKey("keywords.id", ondelete="CASCADE"), primary_key=True
+    )
+    seed_key: Mapped[str] = mapped_column(String(64))  # digest.similar.seed_key: what it fits
+    model: Mapped[str] = mapped_column(Text)  # SimilarityModel.dumps JSON (never pickle)
+    trained_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class SubscriptionRow(Base):
     """A target's standing order for one keyword."""
 

@@ -82,6 +82,7 @@ from storage.models import (
     MatchRow,
     PaperRow,
     RunRow,
+    SimilarityModelRow,
     StateRow,
     SubscriptionRow,
     TargetOptionRow,
@@ -513,6 +514,9 @@ class SqlStore:
             conn.execute(delete(DeliveryRow).where(DeliveryRow.subscription_id.in_(subscriptions)))
             conn.execute(delete(SubscriptionRow).where(SubscriptionRow.keyword_id == keyword_id))
             conn.execute(delete(MatchRow).where(MatchRow.keyword_id == keyword_id))
+            conn.execute(
+                delete(SimilarityModelRow).where(SimilarityModelRow.keyword_id == keyword_id)
+            )
             conn.execute(delete(KeywordRow).where(KeywordRow.id == keyword_id))
         log.info("store.keyword_removed query=%r", query)
         return True
@@ -618,6 +622,44 @@ class SqlStore:
             )
             for r in rows
         ]
+
+    def recent_papers(self, limit: int) -> list[Paper]:
+        """The `limit` most recently updated stored papers, newest first (ties: id descending;
+        the background of `like:` models and of relevance order), read through the index on
+        `updated`: the cost follows `limit`, not the database."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(*_PAPER_COLUMNS)
+                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
+                .limit(max(0, limit))
+            ).all()
+        return [_paper(r) for r in rows]
+
+    def load_similarity_model(self, query: str) -> tuple[str, bytes] | None:
+        """The cached model of a `like:` keyword: (seed key, model JSON), or None."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                select(SimilarityModelRow.seed_key, SimilarityModelRow.model)
+                .join(KeywordRow, KeywordRow.id == SimilarityModelRow.keyword_id)
+                .where(KeywordRow.key == _keyword_key(query))
+            ).one_or_none()
+        return None if row is None else (row.seed_key, row.model.encode("utf-8"))
+
+    def save_similarity_model(
+        self, query: str, *, seed_key: str, model: bytes, now: datetime
+    ) -> bool:
+        """Keep (or replace) a tracked `like:` keyword's model; False when it is not tracked."""
+        with self._transaction(write=True) as conn:
+            keyword_id = self._keyword_id(conn, query)
+            if keyword_id is None:
+                return False
+            values = {"seed_key": seed_key, "model": model.decode("utf-8"), "trained_at": now}
+            conn.execute(
+                self._insert(SimilarityModelRow)
+                .values(keyword_id=keyword_id, **values)
+                .on_conflict_do_update(index_elements=["keyword_id"], set_=values)
+            )
+        return True
 
     def papers_by_id(self, arxiv_ids: Collection[str]) -> list[Paper]:
         """The stored papers of these ids, in id order (unknown ids are left out)."""
@@ -885,17 +927,6 @@ class SqlStore:
                     MatchRow.keyword_id == keyword_id,
                     or_(PaperRow.first_seen < as_utc(before), PaperRow.backfilled.is_(True)),
                 )
-                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
-                .limit(limit)
-            ).all()
-        return [_paper(r) for r in rows]
-
-    def recent_papers(self, limit: int) -> list[Paper]:
-        """The newest `limit` stored papers by last-updated date (ties: id descending), read
-        through the index on `updated`: the cost follows `limit`, not the database."""
-        with self._transaction() as conn:
-            rows = conn.execute(
-                select(*_PAPER_COLUMNS)
                 .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
                 .limit(limit)
             ).all()

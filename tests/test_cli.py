@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -375,3 +377,135 @@ def test_a_url_target_never_shows_its_secrets() -> None:
     assert Target.parse(shown).masked
     assert Target.parse(shown).display == shown  # the fingerprint of the mask is not reused
     assert Target("apprise", "mailto://u:pw@mail.example.org").display != shown
+
+
+# -- like: subscriptions --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def like_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project folder on an arXiv stand-in holding the like: corpus, its history stored."""
+    from storage.sql_store import SqlStore
+    from tests.like_helpers import like_corpus, store_history
+
+    corpus = like_corpus()
+    bib_ids = ["1706.03762", "1810.04805", "2005.14165", "2106.09685", "hep-th/9711200"]
+    # The export's arXiv ids, served as papers of the seeds' topic.
+    exported = [replace(p, arxiv_id=i) for p, i in zip(corpus.seeds, bib_ids, strict=False)]
+    with ArxivStandIn([*corpus.served(), *exported]) as stand_in:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("DAILY_PAPERS_CONFIG", raising=False)
+        monkeypatch.setenv("DAILY_PAPERS_SERVICE_TEST_MODE", "true")
+        monkeypatch.setenv("DAILY_PAPERS_ARXIV_API_URL", stand_in.url)
+        monkeypatch.setenv("DAILY_PAPERS_SERVICE_DATA_DIR", str(tmp_path / "data"))
+        assert main(["status"]) in (0, 1)  # creates and migrates the database
+        store = SqlStore(url=f"sqlite:///{tmp_path / 'data' / 'daily-papers.sqlite3'}")
+        store_history(store, corpus.stored)
+        store.close()
+        yield tmp_path
+
+
+def _like_store(workdir: Path) -> Any:
+    from storage.sql_store import SqlStore
+
+    return SqlStore(url=f"sqlite:///{workdir / 'data' / 'daily-papers.sqlite3'}")
+
+
+def test_subscriptions_add_like_fetches_seeds_and_stores_the_canonical_keyword(
+    like_workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`subscriptions add TARGET like:...`: exit 0, the keyword stored with its ids sorted."""
+    from tests.like_helpers import like_corpus
+
+    corpus = like_corpus()
+    assert main(["subscriptions", "add", "slack:C0123ABCD", corpus.like]) == 0
+    assert capsys.readouterr().out.strip() == f"slack:C0123ABCD subscribed to {corpus.canonical!r}"
+    store = _like_store(like_workdir)
+    try:
+        [sub] = store.list_subscriptions()
+        assert sub.keyword == corpus.canonical
+        assert len(store.papers_by_id([p.arxiv_id for p in corpus.seeds])) == len(corpus.seeds)
+    finally:
+        store.close()
+    # The same seeds in another order name the same subscription.
+    reordered = "like:" + " ".join(sorted(p.arxiv_id for p in corpus.seeds))
+    assert main(["subscriptions", "remove", "slack:C0123ABCD", reordered]) == 0
+    assert "unsubscribed from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (["2601.99999"], "error: like: 2601.99999 is not on arXiv;"),
+        (["2601.88888"], "error: like: 2601.88888 has been withdrawn;"),
+        (None, "error: like: needs at least 3 seed papers, got 2"),
+    ],
+)
+def test_subscriptions_add_refuses_bad_seeds_in_one_line(
+    like_workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str] | None,
+    reason: str,
+) -> None:
+    """Unknown, withdrawn or too few seeds: exit 1, one `error:` line, nothing stored."""
+    from tests.like_helpers import like_corpus
+
+    seeds = [p.arxiv_id for p in like_corpus().seeds[: 3 if extra else 2]]
+    text = "like:" + ",".join([*seeds, *(extra or [])])
+    assert main(["subscriptions", "add", "slack:C0123ABCD", text]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(reason)
+    assert err.count("\n") == 1
+    store = _like_store(like_workdir)
+    try:
+        assert store.list_subscriptions() == []
+        assert store.papers_by_id([*seeds, *(extra or [])]) == []
+    finally:
+        store.close()
+
+
+def test_subscriptions_add_like_from_a_bibtex_export(
+    like_workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--like-from library.bib`: its 5 arXiv ids become the seeds; 3 references left out."""
+    fixture = Path(__file__).parent / "fixtures" / "bibliography" / "library.bib"
+    assert main(["subscriptions", "add", "slack:C0123ABCD", "--like-from", str(fixture)]) == 0
+    captured = capsys.readouterr()
+    assert "3 of the 8 references" in captured.err
+    like = "like:1706.03762,1810.04805,2005.14165,2106.09685,hep-th/9711200"
+    assert captured.out.strip() == f"slack:C0123ABCD subscribed to {like!r}"
+
+
+def test_like_from_an_export_with_too_few_arxiv_papers_is_refused(
+    like_workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An RIS export with two arXiv records: exit 1, the count and the rule, nothing stored."""
+    ris = (Path(__file__).parent / "fixtures" / "bibliography" / "library.ris").read_text()
+    short = tmp_path / "two.ris"
+    short.write_text("ER  - \n".join(ris.split("ER  - \n")[:3]), encoding="utf-8")
+    assert main(["subscriptions", "add", "slack:C0123ABCD", "--like-from", str(short)]) == 1
+    err = capsys.readouterr().err
+    assert "holds 2 arXiv paper(s) among 3 references; at least 3 are needed" in err
+    assert err.splitlines()[-1].startswith("error: like:")
+    store = _like_store(like_workdir)
+    try:
+        assert store.list_subscriptions() == []
+    finally:
+        store.close()
+
+
+def test_keywords_add_and_remove_like(
+    like_workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keywords add like:...` checks the seeds on arXiv and tracks the canonical text;
+    `keywords remove` takes the seeds in any order."""
+    from tests.like_helpers import like_corpus
+
+    corpus = like_corpus()
+    assert main(["keywords", "add", corpus.like]) == 0
+    assert (
+        capsys.readouterr().out.strip() == f"{corpus.canonical}: added; backfilled on the next run"
+    )
+    reordered = "like:" + ",".join(sorted(p.arxiv_id for p in corpus.seeds))
+    assert main(["keywords", "remove", reordered.replace(",", " ")]) == 0
+    assert capsys.readouterr().out.strip() == f"{corpus.canonical}: removed"

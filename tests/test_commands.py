@@ -415,3 +415,31 @@ async def test_concurrent_commands_do_not_interfere(harness: Harness) -> None:
     assert all(r.ok for r in replies)
     assert [s.keyword for s in harness.store.list_subscriptions(CHANNEL)] == ["alpha"]
     assert [s.keyword for s in harness.store.list_subscriptions(OTHER)] == ["beta"]
+
+
+async def test_like_subscription_with_stored_seeds_and_unsubscribe_in_another_order(
+    harness: Harness,
+) -> None:
+    """Seeds already stored need no arXiv (the service has no source); the confirmation says
+    what happens next; unsubscribing names the same seeds in any order, with versions."""
+    from tests.like_helpers import like_corpus, store_history
+
+    corpus = like_corpus()
+    store_history(harness.store, corpus.seeds)
+    reply = await harness.run("subscribe " + corpus.like)
+    assert reply.ok, reply.text
+    assert "this week's stored papers are being scored" in reply.text
+    assert harness.backfills == [corpus.canonical]
+    shuffled = "like:" + " ".join(f"{p.arxiv_id}v1" for p in corpus.seeds)
+    dropped = await harness.run("unsubscribe " + shuffled)
+    assert dropped.ok, dropped.text
+    assert harness.store.list_subscriptions(CHANNEL) == []
+
+
+async def test_like_seeds_not_stored_without_a_source_are_refused(harness: Harness) -> None:
+    """Without a seed source, seeds not stored cannot be checked: one line, nothing stored."""
+    reply = await harness.run("subscribe like:2501.00001,2501.00002,2501.00003")
+    assert not reply.ok
+    assert reply.text.startswith("like: 3 seed papers are not stored")
+    assert "\n" not in reply.text
+    assert harness.store.list_subscriptions(CHANNEL) == []

@@ -533,3 +533,68 @@ def test_docs_invite_permissions_match_discord() -> None:
     assert "scope=bot+applications.commands" in text
     with_view = discord.Permissions(send_messages=True, embed_links=True, view_channel=True)
     assert str(with_view.value) in text
+
+
+# -- like: subscriptions --------------------------------------------------------------------------
+
+
+async def test_like_subscribe_refusal_and_latest(fake: FakeDiscord, sqlite_store: SqlStore) -> None:
+    """`/papers subscribe query: like:...` fetches the seeds from the arXiv stand-in and
+    confirms publicly; a withdrawn seed is refused in one ephemeral line with nothing stored;
+    `latest query: like:... n: 3` lists this week's picks."""
+    from bot.commands import CommandService, MarkdownMarkup
+    from bot.discord_channel import use_api_url
+    from digest.arxiv_source import ArxivSource
+    from tests.fakes.arxiv_server import ArxivStandIn
+    from tests.like_helpers import NOW, WITHDRAWN_ID, like_corpus, store_history
+
+    corpus = like_corpus()
+    store_history(sqlite_store, (*corpus.stored, *corpus.week))
+    backfills = Backfills()
+    with ArxivStandIn(corpus.served()) as arxiv:
+        settings = settings_for_tests(
+            discord={"api_url": fake.api_base}, arxiv={"api_url": arxiv.url}
+        )
+        use_api_url(settings.discord.api_url)
+        with ArxivSource.from_settings(settings) as source:
+            service = CommandService(
+                store=sqlite_store,
+                settings=settings,
+                request_backfill=backfills,
+                markup=MarkdownMarkup(),
+                clock=lambda: NOW,
+                seed_source=source,
+            )
+            # Seeds are fetched and a model trained within the command: answer, do not defer.
+            bot = PapersBot(service=service, group_name="papers", ack_seconds=30.0)
+            await bot.__aenter__()
+            await bot.login("bot-token")
+            try:
+                seeds = [p.arxiv_id for p in corpus.seeds[:3]]
+                refused = await run(
+                    fake, bot, "subscribe", query="like:" + ",".join([*seeds, WITHDRAWN_ID])
+                )
+                assert refused["data"]["flags"] & EPHEMERAL
+                assert refused["data"]["content"].startswith(
+                    f"like: {WITHDRAWN_ID} has been withdrawn;"
+                )
+                assert "\n" not in refused["data"]["content"]
+                assert sqlite_store.list_subscriptions() == []
+                assert sqlite_store.papers_by_id([*seeds, WITHDRAWN_ID]) == []
+
+                callback = await run(fake, bot, "subscribe", query=corpus.like)
+                data = callback["data"]
+                assert not data.get("flags", 0) & EPHEMERAL
+                assert data["content"].startswith(
+                    f"<@{USER}> subscribed this channel to `{corpus.canonical}`"
+                )
+                subs = sqlite_store.list_subscriptions(Target("discord", CHANNEL))
+                assert [s.keyword for s in subs] == [corpus.canonical]
+                assert backfills == [corpus.canonical]
+
+                latest = (await run(fake, bot, "latest", query=corpus.like, n=3))["data"]
+                assert latest["flags"] & EPHEMERAL
+                assert "would have sent" in latest["content"]
+                assert latest["content"].count("](<http://arxiv.org/abs/") == 3
+            finally:
+                await bot.close()

@@ -244,6 +244,17 @@ async def test_only_tracked_keywords_unless_custom_queries_are_allowed(env: Env)
     assert env.smtp.handler.to(ALICE)  # only now was anything mailed
 
 
+async def test_a_tracked_like_keyword_can_be_chosen(env: Env) -> None:
+    """A like: keyword a chat channel follows is a tracked keyword like any other (it is no
+    query for the parser); an untracked one is refused by the query parser."""
+    like = "like:2501.00001,2501.00002,2501.00003"
+    env.store.add_keyword(like)
+    result = await env.service.request(ALICE, [like])
+    assert result.pending == (like,)
+    with pytest.raises(QueryError):
+        await env.service.request("bob@lab.example.org", ["like:2501.00003,2501.00002,2501.00001"])
+
+
 async def test_subscription_limit_per_address(env: Env) -> None:
     """limits.subscriptions_per_target caps an address's keywords."""
     env.service.settings = email_settings(env.smtp, limits={"subscriptions_per_target": 2})

@@ -577,3 +577,82 @@ async def test_stopping_interrupts_a_hanging_attempt_at_once(sqlite_store: SqlSt
             started = time.monotonic()
         assert time.monotonic() - started < 1
         assert slack_status(sqlite_store) is None
+
+
+# -- like: subscriptions --------------------------------------------------------------------------
+
+
+async def test_like_subscribe_refusals_and_latest_through_signed_requests(
+    sqlite_store: SqlStore,
+) -> None:
+    """`/papers subscribe like:...` fetches the seeds from the arXiv stand-in and confirms in
+    the channel; bad seeds get one ephemeral line and store nothing; `latest like:...` shows
+    this week's picks and the terms behind them."""
+    from bot.commands import CommandService
+    from bot.slack_channel import SlackMarkup, client_from_settings
+    from digest.arxiv_source import ArxivSource
+    from tests.fakes.arxiv_server import ArxivStandIn
+    from tests.like_helpers import NOW, UNKNOWN_ID, WITHDRAWN_ID, like_corpus, store_history
+
+    corpus = like_corpus()
+    store_history(sqlite_store, (*corpus.stored, *corpus.week))
+    async with AsyncExitStack() as stack:
+        arxiv = stack.enter_context(ArxivStandIn(corpus.served()))
+        slack = await stack.enter_async_context(FakeSlackApi())
+        settings = slack_settings(slack.api_url)
+        settings = dataclasses.replace(
+            settings, arxiv=dataclasses.replace(settings.arxiv, api_url=arxiv.url)
+        )
+        source = stack.enter_context(ArxivSource.from_settings(settings))
+        backfills: list[str] = []
+        service = CommandService(
+            store=sqlite_store,
+            settings=settings,
+            request_backfill=backfills.append,
+            markup=SlackMarkup(),
+            clock=lambda: NOW,
+            seed_source=source,
+        )
+        client = client_from_settings(settings)
+        assert client is not None
+        app = SlackCommandApp(
+            service=service, settings=settings, client=client, signing_secret=SIGNING_SECRET
+        )
+        runner, url = await _serve(app)
+        stack.push_async_callback(runner.cleanup)
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        running = Running(url, slack, app, sqlite_store, backfills, session)
+
+        seeds = [p.arxiv_id for p in corpus.seeds[:3]]
+        for bad, reason in (
+            (UNKNOWN_ID, f"like: {UNKNOWN_ID} is not on arXiv;"),
+            (WITHDRAWN_ID, f"like: {WITHDRAWN_ID} has been withdrawn;"),
+        ):
+            refused = await running.command("subscribe like:" + ",".join([*seeds, bad]))
+            assert refused["response_type"] == "ephemeral"
+            assert refused["text"].startswith(reason)
+            assert "\n" not in refused["text"]
+        too_few = await running.command("subscribe like:" + ",".join(seeds[:2]))
+        assert too_few["text"].startswith("like: needs at least 3 seed papers, got 2")
+        assert sqlite_store.list_subscriptions() == []
+        assert sqlite_store.papers_by_id([*seeds, UNKNOWN_ID, WITHDRAWN_ID]) == []
+
+        reply = await running.command("subscribe " + corpus.like)
+        assert reply["response_type"] == "in_channel"
+        assert reply["text"].startswith(
+            f"<@U0MEMBER> subscribed this channel to `{corpus.canonical}`"
+        )
+        [sub] = sqlite_store.list_subscriptions(TARGET)
+        assert sub.keyword == corpus.canonical
+        assert backfills == [corpus.canonical]
+        assert [r.params["id_list"].count(",") + 1 for r in arxiv.requests][-1] == 10
+
+        latest = await running.command(f"latest {corpus.like} 5")
+        assert latest["response_type"] == "ephemeral"
+        lines = latest["text"].splitlines()
+        assert lines[0].startswith(f"*This week, *`{corpus.canonical}` *would have sent ")
+        assert [line[:3] for line in lines[1:6]] == ["1. ", "2. ", "3. ", "4. ", "5. "]
+        assert lines[6].startswith("What makes a paper look like the seeds: ")
+        assert "anomaly" in lines[6]
+        # The subscription's model was cached: the cycle will not train it again.
+        assert sqlite_store.load_similarity_model(corpus.canonical) is not None

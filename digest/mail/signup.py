@@ -220,6 +220,10 @@ class EmailSubscriptions:
         for raw in queries:
             if not raw.strip():
                 continue
+            key = query_key(raw)
+            if key in tracked:  # validated when it was tracked (a like: query is no query)
+                chosen.setdefault(key, tracked[key])
+                continue
             text = parse_query(raw).text  # QueryError says what is wrong
             key = query_key(text)
             if key not in tracked and not custom_allowed:
