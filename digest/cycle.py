@@ -498,7 +498,9 @@ async def _with_relevance_order(
     zone = ZoneInfo(settings.service.timezone)
     day_start = datetime.combine(now.astimezone(zone).date(), datetime.min.time(), tzinfo=zone)
     try:
-        ranked = await asyncio.to_thread(partial(rank_keywords, store, wanted, before=day_start))
+        ranked = await asyncio.to_thread(
+            partial(rank_keywords, store, wanted, before=day_start, now=now)
+        )
     except Exception as exc:  # ordering is a nicety: a failure must never hold up delivery
         logger.exception("relevance.failed error=%s", crash_reason(exc))
         return list(batches)

@@ -10,7 +10,9 @@ lists, the README snapshot and the Markdown digest stay newest first. The scorin
 - positives: the keyword's `max_positives` (200) newest matches first stored before the cycle's
   day began (or by a backfill), so the day's own papers are never their own positives;
 - background: the `max_background` (10,000) most recently updated stored papers, read and
-  tokenised once per cycle, and only when some keyword is broad.
+  tokenised once per cycle, and only when some keyword (other than a `like:` one) is broad;
+- a `like:` keyword is ordered by its own cached model's score (digest.likes.like_model): the
+  seeds say what relevant means better than the keyword's earlier picks would.
 
 Deterministic: the order is a function of stored data (ties newest first, then by id), so a
 batch re-sent after a crash is packed in the same order as long as the store did not change.
@@ -29,7 +31,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from digest.domain import Batch, Paper
-from digest.similar import DEFAULT_PARAMS, SimilarityParams, prepare_papers, rank_by_relevance
+from digest.likes import like_model
+from digest.similar import (
+    DEFAULT_PARAMS,
+    SimilarityError,
+    SimilarityParams,
+    is_like_query,
+    prepare_papers,
+    rank_by_model,
+    rank_by_relevance,
+)
 from digest.store import PaperStore
 
 logger = logging.getLogger(__name__)
@@ -65,19 +76,32 @@ def rank_keywords(
     wanted: Mapping[str, Sequence[Paper]],
     *,
     before: datetime,
+    now: datetime | None = None,
     params: SimilarityParams = DEFAULT_PARAMS,
 ) -> RankedKeywords:
     """The relevance order of each keyword's papers (blocking: store reads and model fits).
 
     Positives are read per keyword, bounded by `params.max_positives`; the background once,
-    bounded by `params.max_background`, and tokenised once for every keyword.
+    bounded by `params.max_background`, and tokenised once for every keyword. A `like:` keyword
+    is ordered by its model (trained at `now` if its cache is stale; `before` when not given).
     """
     started = time.perf_counter()
     if not wanted:
         return RankedKeywords(orders={}, papers=0, background=0, seconds=0.0)
-    background = prepare_papers(store.recent_papers(params.max_background), params=params)
     orders: Orders = {}
-    for keyword, papers in wanted.items():
+    for keyword in [k for k in wanted if is_like_query(k)]:
+        try:
+            model = like_model(store, keyword, now=now or before, params=params)
+        except SimilarityError as exc:  # no usable model: its papers stay newest first
+            logger.warning("relevance.like_unranked keyword=%r error=%s", keyword, exc)
+            continue
+        ranked = rank_by_model(model, wanted[keyword])
+        orders[keyword] = {paper.arxiv_id: place for place, paper in enumerate(ranked)}
+    others = {k: papers for k, papers in wanted.items() if not is_like_query(k)}
+    background = prepare_papers(
+        store.recent_papers(params.max_background) if others else [], params=params
+    )
+    for keyword, papers in others.items():
         ranked_ids = {p.arxiv_id for p in papers}
         positives = [
             p

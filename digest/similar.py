@@ -659,6 +659,11 @@ def _ranked(papers: Sequence[Paper], scores: Sequence[float]) -> list[Paper]:
     return [paper for paper, _ in pairs]
 
 
+def rank_by_model(model: SimilarityModel, papers: Sequence[Paper]) -> list[Paper]:
+    """`papers` by a `like:` model's score, best first; ties newest first, then by id."""
+    return _ranked(papers, score(model, papers))
+
+
 def select(model: SimilarityModel, papers: Papers) -> list[Paper]:
     """The papers at or above the model's threshold, best first."""
     batch = papers.papers if isinstance(papers, PreparedPapers) else papers

@@ -19,7 +19,7 @@ from digest.config import Settings, settings_for_tests
 from digest.cycle import run_cycle
 from digest.domain import Target
 from digest.likes import latest_like, like_model, resolve_like
-from digest.similar import SimilarityError, SimilarityModel, seed_key
+from digest.similar import SimilarityError, SimilarityModel, rank_by_model, seed_key
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
 from tests.fakes.recording_channel import RecordingChannel
@@ -201,6 +201,24 @@ async def test_cycle_delivers_what_the_model_selects_exactly_once(
     assert second.ok, second.error
     assert Counter(slack.sent_ids(TARGET)) == arrivals
     assert store.count_matches(query.text) >= len(delivered)
+
+
+async def test_a_broad_like_keyword_is_listed_by_its_models_score(
+    server: ArxivStandIn, settings: Settings, store: SqlStore, source: ArxivSource
+) -> None:
+    """A like: keyword's day of papers arrives most like the seeds first, not newest first."""
+    corpus = like_corpus()
+    query, _ = resolve_like(store, source, corpus.like, now=NOW)
+    store.add_subscription(TARGET, query.text, now=NOW - timedelta(days=3))
+    server.add_papers(corpus.week)
+    slack = RecordingChannel(kind="slack")
+    report = await _cycle(settings, store, slack, 0)
+    assert report.ok, report.error
+    [(keyword, listed)] = slack.batches[0].by_keyword()
+    assert keyword == query.text
+    assert len(listed) >= settings.digest.relevance_from
+    assert listed == rank_by_model(like_model(store, query.text, now=NOW), listed)
+    assert listed != sorted(listed, key=lambda p: (p.updated, p.arxiv_id), reverse=True)
 
 
 async def test_new_like_keyword_backfill_scores_the_week_without_delivering(
