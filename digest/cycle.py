@@ -71,7 +71,7 @@ from digest.readme import build_readme, commit_readme, write_snapshot
 from digest.relevance import broad_keywords, rank_keywords, with_relevance
 from digest.similar import SimilarityError, is_like_query
 from digest.store import OutcomeCounts, PaperStore
-from digest.summary import OpenAISummarizer, stored_summaries, summarize_new_papers
+from digest.summary import OpenAISummarizer, summarize_new_papers, with_stored_texts
 from digest.translate import Translator
 from digest.translation import translate_for_readers
 
@@ -469,22 +469,6 @@ async def _backfill_like(
     return True
 
 
-async def _with_translations(store: PaperStore, settings: Settings, batch: Batch) -> Batch:
-    """Attach the stored translations the batch's target wants, and the stored TL;DRs when
-    `[summary]` is on (never waits for a provider)."""
-    ids = [p.arxiv_id for p in batch.papers]
-    if settings.summary.enabled:
-        summaries = await asyncio.to_thread(stored_summaries, store, ids)
-        batch = replace(batch, summaries=summaries)
-    language = batch.options.get("language") or (
-        settings.translation.language if batch.target.kind == "email" else ""
-    )
-    if not language or language == "off":
-        return batch
-    found = await asyncio.to_thread(store.get_translations, ids, language)
-    return replace(batch, language=language, translations=found)
-
-
 async def _with_relevance_order(
     settings: Settings, store: PaperStore, batches: Sequence[Batch], *, now: datetime
 ) -> list[Batch]:
@@ -604,7 +588,7 @@ async def deliver(
         async with limits[batch.target.kind]:
             if must_stop() is not None:
                 return  # not started: its deliveries stay pending, no attempt counted
-            batch = await _with_translations(store, settings, batch)
+            batch = await asyncio.to_thread(with_stored_texts, store, settings, batch)
             started = time.perf_counter()
             counts = OutcomeCounts()
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 
 from digest.config import Settings
-from digest.domain import Paper
+from digest.domain import Batch, Paper
 from digest.render import collapse_ws
 from digest.store import PaperStore
 from digest.translate import (
@@ -38,7 +39,7 @@ from digest.translate import (
     TranslationResult,
     clean_answer,
 )
-from digest.translation import TranslationReport, translate_new_papers
+from digest.translation import LANGUAGE_OPTION, OFF, TranslationReport, translate_new_papers
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +151,21 @@ def stored_summaries(store: PaperStore, arxiv_ids: list[str]) -> dict[str, str]:
     """The stored TL;DRs of these papers, by arxiv id (blocking)."""
     found = store.get_translations(arxiv_ids, SUMMARY_KEY)
     return {arxiv_id: abstract for arxiv_id, (_, abstract) in found.items() if abstract}
+
+
+def with_stored_texts(store: PaperStore, settings: Settings, batch: Batch) -> Batch:
+    """The batch with the stored translations its target wants and, when `[summary]` is on,
+    the stored TL;DRs (blocking; never waits for a provider: what is missing is left out).
+
+    One rule for every place that shows a batch: the cycle's deliveries and the email's /day
+    page. Email follows `translation.language`; a chat target its own `language` option.
+    """
+    ids = [p.arxiv_id for p in batch.papers]
+    if settings.summary.enabled and ids:
+        batch = replace(batch, summaries=stored_summaries(store, ids))
+    language = batch.options.get(LANGUAGE_OPTION) or (
+        settings.translation.language if batch.target.kind == "email" else ""
+    )
+    if not language or language == OFF or not ids:
+        return batch
+    return replace(batch, language=language, translations=store.get_translations(ids, language))

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ from digest.cycle import render_snapshot
 from digest.domain import Paper, Target
 from digest.mail import OPTION_CONFIRM_SENT, OPTION_CONFIRMED
 from digest.mail.signup import RateLimiter
+from digest.summary import SUMMARY_KEY
 from digest.web import SECURITY_HEADERS, WebServer, build_web_app
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
@@ -601,3 +603,45 @@ async def test_a_digest_too_long_for_one_email_links_to_the_readers_whole_day(
     )
     empty = await get_page(http, f"{stack.url}/day?token={other_day}")
     assert "No papers were mailed" in empty.text
+
+
+@pytest.mark.parametrize("tldr", [True, False])
+async def test_the_day_page_shows_what_the_digest_showed(
+    sqlite_store: SqlStore, http: aiohttp.ClientSession, tldr: bool
+) -> None:
+    """/day shows each paper's stored translation and, with [summary] on, its TL;DR, as the
+    digest did (one rule: digest.summary.with_stored_texts); with [summary] off, no TL;DR."""
+    sqlite_store.add_keyword("diffusion models", from_config=True)
+    sqlite_store.mark_backfilled("diffusion models", datetime(2025, 1, 1, tzinfo=UTC))
+    async with email_stack(
+        sqlite_store,
+        summary={"enabled": tldr},
+        translation={"language": "zh", "base_url": "http://127.0.0.1:9/v1"},
+    ) as running:
+        await subscribe_and_confirm(running, http, ["diffusion models"])
+        moment = datetime.now(UTC)
+        paper = Paper(
+            "2501.00042", 1, "Diffusion things", ("Ada",), "Words.", moment, moment, "cs.LG"
+        )
+        sqlite_store.commit_harvest(
+            papers=[paper],
+            matches={"diffusion models": [paper.arxiv_id]},
+            deliverable=[paper.arxiv_id],
+            now=moment,
+        )
+        sqlite_store.save_translation(paper.arxiv_id, "zh", "扩散的东西", "词语。")
+        sqlite_store.save_translation(
+            paper.arxiv_id, SUMMARY_KEY, "", "Diffusion, made <b>fast</b>."
+        )
+        await send_digests(running)
+        day_token = running.service.signer.sign(
+            "day",
+            ALICE,
+            now=running.service.now(),
+            ttl=timedelta(days=1),
+            day=moment.astimezone(ZoneInfo(running.settings.service.timezone)).date().isoformat(),
+        )
+        day = await get_page(http, f"{running.url}/day?token={day_token}")
+        assert "扩散的东西" in day.text
+        # Escaped: as markup, the visible text would read "made fast".
+        assert ("TL;DR: Diffusion, made <b>fast</b>." in day.text) is tldr

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import date
 from typing import Any
 from urllib.parse import urlencode
@@ -36,6 +35,7 @@ from digest.mail.bookkeeping import EMAIL
 from digest.mail.links import CONFIRM_TTL, MANAGE_TTL, TokenError
 from digest.mail.render import digest_sections
 from digest.mail.signup import EmailSubscriptions, RateLimiter, SubscriberView
+from digest.summary import with_stored_texts
 from digest.web_pages import SETTINGS_KEY, STORE_KEY, message_page, render_page
 
 log = logging.getLogger(__name__)
@@ -350,11 +350,8 @@ async def day_get(request: web.Request) -> web.StreamResponse:
     start, end = day_bounds(day, settings.service.timezone)
     deliveries = await asyncio.to_thread(store.sent_between, target, start, end)
     batch = Batch(target=target, deliveries=tuple(deliveries))
-    language = settings.translation.language
-    if language and deliveries:
-        ids = [p.arxiv_id for p in batch.papers]
-        found = await asyncio.to_thread(store.get_translations, ids, language)
-        batch = replace(batch, language=language, translations=found)
+    batch = await asyncio.to_thread(with_stored_texts, store, settings, batch)
+    language = batch.language or ""
     return render_page(
         "day.html.j2",
         title=f"Papers of {day.isoformat()}",
