@@ -114,7 +114,19 @@ def _queries(value: Any) -> str | None:
         try:
             parse_query(str(text))
         except QueryError as exc:
-            return f"valid queries, but entry {index + 1} ({text!r}) is not: {exc}"
+            reason = str(exc)
+            if str(text).strip().casefold().startswith("like"):
+                # A `like:` seed list is checked by its own grammar (imported only then: it
+                # lives with the scikit-learn model).
+                from digest.similar import SimilarityError, is_like_query, parse_like
+
+                if is_like_query(str(text)):
+                    try:
+                        parse_like(str(text))
+                        continue
+                    except SimilarityError as like_exc:
+                        reason = str(like_exc)
+            return f"valid queries, but entry {index + 1} ({text!r}) is not: {reason}"
     return None
 
 
@@ -243,7 +255,8 @@ class KeywordSettings:
     queries: list[str] = _opt(
         [],
         "Tracked keyword queries. A plain phrase works like DailyArXiv; arXiv syntax "
-        "(ti: abs: au: cat: all:, quotes, AND OR ANDNOT, parentheses) is accepted too.",
+        "(ti: abs: au: cat: all:, quotes, AND OR ANDNOT, parentheses) is accepted too, and "
+        "'like:ID,ID,ID' follows papers like 3 to 50 seed papers (docs/like.md).",
         _queries,
     )
     publish_chat_queries: bool = _opt(

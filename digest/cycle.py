@@ -55,7 +55,14 @@ from digest.errors import (
     crash_reason,
 )
 from digest.feeds import build_feeds, write_feeds
-from digest.likes import WEEK, like_keywords, like_model, like_models, select_like
+from digest.likes import (
+    WEEK,
+    like_keywords,
+    like_model,
+    like_models,
+    select_like,
+    usable_likes,
+)
 from digest.monitoring import record_readme_failure
 from digest.platforms import record_delivery_refusal
 from digest.query import (
@@ -69,7 +76,7 @@ from digest.query import (
 )
 from digest.readme import build_readme, commit_readme, write_snapshot
 from digest.relevance import broad_keywords, rank_keywords, with_relevance
-from digest.similar import SimilarityError, is_like_query
+from digest.similar import SimilarityError, canonical_like, is_like_query, parse_like
 from digest.store import OutcomeCounts, PaperStore
 from digest.summary import OpenAISummarizer, summarize_new_papers, with_stored_texts
 from digest.translate import Translator
@@ -188,9 +195,11 @@ async def sync_config_keywords(store: PaperStore, queries: Sequence[str]) -> lis
     """Make sure every keyword of the config file is tracked; returns those newly added."""
     added = []
     for text in queries:
-        query = parse_query(text)  # config keywords were validated at load; re-check anyway
-        if await asyncio.to_thread(store.add_keyword, query.text, from_config=True):
-            added.append(query.text)
+        # Config keywords were validated at load; re-checked anyway. A `like:` seed list is kept
+        # in its canonical form (its seeds are fetched by the harvest: `usable_likes`).
+        canonical = canonical_like(text) if is_like_query(text) else parse_query(text).text
+        if await asyncio.to_thread(store.add_keyword, canonical, from_config=True):
+            added.append(canonical)
     return added
 
 
@@ -255,6 +264,9 @@ async def harvest(
     )
     if likes:
         started = time.perf_counter()
+        likes = await asyncio.to_thread(
+            partial(usable_likes, store, source, likes, now=now, warnings=tally.warnings)
+        )
         models = await asyncio.to_thread(
             partial(
                 like_models,
@@ -452,7 +464,10 @@ async def _backfill_like(
     arXiv request: its seeds were fetched when it was subscribed. True when it was done."""
     days = max(WEEK, timedelta(days=settings.arxiv.lookback_days))
 
-    def run() -> int:
+    def run() -> int | None:
+        seeds = parse_like(text).seeds
+        if len(store.papers_by_id(seeds)) < len(seeds):
+            return None  # the harvest fetches them (and said why it could not): wait for it
         week = store.papers_submitted_since(now - days)
         selected = select_like({text: like_model(store, text, now=now)}, week)
         store.commit_harvest(papers=(), matches=selected, deliverable=(), now=now, backfilled=True)
@@ -464,6 +479,9 @@ async def _backfill_like(
     except SimilarityError as exc:  # too few stored papers yet: tried again next cycle
         logger.warning("backfill.failed keyword=%r error=%s", text, exc)
         tally.warnings.append(f"backfill of {text!r} waits: {exc}")
+        return False
+    if found is None:
+        logger.info("backfill.waiting keyword=%r reason=seeds-not-stored", text)
         return False
     logger.info("backfill.finished keyword=%r window_matches=%d", text, found)
     return True

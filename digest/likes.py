@@ -28,6 +28,7 @@ from typing import Protocol
 
 from digest.arxiv_source import Fetch
 from digest.domain import Paper
+from digest.errors import ArxivError
 from digest.similar import (
     DEFAULT_PARAMS,
     LikeQuery,
@@ -155,6 +156,32 @@ def like_models(
             log.warning("like.skipped query=%r error=%s", text, exc)
             warnings.append(f"keyword {text!r} selects nothing this cycle: {exc}")
     return models
+
+
+def usable_likes(
+    store: PaperStore,
+    source: SeedSource,
+    texts: Collection[str],
+    *,
+    now: datetime,
+    warnings: list[str],
+) -> list[str]:
+    """The `like:` keywords whose seeds are all stored, fetching the missing ones first (a
+    keyword from the config file is not fetched when subscribed: its first harvest does it,
+    once). A keyword whose seeds arXiv does not have, withdrew, or cannot send now is left
+    out of this cycle with a warning for the run report."""
+    usable: list[str] = []
+    for text in texts:
+        try:
+            query = parse_like(text)
+            if len(store.papers_by_id(query.seeds)) < len(query.seeds):
+                resolve_like(store, source, text, now=now)
+        except (SimilarityError, ArxivError) as exc:
+            log.warning("like.skipped query=%r error=%s", text, exc)
+            warnings.append(f"keyword {text!r} selects nothing this cycle: {exc}")
+            continue
+        usable.append(text)
+    return usable
 
 
 def like_keywords(texts: Collection[str]) -> list[str]:

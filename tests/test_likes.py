@@ -18,8 +18,15 @@ from digest.bibliography import arxiv_ids_from_export
 from digest.config import Settings, settings_for_tests
 from digest.cycle import run_cycle
 from digest.domain import Target
+from digest.errors import ConfigError
 from digest.likes import latest_like, like_model, resolve_like
-from digest.similar import SimilarityError, SimilarityModel, rank_by_model, seed_key
+from digest.similar import (
+    SimilarityError,
+    SimilarityModel,
+    canonical_like,
+    rank_by_model,
+    seed_key,
+)
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
 from tests.fakes.recording_channel import RecordingChannel
@@ -282,3 +289,63 @@ async def test_first_cycle_of_a_new_installation_delivers_like_papers(
         assert len(delivered & corpus.week_of_topic) >= 0.7 * len(corpus.week_of_topic)
     finally:
         db.close()
+
+
+async def test_a_like_keyword_in_the_config_file_fetches_its_seeds_in_the_harvest(
+    server: ArxivStandIn, settings: Settings, store: SqlStore
+) -> None:
+    """[keywords] queries may hold a like: seed list: the first harvest fetches its seeds (by
+    id_list, once), tracks it in canonical form and its picks reach the README."""
+    corpus = like_corpus()
+    configured = replace(settings, keywords=replace(settings.keywords, queries=[corpus.like]))
+    server.add_papers(corpus.week)
+    slack = RecordingChannel(kind="slack")
+    report = await _cycle(configured, store, slack, 0)
+    assert report.ok, report.error
+    assert not [w for w in report.warnings if "selects nothing" in w], report.warnings
+    assert [k.query for k in store.list_keywords()] == [corpus.canonical]
+    id_lists = [r for r in server.requests if r.params.get("id_list")]
+    assert len(id_lists) == 1
+    picked = {p.arxiv_id for p in store.latest_matches(corpus.canonical, 1_000)}
+    assert len(picked & corpus.week_of_topic) >= 0.7 * len(corpus.week_of_topic)
+    readme = configured.readme_path.read_text(encoding="utf-8")
+    assert f"## {corpus.canonical}" in readme
+    assert any(arxiv_id in readme for arxiv_id in picked)
+    again = await _cycle(configured, store, slack, 1)
+    assert again.ok, again.error
+    assert len([r for r in server.requests if r.params.get("id_list")]) == 1  # seeds stored
+
+
+async def test_a_config_like_keyword_with_an_unknown_seed_waits_with_a_warning(
+    server: ArxivStandIn, settings: Settings, store: SqlStore
+) -> None:
+    """A seed arXiv does not know: the cycle still succeeds and says once why the keyword
+    selected nothing; its backfill waits."""
+    corpus = like_corpus()
+    seeds = [p.arxiv_id for p in corpus.seeds[:3]]
+    text = "like:" + ",".join([*seeds, UNKNOWN_ID])
+    configured = replace(settings, keywords=replace(settings.keywords, queries=[text]))
+    report = await _cycle(configured, store, RecordingChannel(kind="slack"), 0)
+    assert report.ok, report.error
+    [warning] = [w for w in report.warnings if text.split(",")[0] in w or UNKNOWN_ID in w]
+    assert "selects nothing" in warning
+    assert UNKNOWN_ID in warning
+    assert store.keywords_to_backfill() == [canonical_like(text)]
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ("like:2501.09733,2412.20455", "needs at least 3 seed papers"),
+        ("like:foo,bar,baz", "are not arXiv ids"),
+        ("likes: cats", "unknown field"),
+    ],
+)
+def test_config_refuses_a_bad_like_entry_in_one_line(entry: str, reason: str) -> None:
+    """A bad like: entry in [keywords] queries is refused at load with the like: reason."""
+    with pytest.raises(ConfigError) as caught:
+        settings_for_tests(keywords={"queries": ["diffusion", entry]})
+    message = str(caught.value)
+    assert "entry 2" in message
+    assert reason in message
+    assert "\n" not in message
