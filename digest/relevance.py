@@ -105,7 +105,7 @@ def rank_keywords(
         ranked_ids = {p.arxiv_id for p in papers}
         positives = [
             p
-            for p in store.matches_stored_before(keyword, before, params.max_positives)
+            for p in store.latest_matches(keyword, params.max_positives, stored_before=before)
             if p.arxiv_id not in ranked_ids
         ]
         ranked = rank_by_relevance(

@@ -181,13 +181,12 @@ class PaperStore(Protocol):
         `backfilled` papers stored for the first time are history, never a day's new papers."""
         ...
 
-    def latest_matches(self, query: str, limit: int) -> list[Paper]:
-        """The newest `limit` papers matching `query`, by last-updated date, newest first."""
-        ...
-
-    def matches_stored_before(self, query: str, before: datetime, limit: int) -> list[Paper]:
-        """The newest `limit` papers matching `query` first stored before `before` (or by a
-        backfill): a keyword's history without the day's papers (relevance order's positives)."""
+    def latest_matches(
+        self, query: str, limit: int, *, stored_before: datetime | None = None
+    ) -> list[Paper]:
+        """The newest `limit` papers matching `query`, by last-updated date, newest first; with
+        `stored_before`, only those first stored before it or by a backfill (a keyword's
+        history without the day's papers: relevance order's positives)."""
         ...
 
     def latest_matches_by_keyword(self, limit: int) -> dict[str, tuple[list[Paper], int]]:

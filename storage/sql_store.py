@@ -898,37 +898,26 @@ class SqlStore:
             created += conn.execute(stmt, execution_options=_ROWCOUNT).rowcount
         return created
 
-    def latest_matches(self, query: str, limit: int) -> list[Paper]:
-        """The newest `limit` papers matching `query` by last-updated date (ties: id descending)."""
+    def latest_matches(
+        self, query: str, limit: int, *, stored_before: datetime | None = None
+    ) -> list[Paper]:
+        """The newest `limit` papers matching `query` by last-updated date (ties: id
+        descending); with `stored_before`, only those first stored before it or by a backfill."""
         with self._transaction() as conn:
             keyword_id = self._keyword_id(conn, query)
             if keyword_id is None:
                 return []
-            rows = conn.execute(
+            statement = (
                 select(*_PAPER_COLUMNS)
                 .join(MatchRow, MatchRow.arxiv_id == PaperRow.arxiv_id)
                 .where(MatchRow.keyword_id == keyword_id)
-                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
-                .limit(limit)
-            ).all()
-        return [_paper(r) for r in rows]
-
-    def matches_stored_before(self, query: str, before: datetime, limit: int) -> list[Paper]:
-        """The newest `limit` papers matching `query` (as `latest_matches` orders them) that
-        were first stored before `before` or by a backfill (history, never delivered)."""
-        with self._transaction() as conn:
-            keyword_id = self._keyword_id(conn, query)
-            if keyword_id is None:
-                return []
-            rows = conn.execute(
-                select(*_PAPER_COLUMNS)
-                .join(MatchRow, MatchRow.arxiv_id == PaperRow.arxiv_id)
-                .where(
-                    MatchRow.keyword_id == keyword_id,
-                    or_(PaperRow.first_seen < as_utc(before), PaperRow.backfilled.is_(True)),
+            )
+            if stored_before is not None:
+                statement = statement.where(
+                    or_(PaperRow.first_seen < as_utc(stored_before), PaperRow.backfilled.is_(True))
                 )
-                .order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc())
-                .limit(limit)
+            rows = conn.execute(
+                statement.order_by(PaperRow.updated.desc(), PaperRow.arxiv_id.desc()).limit(limit)
             ).all()
         return [_paper(r) for r in rows]
 
