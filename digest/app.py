@@ -24,8 +24,6 @@ from digest.arxiv_source import ArxivSource
 from digest.channels import Channel, ChannelSpec
 from digest.config import Settings
 from digest.cycle import (
-    STATE_LAST_STARTED,
-    STATE_LAST_SUCCESS,
     Progress,
     _no_progress,
     backfill_keywords,
@@ -35,6 +33,7 @@ from digest.cycle import (
 from digest.domain import LeaseHolder, RunReport
 from digest.errors import ConfigError, CycleStopped
 from digest.lease import Lease, hold_lease
+from digest.monitoring import STATE_LAST_STARTED, STATE_LAST_SUCCESS
 from digest.schedule import latest_fire_time
 from digest.store import PaperStore
 from digest.summary import OpenAISummarizer, build_summarizer

@@ -63,7 +63,14 @@ from digest.likes import (
     select_like,
     usable_likes,
 )
-from digest.monitoring import record_readme_failure
+from digest.monitoring import (
+    STATE_FAILED_CYCLES,
+    STATE_LAST_STARTED,
+    STATE_LAST_SUCCESS,
+    STATE_ZERO_DAYS,
+    STATE_ZERO_LAST_DAY,
+    record_readme_failure,
+)
 from digest.platforms import record_delivery_refusal
 from digest.query import (
     PaperIndex,
@@ -91,11 +98,6 @@ MESSAGE_TIMEOUT = 600.0
 # (Discord allows 5 messages per 5 s per channel) never holds up another kind's targets; each
 # channel still obeys its platform's limits, and email has its own SMTP connection pool.
 DELIVERY_CONCURRENCY = 16
-STATE_ZERO_DAYS = "alerts.zero_paper_days"
-STATE_ZERO_LAST_DAY = "alerts.zero_paper_days.last_day"
-STATE_FAILED_CYCLES = "alerts.failed_cycles"
-STATE_LAST_SUCCESS = "cycle.last_success"
-STATE_LAST_STARTED = "cycle.last_started"  # a scheduled slot another replica ran is not run again
 
 
 class Progress(Protocol):

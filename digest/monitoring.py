@@ -38,7 +38,13 @@ from digest.platforms import PlatformStatus, read_platform_status
 from digest.schedule import latest_fire_time
 from digest.store import PaperStore
 
+# The store's state keys the cycle writes and the operator's view reads.
 STATE_README_FAILURE = "readme.failure"  # JSON {path, error, since} while it cannot be written
+STATE_ZERO_DAYS = "alerts.zero_paper_days"
+STATE_ZERO_LAST_DAY = "alerts.zero_paper_days.last_day"
+STATE_FAILED_CYCLES = "alerts.failed_cycles"
+STATE_LAST_SUCCESS = "cycle.last_success"
+STATE_LAST_STARTED = "cycle.last_started"  # a scheduled slot another replica ran is not run again
 JSON_SCHEMA = 1  # `status --json`'s shape; raised only when a field changes meaning or goes
 
 ALERT_KINDS = (
@@ -202,7 +208,6 @@ def read_overview(
     `kinds` are the registered delivery channels' kinds and `unconfigured` those that wait
     for a secret (kind -> variable): `digest.app.channel_specs` and `unconfigured_channels`.
     """
-    from digest.cycle import STATE_FAILED_CYCLES, STATE_LAST_SUCCESS, STATE_ZERO_DAYS
     from digest.lease import CYCLE_LEASE
     from storage.sql_store import redact_url
 
@@ -426,7 +431,6 @@ def check_health(
 ) -> Health:
     """Read what /healthz needs and judge it (blocking; StoreError when the database does not
     answer)."""
-    from digest.cycle import STATE_LAST_STARTED, STATE_LAST_SUCCESS
     from digest.lease import CYCLE_LEASE
 
     started = store.get_state(STATE_LAST_STARTED)

@@ -14,8 +14,9 @@ import pytest
 
 from digest.arxiv_source import ArxivSource, Fetch
 from digest.config import DEFAULT_CATEGORIES, Settings, settings_for_tests
-from digest.cycle import STATE_FAILED_CYCLES, harvest_window, render_snapshot, run_cycle
+from digest.cycle import harvest_window, render_snapshot, run_cycle
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target
+from digest.monitoring import STATE_FAILED_CYCLES
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn, Mangled, ServerError, cut_inside
 from tests.fakes.recording_channel import RecordingChannel

@@ -14,9 +14,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from digest.config import Settings, settings_for_tests
-from digest.cycle import STATE_LAST_STARTED, STATE_LAST_SUCCESS
 from digest.domain import Outcome, OutcomeKind, RunReport, Target
 from digest.metrics import Metrics
+from digest.monitoring import STATE_LAST_STARTED, STATE_LAST_SUCCESS
 from digest.web import ServerClock, WebServer, build_web_app
 from storage.sql_store import SqlStore
 from tests.local import free_port
