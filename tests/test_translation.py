@@ -341,7 +341,10 @@ async def test_cycle_with_a_hanging_provider_delivers_on_time_untranslated(
     assert "(ZH)" not in (tmp_path / "digests" / "2025-02-11.md").read_text(encoding="utf-8")
 
     openai._rules.clear()
-    later = await _run(settings, slack)
+    # The provider answers again; the next cycle has time to translate all (0.3 s is not enough
+    # for every paper on a loaded machine, and is not what this checks).
+    patient = replace(settings, translation=replace(settings.translation, deadline_seconds=30.0))
+    later = await _run(patient, slack)
     assert later.sent == 0  # nothing new to deliver, but the translations are filled in
     with SqlStore.from_settings(settings) as store:
         ids = slack.sent_ids()
