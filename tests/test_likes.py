@@ -21,6 +21,7 @@ from digest.domain import Target
 from digest.errors import ConfigError
 from digest.likes import latest_like, like_model, resolve_like
 from digest.similar import (
+    LikeQuery,
     SimilarityError,
     SimilarityModel,
     canonical_like,
@@ -183,17 +184,25 @@ async def _cycle(settings: Settings, store: SqlStore, channel: RecordingChannel,
         )
 
 
+async def _deliver_the_week(
+    server: ArxivStandIn, settings: Settings, store: SqlStore, source: ArxivSource
+) -> tuple[LikeQuery, RecordingChannel]:
+    """Subscribe TARGET to the corpus's like: query, announce the week, run one cycle."""
+    query, _ = resolve_like(store, source, like_corpus().like, now=NOW)
+    store.add_subscription(TARGET, query.text, now=NOW - timedelta(days=3))
+    server.add_papers(like_corpus().week)
+    slack = RecordingChannel(kind="slack")
+    report = await _cycle(settings, store, slack, 0)
+    assert report.ok, report.error
+    return query, slack
+
+
 async def test_cycle_delivers_what_the_model_selects_exactly_once(
     server: ArxivStandIn, settings: Settings, store: SqlStore, source: ArxivSource
 ) -> None:
     """The week's papers the model selects arrive once, mostly of the topic; a rerun adds none."""
     corpus = like_corpus()
-    query, _ = resolve_like(store, source, corpus.like, now=NOW)
-    store.add_subscription(TARGET, query.text, now=NOW - timedelta(days=3))
-    server.add_papers(corpus.week)
-    slack = RecordingChannel(kind="slack")
-    first = await _cycle(settings, store, slack, 0)
-    assert first.ok, first.error
+    query, slack = await _deliver_the_week(server, settings, store, source)
     arrivals = Counter(slack.sent_ids(TARGET))
     assert arrivals, "the model should select some of the week's papers"
     assert set(arrivals.values()) == {1}
@@ -214,13 +223,7 @@ async def test_a_broad_like_keyword_is_listed_by_its_models_score(
     server: ArxivStandIn, settings: Settings, store: SqlStore, source: ArxivSource
 ) -> None:
     """A like: keyword's day of papers arrives most like the seeds first, not newest first."""
-    corpus = like_corpus()
-    query, _ = resolve_like(store, source, corpus.like, now=NOW)
-    store.add_subscription(TARGET, query.text, now=NOW - timedelta(days=3))
-    server.add_papers(corpus.week)
-    slack = RecordingChannel(kind="slack")
-    report = await _cycle(settings, store, slack, 0)
-    assert report.ok, report.error
+    query, slack = await _deliver_the_week(server, settings, store, source)
     [(keyword, listed)] = slack.batches[0].by_keyword()
     assert keyword == query.text
     assert len(listed) >= settings.digest.relevance_from
