@@ -54,11 +54,9 @@ from apprise import (
     OverflowMode,
 )
 
-from digest.channels import ChannelSpec, subscribe_configured
+from digest.channels import ChannelSpec, parse_configured_targets, subscribe_configured
 from digest.config import Settings, channel_section
 from digest.domain import Batch, Outcome, OutcomeKind, Paper, Target, for_deliveries
-from digest.errors import ConfigError, QueryError
-from digest.query import parse_query
 from digest.render import collapse_ws, get_environment, short_authors
 from digest.store import PaperStore
 
@@ -497,26 +495,13 @@ class AppriseChannel:
 def configured_subscriptions(settings: Settings) -> list[tuple[Target, str]]:
     """The `[apprise] targets` entries ("URL query") as (target, query) pairs; ConfigError
     naming the entry's position (never its URL) when one is bad."""
-    pairs: list[tuple[Target, str]] = []
     section = channel_section(settings, SECTION, AppriseSettings)
-    for index, entry in enumerate(section.targets):
-        key = f"{SECTION}.targets[{index}]"
-        url, _, query = entry.strip().partition(" ")
-        try:
-            target = validate_target(Target(kind=KIND, address=url))
-        except ValueError as exc:
-            raise ConfigError(f"{key} is not valid: {exc}") from None
-        if not query.strip():
-            raise ConfigError(
-                f"{key} has no query: expected 'URL query', e.g. "
-                "'ntfys://ntfy.sh/TOPIC diffusion models'"
-            )
-        try:
-            parsed = parse_query(query.strip())
-        except QueryError as exc:
-            raise ConfigError(f"{key} has an invalid query: {exc}") from None
-        pairs.append((target, parsed.text))
-    return pairs
+    return parse_configured_targets(
+        section.targets,
+        setting=f"{SECTION}.targets",
+        target=lambda url: validate_target(Target(kind=KIND, address=url)),
+        expected="'URL query', e.g. 'ntfys://ntfy.sh/TOPIC diffusion models'",
+    )
 
 
 def subscribe_configured_targets(settings: Settings, store: PaperStore, *, now: datetime) -> int:

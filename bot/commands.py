@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from digest.config import Settings
 from digest.domain import Subscription, Target
-from digest.errors import DailyPapersError, QueryError
+from digest.errors import DailyPapersError, QueryError, SimilarityError
+from digest.like_query import canonical_like, is_like_query
 from digest.likes import SeedSource, latest_like, resolve_like
 from digest.query import parse_query, query_key
 from digest.render import get_environment, short_authors
-from digest.similar import SimilarityError, canonical_like, is_like_query
 from digest.store import PaperStore
 from digest.translate import language_name, translation_configured
 

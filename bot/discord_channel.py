@@ -29,12 +29,16 @@ import discord
 from discord.http import HTTPClient, Route
 from discord.utils import escape_markdown, escape_mentions
 
-from digest.channels import ChannelSpec, MessageLimits, pack_items, subscribe_configured
+from digest.channels import (
+    ChannelSpec,
+    MessageLimits,
+    pack_items,
+    parse_configured_targets,
+    subscribe_configured,
+)
 from digest.config import Settings
 from digest.domain import Batch, Delivery, Outcome, OutcomeKind, Paper, Target, for_deliveries
-from digest.errors import ConfigError, QueryError
 from digest.pacing import TokenBucket
-from digest.query import parse_query
 from digest.render import short_authors
 from digest.store import PaperStore
 
@@ -476,26 +480,15 @@ def validate_target(target: Target) -> Target:
 
 def webhook_subscriptions(settings: Settings) -> list[tuple[Target, str]]:
     """The `discord.webhooks` entries ("URL query") as (target, query) pairs; ConfigError if bad."""
-    pairs: list[tuple[Target, str]] = []
-    for index, entry in enumerate(settings.discord.webhooks):
-        key = f"discord.webhooks[{index}]"
-        url, _, query = entry.strip().partition(" ")
-        try:
-            url = validate_webhook_url(url)
-        except ValueError as exc:
-            # The entry holds the webhook's token: name its position, never echo it.
-            raise ConfigError(f"{key} is not valid: {exc}") from None
-        if not query.strip():
-            raise ConfigError(
-                f"{key} has no query: expected 'WEBHOOK_URL query', e.g. "
-                "'https://discord.com/api/webhooks/123/abc diffusion models'"
-            )
-        try:
-            parsed = parse_query(query.strip())
-        except QueryError as exc:
-            raise ConfigError(f"{key} has an invalid query: {exc}") from None
-        pairs.append((Target(kind="discord_webhook", address=url), parsed.text))
-    return pairs
+    # The entry holds the webhook's token: errors name its position, never echo it.
+    return parse_configured_targets(
+        settings.discord.webhooks,
+        setting="discord.webhooks",
+        target=lambda url: Target(kind="discord_webhook", address=validate_webhook_url(url)),
+        expected=(
+            "'WEBHOOK_URL query', e.g. 'https://discord.com/api/webhooks/123/abc diffusion models'"
+        ),
+    )
 
 
 class DiscordWebhookChannel:

@@ -25,6 +25,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from digest.domain import Batch, Outcome, Target
+from digest.errors import ConfigError, DailyPapersError
+from digest.like_query import canonical_keyword
 
 if TYPE_CHECKING:
     from digest.config import Settings
@@ -91,6 +93,30 @@ class MessageLimits:
 
 
 _T = TypeVar("_T")
+
+
+def parse_configured_targets(
+    entries: Sequence[str], *, setting: str, target: Callable[[str], Target], expected: str
+) -> list[tuple[Target, str]]:
+    """A channel's "ADDRESS query" config entries (`discord.webhooks`, `[apprise] targets`) as
+    (target, canonical keyword) pairs, for `subscribe_configured`; the keyword may be a query
+    or a `like:` seed list. `target` builds and checks an address (ValueError when it is bad).
+    ConfigError names the entry's position, never its address (it may hold a secret)."""
+    pairs: list[tuple[Target, str]] = []
+    for index, entry in enumerate(entries):
+        key = f"{setting}[{index}]"
+        address, _, query = entry.strip().partition(" ")
+        try:
+            built = target(address)
+        except ValueError as exc:
+            raise ConfigError(f"{key} is not valid: {exc}") from None
+        if not query.strip():
+            raise ConfigError(f"{key} has no query: expected {expected}")
+        try:
+            pairs.append((built, canonical_keyword(query.strip())))
+        except DailyPapersError as exc:  # QueryError or SimilarityError: one line
+            raise ConfigError(f"{key} has an invalid query: {exc}") from None
+    return pairs
 
 
 def subscribe_configured(

@@ -31,8 +31,16 @@ from digest.domain import (
     Target,
     when,
 )
-from digest.errors import ConfigError, DailyPapersError, QueryError, crash_reason
+from digest.errors import ConfigError, DailyPapersError, QueryError, SimilarityError, crash_reason
 from digest.lease import LeaseBusy
+from digest.like_query import (
+    LIKE_PREFIX,
+    MIN_SEEDS,
+    canonical_keyword,
+    canonical_like,
+    is_like_query,
+    parse_like,
+)
 from digest.query import parse_query, query_key
 
 if TYPE_CHECKING:
@@ -334,16 +342,12 @@ _ORIGIN_WORDS = {"operator": "database", "chat": "chat channel", "email": "email
 def cmd_keywords(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     """Add, list or remove tracked keywords stored in the database."""
     from digest.app import open_store
-    from digest.similar import canonical_like, is_like_query, parse_like
 
     loaded = settings()
     status = EXIT_OK
     if args.action == "add":
         for text in args.queries:  # validate all before storing (like: seeds: below)
-            if is_like_query(text):
-                parse_like(text)
-            else:
-                parse_query(text)
+            canonical_keyword(text)
     store = open_store(loaded)
     try:
         if args.action == "list":
@@ -387,7 +391,6 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
     """Add, list or remove a target's subscriptions without a chat command."""
     from digest.app import open_store
     from digest.cycle import utcnow
-    from digest.similar import canonical_like, is_like_query  # scikit-learn: only when needed
 
     loaded = settings()
     if args.action == "kinds":
@@ -429,8 +432,7 @@ def cmd_subscriptions(args: argparse.Namespace, settings: Callable[[], Settings]
                 _say_resubscribed(store, before)
         else:
             target = resolve_target(store, args.target)
-            text = canonical_like(args.query) if is_like_query(args.query) else args.query
-            text = parse_query(text).text if not is_like_query(text) else text
+            text = canonical_keyword(args.query)
             removed = store.remove_subscription(target, text)
             print(
                 f"{target.display} {'unsubscribed from' if removed else 'was not subscribed to'} "
@@ -445,7 +447,6 @@ def _subscribed_query(args: argparse.Namespace) -> str:
     """`subscriptions add`'s query: the argument, or a `like:` query of the arXiv papers in a
     BibTeX or RIS export (`--like-from FILE`)."""
     from digest.bibliography import arxiv_ids_from_export
-    from digest.similar import LIKE_PREFIX, MIN_SEEDS, SimilarityError
 
     if args.like_from is None:
         if args.query is None:
@@ -479,7 +480,6 @@ def _resolve_like(settings: Settings, store: PaperStore, text: str) -> str:
     from digest.app import build_source
     from digest.cycle import utcnow
     from digest.likes import resolve_like
-    from digest.similar import parse_like
 
     parse_like(text)  # a malformed query is refused before arXiv is asked
     with build_source(settings) as source:

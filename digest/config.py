@@ -106,27 +106,16 @@ def _cron(value: Any) -> str | None:
 
 
 def _queries(value: Any) -> str | None:
-    """Each tracked keyword must parse; the error names the entry and what is wrong with it."""
-    from digest.errors import QueryError
-    from digest.query import parse_query
+    """Each tracked keyword must parse (a query, or a `like:` seed list); the error names the
+    entry and what is wrong with it."""
+    from digest.errors import DailyPapersError
+    from digest.like_query import canonical_keyword
 
     for index, text in enumerate(value):
         try:
-            parse_query(str(text))
-        except QueryError as exc:
-            reason = str(exc)
-            if str(text).strip().casefold().startswith("like"):
-                # A `like:` seed list is checked by its own grammar (imported only then: it
-                # lives with the scikit-learn model).
-                from digest.similar import SimilarityError, is_like_query, parse_like
-
-                if is_like_query(str(text)):
-                    try:
-                        parse_like(str(text))
-                        continue
-                    except SimilarityError as like_exc:
-                        reason = str(like_exc)
-            return f"valid queries, but entry {index + 1} ({text!r}) is not: {reason}"
+            canonical_keyword(str(text))
+        except DailyPapersError as exc:  # QueryError or SimilarityError, one line each
+            return f"valid queries, but entry {index + 1} ({text!r}) is not: {exc}"
     return None
 
 

@@ -51,10 +51,12 @@ from digest.errors import (
     CycleStopped,
     DailyPapersError,
     QueryError,
+    SimilarityError,
     StoreError,
     crash_reason,
 )
 from digest.feeds import build_feeds, write_feeds
+from digest.like_query import canonical_keyword, is_like_query, parse_like
 from digest.likes import (
     WEEK,
     like_keywords,
@@ -83,7 +85,6 @@ from digest.query import (
 )
 from digest.readme import build_readme, commit_readme, write_snapshot
 from digest.relevance import broad_keywords, rank_keywords, with_relevance
-from digest.similar import SimilarityError, canonical_like, is_like_query, parse_like
 from digest.store import OutcomeCounts, PaperStore
 from digest.summary import OpenAISummarizer, summarize_new_papers, with_stored_texts
 from digest.translate import Translator
@@ -197,9 +198,9 @@ async def sync_config_keywords(store: PaperStore, queries: Sequence[str]) -> lis
     """Make sure every keyword of the config file is tracked; returns those newly added."""
     added = []
     for text in queries:
-        # Config keywords were validated at load; re-checked anyway. A `like:` seed list is kept
-        # in its canonical form (its seeds are fetched by the harvest: `usable_likes`).
-        canonical = canonical_like(text) if is_like_query(text) else parse_query(text).text
+        # Config keywords were validated at load; re-checked anyway. A `like:` seed list's seeds
+        # are fetched by the harvest (`usable_likes`).
+        canonical = canonical_keyword(text)
         if await asyncio.to_thread(store.add_keyword, canonical, from_config=True):
             added.append(canonical)
     return added

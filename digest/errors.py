@@ -25,6 +25,11 @@ class QueryError(DailyPapersError):
         super().__init__(message)
 
 
+class SimilarityError(DailyPapersError):
+    """A `like:` query, its seed papers or its model cannot be used; the message says why, in
+    one line."""
+
+
 class ArxivError(DailyPapersError):
     """arXiv answered with an error, refused us, or kept failing after the retries.
 

@@ -28,17 +28,13 @@ from typing import Protocol
 
 from digest.arxiv_source import Fetch
 from digest.domain import Paper
-from digest.errors import ArxivError
+from digest.errors import ArxivError, SimilarityError
+from digest.like_query import LikeQuery, check_seeds, is_like_query, parse_like
 from digest.similar import (
     DEFAULT_PARAMS,
-    LikeQuery,
-    SimilarityError,
     SimilarityModel,
     SimilarityParams,
-    check_seeds,
-    is_like_query,
     needs_training,
-    parse_like,
     prepare_papers,
     select,
     train_similarity,

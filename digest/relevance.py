@@ -31,12 +31,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from digest.domain import Batch, Paper
+from digest.errors import SimilarityError
+from digest.like_query import is_like_query
 from digest.likes import like_model
 from digest.similar import (
     DEFAULT_PARAMS,
-    SimilarityError,
     SimilarityParams,
-    is_like_query,
     prepare_papers,
     rank_by_model,
     rank_by_relevance,

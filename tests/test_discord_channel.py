@@ -554,6 +554,17 @@ def test_webhook_subscriptions_from_config() -> None:
     bad_query = settings_for_tests(discord={"webhooks": [f'{HOOK_URL} "unclosed']})
     with pytest.raises(ConfigError, match="invalid query"):
         webhook_subscriptions(bad_query)
+    # A like: seed list is a keyword too: kept in canonical form (its seeds are fetched by the
+    # harvest), refused with the like: reason when it is not one.
+    like = settings_for_tests(
+        discord={"webhooks": [f"{HOOK_URL} like:2501.09733v2, 2412.20455 arXiv:2410.01234"]}
+    )
+    assert webhook_subscriptions(like) == [
+        (Target("discord_webhook", HOOK_URL), "like:2410.01234,2412.20455,2501.09733")
+    ]
+    too_few = settings_for_tests(discord={"webhooks": [f"{HOOK_URL} like:2501.09733"]})
+    with pytest.raises(ConfigError, match="invalid query: like: needs at least 3 seed papers"):
+        webhook_subscriptions(too_few)
 
 
 def test_validate_webhook_url() -> None:

@@ -18,16 +18,10 @@ from digest.bibliography import arxiv_ids_from_export
 from digest.config import Settings, settings_for_tests
 from digest.cycle import run_cycle
 from digest.domain import Target
-from digest.errors import ConfigError
+from digest.errors import ConfigError, SimilarityError
+from digest.like_query import LikeQuery, canonical_like
 from digest.likes import latest_like, like_model, resolve_like
-from digest.similar import (
-    LikeQuery,
-    SimilarityError,
-    SimilarityModel,
-    canonical_like,
-    rank_by_model,
-    seed_key,
-)
+from digest.similar import SimilarityModel, rank_by_model, seed_key
 from storage.sql_store import SqlStore
 from tests.fakes.arxiv_server import ArxivStandIn
 from tests.fakes.recording_channel import RecordingChannel

@@ -16,25 +16,26 @@ import pytest
 from bench.corpus import LabelledPaper, generate_labelled
 from bench.similar import NOW, mentions, of_topic, pick_seeds
 from digest.domain import Paper
-from digest.errors import DailyPapersError
-from digest.similar import (
-    DEFAULT_PARAMS,
+from digest.errors import DailyPapersError, SimilarityError
+from digest.like_query import (
     MAX_SEEDS,
-    MIN_BACKGROUND,
     LikeQuery,
-    SimilarityError,
-    SimilarityModel,
-    bm25_scores,
     canonical_like,
     check_seeds,
     is_like_query,
     is_withdrawn,
+    parse_like,
+    resolve_seeds,
+)
+from digest.similar import (
+    DEFAULT_PARAMS,
+    MIN_BACKGROUND,
+    SimilarityModel,
+    bm25_scores,
     model_fingerprint,
     needs_training,
-    parse_like,
     prepare_papers,
     rank_by_relevance,
-    resolve_seeds,
     score,
     seed_key,
     select,
